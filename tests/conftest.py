@@ -1,0 +1,57 @@
+"""Shared fixtures: paths to the bundled mini KILT and ../shared, and tiny saved models."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MINI_KILT = REPO / "tests" / "fixtures" / "mini_kilt"
+SHARED = REPO.parent / "shared"
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import tiny_models  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mini_kilt() -> Path:
+    """The hand-written miniature KILT benchmark (also the quickstart's data)."""
+    return MINI_KILT
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared beside the checkout; tests that need it skip where it is absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent (only present in the project's CI and dev machines)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def realkilt(shared_dir: Path) -> Path:
+    path = shared_dir / "realkilt"
+    if not (path / "knowledge_source.jsonl").is_file():
+        pytest.skip(f"{path}/knowledge_source.jsonl is absent")
+    return path
+
+
+def _model_fixture(builder):
+    @pytest.fixture(scope="session")
+    def fixture(tmp_path_factory) -> Path:
+        return builder(tmp_path_factory.mktemp(builder.__name__.removeprefix("make_")))
+
+    return fixture
+
+
+tiny_t5 = _model_fixture(tiny_models.make_tiny_t5)
+tiny_t5_encoder = _model_fixture(tiny_models.make_tiny_t5_encoder)
+tiny_t5_lm = _model_fixture(tiny_models.make_tiny_t5_lm)
+tiny_bert = _model_fixture(tiny_models.make_tiny_bert)
+tiny_gpt2 = _model_fixture(tiny_models.make_tiny_gpt2)
+tiny_llama = _model_fixture(tiny_models.make_tiny_llama)
