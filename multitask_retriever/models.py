@@ -40,3 +40,18 @@ def packaged_llm_gguf() -> Path:
         if str(f).endswith(".gguf"):
             return Path(f.locate())
     raise FileNotFoundError(f"{SMOLLM2_PACKAGE} is installed but holds no .gguf file")
+
+
+def own_memory(model):
+    """Copy every parameter and buffer of ``model`` into freshly allocated (aligned) memory.
+
+    Weights loaded from a safetensors file may sit at unaligned addresses, where CPU matmul
+    kernels sum in another order: the same weights then give scores differing in the last
+    bits. After this, a saved and reloaded model scores exactly as the original.
+    """
+    import torch
+
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
+    return model

@@ -1,0 +1,254 @@
+"""KILT retrieval metrics, computed as the official scorer (facebookresearch/KILT,
+``kilt/eval_retrieval.py``) computes them, without requiring ``input``.
+
+Per query, with ids made from the ``rank_keys`` of each provenance entry:
+
+- ``Rprec``: for each gold output, the share of its R provenance ids found among the
+  first R predicted ids; the maximum over outputs.
+- the rank: predicted ids are walked in order; each gold evidence set (the provenance of
+  one output, duplicates removed) counts as one relevant item, placed where its last
+  member is predicted; partial sets hold a place that moves with their latest member;
+  other ids count as misses.
+- ``precision@k`` = hits in the first k places / k; ``recall@k`` = hits / distinct
+  evidence sets; ``success_rate@k`` = 1 if any hit in the first k places (k > 1 for both).
+
+Averages are over gold queries; a query with no predicted id, or no evidence set, scores 0
+on the rank metrics, as in the official scorer.
+
+CLI: ``python -m kilt.eval GOLD GUESS [GOLD GUESS ...] --ks 1,5,10 [--rank-keys ...] [--json]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .io import KiltFormatError, iter_jsonl
+
+DEFAULT_KS = (1, 5, 10)
+DEFAULT_RANK_KEYS = ("wikipedia_id",)
+
+
+# --------------------------------------------------------------------------- reading
+def _ids_per_output(record: dict, rank_keys: Sequence[str], where: str) -> list[list[str]] | None:
+    """One id list per output that has a provenance list (None for outputs without one).
+
+    Provenance entries lacking a rank key are left out, as in the official scorer.
+    """
+    outputs = record.get("output")
+    if not isinstance(outputs, list):
+        raise KiltFormatError(f"{where}: record {record.get('id')} has no \"output\" list")
+    lists: list[list[str]] = []
+    for out in outputs:
+        if not isinstance(out, dict):
+            raise KiltFormatError(f"{where}: each output must be an object")
+        provenance = out.get("provenance")
+        if provenance is None:
+            lists.append(None)  # type: ignore[arg-type]
+            continue
+        if not isinstance(provenance, list):
+            raise KiltFormatError(f"{where}: \"provenance\" must be a list")
+        ids = []
+        for p in provenance:
+            if not isinstance(p, dict) or p.get("wikipedia_id") in (None, ""):
+                raise KiltFormatError(f"{where}: provenance without wikipedia_id")
+            if all(key in p for key in rank_keys):
+                ids.append("+".join(str(p[key]).strip() for key in rank_keys))
+        lists.append(ids)
+    return lists
+
+
+def _read(path: str | Path, rank_keys: Sequence[str], guess: bool) -> dict[str, tuple[int, list]]:
+    """{id: (line, per-output id lists)} in file order; ids must be present and unique."""
+    records: dict[str, tuple[int, list]] = {}
+    for lineno, record in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(record, dict):
+            raise KiltFormatError(f"{where}: expected a JSON object")
+        if record.get("id") in (None, ""):
+            raise KiltFormatError(f"{where}: record has no id")
+        qid = str(record["id"]).strip()
+        if qid in records:
+            raise KiltFormatError(f"{where}: duplicated id {qid} (first on line {records[qid][0]})")
+        lists = _ids_per_output(record, rank_keys, where)
+        if guess and len(lists) != 1:
+            raise KiltFormatError(f"{where}: prediction {qid} must have exactly one output, got {len(lists)}")
+        records[qid] = (lineno, lists)
+    if not records:
+        raise KiltFormatError(f"{path}: empty file (no records)")
+    return records
+
+
+# --------------------------------------------------------------------------- metrics
+def rank(guess_ids: Sequence[str], gold_lists: Sequence[list[str] | None]) -> tuple[list, int]:
+    """The official evidence-set rank: True for a completed set, False for a miss, and a
+    set marker for a partial set; and the number of distinct evidence sets."""
+    if not guess_ids:
+        return [], 0
+    evidence_sets: list[set[str]] = []
+    for ids in gold_lists:
+        if ids is not None and set(ids) not in evidence_sets:
+            evidence_sets.append(set(ids))
+    remaining = [set(s) for s in evidence_sets]
+    ranked: list = []
+    for guess_id in guess_ids:
+        found = False
+        for idx, members in enumerate(remaining):
+            if guess_id in members:
+                found = True
+                marker = ("evidence_set", idx)
+                if marker in ranked:
+                    ranked.remove(marker)
+                members.remove(guess_id)
+                ranked.append(True if not members else marker)
+        if not found:
+            ranked.append(False)
+    return ranked, len(evidence_sets)
+
+
+def r_precision(guess_ids: Sequence[str], gold_lists: Sequence[list[str] | None]) -> float:
+    """Max over gold outputs of |first R guesses in the output's ids| / R (R with repeats)."""
+    best = 0.0
+    for ids in gold_lists:
+        gold = ids or []
+        r = len(gold)
+        value = sum(1 for g in guess_ids[:r] if g in gold) / r if r else 0.0
+        best = max(best, value)
+    return best
+
+
+def metric_names(ks: Sequence[int]) -> list[str]:
+    ks = sorted(set(ks))
+    return (["Rprec"] + [f"precision@{k}" for k in ks]
+            + [f"recall@{k}" for k in ks if k > 1] + [f"success_rate@{k}" for k in ks if k > 1])
+
+
+def query_metrics(guess_ids: Sequence[str], gold_lists: Sequence[list[str] | None],
+                  ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """All metrics of one query."""
+    result = dict.fromkeys(metric_names(ks), 0.0)
+    result["Rprec"] = r_precision(guess_ids, gold_lists)
+    ranked, n_sets = rank(guess_ids, gold_lists)
+    if n_sets:
+        for k in sorted(set(ks)):
+            hits = ranked[:k].count(True)
+            result[f"precision@{k}"] = hits / k
+            if k > 1:
+                result[f"recall@{k}"] = hits / n_sets
+                result[f"success_rate@{k}"] = float(hits > 0)
+    return result
+
+
+def _check_ks(ks: Sequence[int]) -> list[int]:
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"ks must be positive integers, got {ks}")
+    return ks
+
+
+def per_query(gold: str | Path, guess: str | Path, ks: Sequence[int] = DEFAULT_KS,
+              rank_keys: Sequence[str] = DEFAULT_RANK_KEYS, subset: bool = False) -> dict[str, dict[str, float]]:
+    """{query id: metrics} for every gold query, in gold order.
+
+    Every gold query needs a prediction, and every prediction a gold query; with
+    ``subset=True`` only the predicted gold queries are scored (e.g. a capped rerank run).
+    """
+    ks = _check_ks(ks)
+    gold_records = _read(gold, rank_keys, guess=False)
+    guess_records = _read(guess, rank_keys, guess=True)
+    for qid, (lineno, _) in guess_records.items():
+        if qid not in gold_records:
+            raise KiltFormatError(f"{guess}:{lineno}: id {qid} is not in {gold}")
+    scores = {}
+    for qid, (lineno, gold_lists) in gold_records.items():
+        if qid not in guess_records:
+            if subset:
+                continue
+            raise KiltFormatError(f"{gold}:{lineno}: no prediction for id {qid} in {guess}")
+        scores[qid] = query_metrics(guess_records[qid][1][0], gold_lists, ks)
+    return scores
+
+
+def average(scores: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean of each metric over queries (summed in query order, as the official scorer)."""
+    if not scores:
+        return {}
+    names = list(next(iter(scores.values())))
+    totals = dict.fromkeys(names, 0.0)
+    for metrics in scores.values():
+        for name in names:
+            totals[name] += metrics[name]
+    return {name: total / len(scores) for name, total in totals.items()}
+
+
+def evaluate(gold: str | Path, guess: str | Path, ks: Sequence[int] = DEFAULT_KS,
+             rank_keys: Sequence[str] = DEFAULT_RANK_KEYS) -> dict[str, float]:
+    """Official-compatible averages for one gold/guess pair."""
+    return average(per_query(gold, guess, ks, rank_keys))
+
+
+# --------------------------------------------------------------------------- CLI
+def _task_name(path: str | Path) -> str:
+    from .tasks import parse_task_filename
+
+    name = Path(path).name
+    parsed = parse_task_filename(name)
+    return parsed[0] if parsed else name
+
+
+def format_table(results: dict[str, dict[str, float]], names: Sequence[str]) -> str:
+    """A plain-text table, one row per task, with the macro average when there are several."""
+    rows = dict(results)
+    if len(results) > 1:
+        rows["average"] = {n: sum(r[n] for r in results.values()) / len(results) for n in names}
+    width = max(len("task"), *(len(t) for t in rows))
+    head = "task".ljust(width) + "".join(f"  {n:>15}" for n in names)
+    lines = [head, "-" * len(head)]
+    for task, metrics in rows.items():
+        lines.append(task.ljust(width) + "".join(f"  {metrics[n]:>15.4f}" for n in names))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m kilt.eval",
+        description="KILT page-level retrieval metrics (R-precision, precision/recall/success rate @k), "
+                    "identical to the official scorer. Give one or more GOLD GUESS pairs; several pairs "
+                    "give a per-task table with the macro average.")
+    parser.add_argument("files", nargs="+", metavar="GOLD GUESS", help="gold task file, then its prediction file")
+    parser.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="cut-offs, comma-separated [1,5,10]")
+    parser.add_argument("--rank-keys", default=",".join(DEFAULT_RANK_KEYS),
+                        help="provenance keys that identify a retrieved item [wikipedia_id]; "
+                             "e.g. wikipedia_id,start_paragraph_id,end_paragraph_id")
+    parser.add_argument("--json", action="store_true", help="print JSON (one flat object for one pair)")
+    args = parser.parse_args(argv)
+    if len(args.files) % 2:
+        parser.error("files must come in GOLD GUESS pairs")
+    try:
+        ks = _check_ks([int(k) for k in args.ks.split(",") if k.strip()])
+    except ValueError as e:
+        parser.error(f"--ks: {e}")
+    rank_keys = [k.strip() for k in args.rank_keys.split(",") if k.strip()]
+    pairs = list(zip(args.files[::2], args.files[1::2]))
+    results: dict[str, dict[str, float]] = {}
+    try:
+        for gold, guess in pairs:
+            name = _task_name(gold)
+            if name in results:
+                name = f"{name} ({gold})"
+            results[name] = evaluate(gold, guess, ks, rank_keys)
+    except (KiltFormatError, FileNotFoundError) as e:
+        print(f"kilt.eval: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        out: Any = next(iter(results.values())) if len(results) == 1 else results
+        print(json.dumps(out, indent=1))
+    else:
+        print(format_table(results, metric_names(ks)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

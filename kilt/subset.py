@@ -1,0 +1,118 @@
+"""Cut a miniature benchmark out of full KILT: a seeded sample of queries per task and
+split, every page their provenance points to, and random distractor pages.
+
+Everything streams: each task file and the knowledge source (5.9M pages, 35 GiB) are read
+once, and only the sampled records are held in memory (reservoir sampling).
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from tqdm.auto import tqdm
+
+from .io import atomic_write, iter_jsonl
+from .tasks import find_task_files, parse_task_filename
+
+KNOWLEDGE_SOURCE_NAME = "knowledge_source.jsonl"
+
+
+def _reservoir(items: Iterable[tuple[int, dict]], n: int, rng: random.Random) -> list[tuple[int, dict]]:
+    """A uniform sample of ``n`` items (all if fewer) in one pass, returned in input order."""
+    sample: list[tuple[int, dict]] = []
+    for seen, item in enumerate(items):
+        if len(sample) < n:
+            sample.append(item)
+        else:
+            slot = rng.randint(0, seen)
+            if slot < n:
+                sample[slot] = item
+    return sorted(sample, key=lambda item: item[0])
+
+
+def _provenance_pages(record: dict) -> list[str]:
+    """wikipedia_ids of all provenance entries of a task record (none for test inputs)."""
+    return [str(p["wikipedia_id"]) for out in record.get("output") or []
+            for p in out.get("provenance") or [] if "wikipedia_id" in p]
+
+
+def _task_files(kilt_dir_or_files: str | Path | Sequence[str | Path],
+                tasks: Sequence[str] | None) -> list[tuple[str, str, Path]]:
+    """(task, split, path) of the task files to sample, in a stable order."""
+    if isinstance(kilt_dir_or_files, (str, Path)) and Path(kilt_dir_or_files).is_dir():
+        found = find_task_files(kilt_dir_or_files)
+        files = [(task, split, Path(path)) for task, splits in found.items() for split, path in splits.items()]
+    else:
+        paths = [kilt_dir_or_files] if isinstance(kilt_dir_or_files, (str, Path)) else kilt_dir_or_files
+        files = []
+        for path in map(Path, paths):
+            parsed = parse_task_filename(path.name)
+            if parsed is None:
+                raise ValueError(f"{path} is not named like a KILT task file (e.g. nq-dev-kilt.jsonl)")
+            if not path.is_file():
+                raise FileNotFoundError(f"task file {path} does not exist")
+            files.append((*parsed, path))
+    if tasks is not None:
+        missing = sorted(set(tasks) - {task for task, _, _ in files})
+        if missing:
+            known = ", ".join(sorted({task for task, _, _ in files})) or "none"
+            raise ValueError(f"no task files for {', '.join(missing)} (found: {known})")
+        files = [f for f in files if f[0] in tasks]
+    if not files:
+        raise ValueError(f"no KILT task files found in {kilt_dir_or_files}")
+    return sorted(files, key=lambda f: f[2].name)
+
+
+def make_subset(kilt_dir_or_files: str | Path | Sequence[str | Path], knowledge_source: str | Path,
+                out_dir: str | Path, queries_per_split: int = 100, distractors: int = 10_000,
+                seed: int = 0, tasks: Sequence[str] | None = None, progress: bool = True) -> dict:
+    """Write a miniature KILT into ``out_dir``: the task files under their own names, with
+    ``queries_per_split`` sampled queries each, and ``knowledge_source.jsonl`` holding
+    their provenance pages plus ``distractors`` other pages, in knowledge-source order.
+
+    The same ``seed`` gives the same subset. Returns a summary: query counts per file,
+    page counts, and provenance pages the knowledge source lacks.
+    """
+    if queries_per_split < 1 or distractors < 0:
+        raise ValueError("queries_per_split must be >= 1 and distractors >= 0")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gold: set[str] = set()
+    queries: dict[str, int] = {}
+    for task, split, path in _task_files(kilt_dir_or_files, tasks):
+        rng = random.Random(f"{seed}/{path.name}")
+        records = iter_jsonl(path)
+        sample = _reservoir(tqdm(records, desc=f"sampling {path.name}", unit=" queries",
+                                 disable=not progress), queries_per_split, rng)
+        with atomic_write(out_dir / path.name) as f:
+            for _, record in sample:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                gold.update(_provenance_pages(record))
+        queries[path.name] = len(sample)
+
+    found: list[tuple[int, dict]] = []
+    rng = random.Random(f"{seed}/knowledge_source")
+
+    def others():
+        for lineno, page in tqdm(iter_jsonl(knowledge_source), desc="scanning knowledge source",
+                                 unit=" pages", disable=not progress):
+            if str(page.get("wikipedia_id")) in gold:
+                found.append((lineno, page))
+            else:
+                yield lineno, page
+
+    extra = _reservoir(others(), distractors, rng)
+    pages = sorted(found + extra, key=lambda item: item[0])
+    with atomic_write(out_dir / KNOWLEDGE_SOURCE_NAME) as f:
+        for _, page in pages:
+            f.write(json.dumps(page, ensure_ascii=False) + "\n")
+    missing = sorted(gold - {str(page["wikipedia_id"]) for _, page in found})
+    return {
+        "out_dir": str(out_dir),
+        "queries": queries,
+        "gold_pages": len(found),
+        "distractor_pages": len(extra),
+        "missing_pages": missing,
+    }

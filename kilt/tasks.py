@@ -1,0 +1,91 @@
+"""The KILT task registry: each task's kind, official file names and short prompt name."""
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FACT_CHECKING = "fact checking"
+ENTITY_LINKING = "entity linking"
+SLOT_FILLING = "slot filling"
+QA = "open-domain QA"
+DIALOGUE = "dialogue"
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class KiltTask:
+    """One KILT task. ``files`` maps split -> official file name (only the splits KILT ships)."""
+
+    name: str
+    kind: str
+    prompt: str
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _files(name: str, splits: tuple[str, ...] = SPLITS, ids_only: bool = False) -> dict[str, str]:
+    suffix = "_id" if ids_only else ""
+    return {split: f"{name}-{split}{suffix}{'_without_answers' if split == 'test' else ''}-kilt.jsonl"
+            for split in splits}
+
+
+TASKS: dict[str, KiltTask] = {task.name: task for task in [
+    KiltTask("fever", FACT_CHECKING, "fever", _files("fever")),
+    KiltTask("aidayago2", ENTITY_LINKING, "aida", _files("aidayago2")),
+    KiltTask("wned", ENTITY_LINKING, "wned", _files("wned", ("dev", "test"))),
+    KiltTask("cweb", ENTITY_LINKING, "cweb", _files("cweb", ("dev", "test"))),
+    KiltTask("trex", SLOT_FILLING, "trex", _files("trex")),
+    KiltTask("structured_zeroshot", SLOT_FILLING, "zsre", _files("structured_zeroshot")),
+    KiltTask("nq", QA, "nq", _files("nq")),
+    KiltTask("hotpotqa", QA, "hotpotqa", _files("hotpotqa")),
+    KiltTask("triviaqa", QA, "triviaqa", _files("triviaqa", ids_only=True)),
+    KiltTask("eli5", QA, "eli5", _files("eli5")),
+    KiltTask("wow", DIALOGUE, "wow", _files("wow")),
+]}
+
+_FILENAME = re.compile(r"^(?P<task>[A-Za-z0-9_]+)-(?P<split>train|dev|test)(?:_id)?(?:_without_answers)?"
+                       r"-kilt\.jsonl(?:\.gz)?$")
+
+
+def get_task(name: str) -> KiltTask:
+    """The registered task ``name``; an unknown name is a ValueError listing the known ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown KILT task {name!r}; known: {', '.join(TASKS)}") from None
+
+
+def parse_task_filename(name: str) -> tuple[str, str] | None:
+    """(task, split) of an official KILT file name such as ``triviaqa-dev_id-kilt.jsonl``;
+    None when the name is not a registered task's file."""
+    match = _FILENAME.match(name)
+    if match is None or match["task"] not in TASKS:
+        return None
+    return match["task"], match["split"]
+
+
+def find_task_files(folder: str | Path) -> dict[str, dict[str, Path]]:
+    """Task files in ``folder`` as {task: {split: path}}, tasks and splits in registry order.
+
+    Files shaped like task files whose task is unknown are skipped with a warning naming them.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a folder")
+    found: dict[str, dict[str, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        match = _FILENAME.match(path.name)
+        if match is None:
+            continue
+        if match["task"] not in TASKS:
+            warnings.warn(f"{path}: unknown KILT task {match['task']!r}, file ignored "
+                          f"(known: {', '.join(TASKS)})", stacklevel=2)
+            continue
+        splits = found.setdefault(match["task"], {})
+        if match["split"] in splits:
+            raise ValueError(f"{folder}: two {match['task']} {match['split']} files: "
+                             f"{splits[match['split']].name} and {path.name}")
+        splits[match["split"]] = path
+    return {name: {s: found[name][s] for s in SPLITS if s in found[name]} for name in TASKS if name in found}

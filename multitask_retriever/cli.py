@@ -1,0 +1,206 @@
+"""The `mtr` command: one subcommand per stage of the pipeline.
+
+    mtr chunk / bm25 / kilt-subset / evaluate          the KILT layer
+    mtr encode / index / retrieve (alias search)       the inference path
+    mtr train / mine-negatives                         multitask dual-encoder training
+    mtr train-reranker / pipeline                      reranking
+    mtr benchmark-quality                              every system on a KILT folder, scored
+
+Subcommands import their heavy modules (models, FAISS) only when they run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
+
+
+def command(name: str):
+    def register(fn):
+        COMMANDS[name] = fn
+        return fn
+
+    return register
+
+
+# --------------------------------------------------------------------------- KILT layer
+@command("chunk")
+def _chunk(args) -> None:
+    from kilt.passages import write_passages
+
+    n = write_passages(args.knowledge_source, args.out, words=args.words)
+    print(f"wrote {n} passages to {args.out}")
+
+
+@command("bm25")
+def _bm25(args) -> None:
+    from kilt.bm25 import BM25Retriever, bm25_predictions
+    from kilt.passages import iter_passage_file
+
+    retriever = BM25Retriever.build(iter_passage_file(args.passages))
+    out_dir = Path(args.out_dir)
+    for task_file in args.task_files:
+        out = out_dir / Path(task_file).name.replace("-kilt.jsonl", "-bm25.jsonl")
+        n = bm25_predictions(retriever, task_file, out, k=args.k)
+        print(f"{task_file}: {n} predictions -> {out}")
+
+
+@command("kilt-subset")
+def _kilt_subset(args) -> None:
+    from kilt.subset import make_subset
+
+    summary = make_subset(args.kilt_dir, args.knowledge_source, args.out_dir,
+                          queries_per_split=args.queries, distractors=args.distractors, seed=args.seed,
+                          tasks=args.tasks.split(",") if args.tasks else None)
+    print(json.dumps(summary, indent=1, default=str))
+
+
+@command("evaluate")
+def _evaluate(args) -> int:
+    from kilt.eval import main as eval_main
+
+    return eval_main(args.eval_args)
+
+
+# --------------------------------------------------------------------------- inference path
+@command("encode")
+def _encode(args) -> None:
+    from .encoder import DualEncoder
+    from .indexing import encode_corpus
+
+    encoder = DualEncoder.from_pretrained(args.encoder).to(_device(args.device))
+    out = encode_corpus(encoder, args.passages, args.out_dir, shard_size=args.shard_size,
+                        batch_size=args.batch_size)
+    print(f"encoded shards in {out}")
+
+
+@command("index")
+def _index(args) -> None:
+    from .config import config_from_args
+    from .indexing import Index, IndexConfig
+
+    index = Index.from_shards(args.shards, config_from_args(IndexConfig, args))
+    index.save(args.out)
+    print(f"saved {args.out}")
+
+
+@command("retrieve")
+def _retrieve(args) -> None:
+    from .retriever import load_retriever
+
+    retriever = load_retriever(args.encoder, args.index, args.passages, device=_device(args.device))
+    n = retriever.predict(args.queries, args.out, task=args.task, k=args.k)
+    print(f"{args.queries}: {n} predictions -> {args.out}")
+
+
+# --------------------------------------------------------------------------- benchmark
+@command("benchmark-quality")
+def _benchmark_quality(args) -> None:
+    from .config import config_from_args, load_config_file
+    from .experiment import Experiment, ExperimentConfig, markdown_table, write_report
+
+    cfg = config_from_args(ExperimentConfig, args, load_config_file(args.config) if args.config else None,
+                           data_dir=args.data_dir)
+    doc = Experiment(cfg, progress=not args.quiet).run()
+    paths = write_report(doc, args.out)
+    print(markdown_table(doc))
+    print("wrote " + ", ".join(map(str, paths)))
+
+
+# --------------------------------------------------------------------------- parser
+def _device(name: str) -> str:
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .config import add_config_arguments
+
+    parser = argparse.ArgumentParser(prog="mtr", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("chunk", help="split a KILT knowledge source into 100-word passages")
+    p.add_argument("knowledge_source", help="KILT knowledge source (.jsonl or .jsonl.gz)")
+    p.add_argument("out", help="passage file to write (JSONL)")
+    p.add_argument("--words", type=int, default=100, help="words per passage [100]")
+
+    p = sub.add_parser("bm25", help="BM25 page rankings for KILT task files")
+    p.add_argument("passages", help="passage file from `mtr chunk`")
+    p.add_argument("task_files", nargs="+", help="KILT task files (queries)")
+    p.add_argument("--out-dir", required=True, help="where prediction files go")
+    p.add_argument("--k", type=int, default=100, help="pages per query [100]")
+
+    p = sub.add_parser("kilt-subset", help="a miniature benchmark from full KILT files, deterministic")
+    p.add_argument("kilt_dir", help="folder with the official <task>-<split>-kilt.jsonl files")
+    p.add_argument("knowledge_source", help="kilt_knowledgesource.json")
+    p.add_argument("out_dir")
+    p.add_argument("--queries", type=int, default=100, help="queries per task and split [100]")
+    p.add_argument("--distractors", type=int, default=10000, help="random extra pages [10000]")
+    p.add_argument("--tasks", default="", help="comma-separated task names [all present]")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("evaluate", help="KILT retrieval metrics (same as python -m kilt.eval)", add_help=False)
+    p.add_argument("eval_args", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("encode", help="encode a passage file into resumable shards")
+    p.add_argument("--encoder", required=True, help="DualEncoder folder or Hugging Face name")
+    p.add_argument("--passages", required=True, help="passage file from `mtr chunk`")
+    p.add_argument("--out-dir", required=True, help="shard folder (resumes where it stopped)")
+    p.add_argument("--shard-size", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="auto")
+
+    from .indexing import IndexConfig
+
+    p = sub.add_parser("index", help="build a FAISS index from encoded shards")
+    p.add_argument("--shards", required=True, help="folder written by `mtr encode`")
+    p.add_argument("--out", required=True, help="index folder to write")
+    add_config_arguments(p, IndexConfig)
+
+    for name in ("retrieve", "search"):
+        p = sub.add_parser(name, help="top-k pages for every query of a KILT task file")
+        p.add_argument("--encoder", required=True)
+        p.add_argument("--index", required=True, help="folder written by `mtr index`")
+        p.add_argument("--passages", required=True)
+        p.add_argument("--queries", required=True, help="KILT task file")
+        p.add_argument("--out", required=True, help="KILT prediction file to write")
+        p.add_argument("--task", default=None, help="task prompt [from the file name]")
+        p.add_argument("--k", type=int, default=100)
+        p.add_argument("--device", default="auto")
+
+    from .experiment import ExperimentConfig
+
+    p = sub.add_parser("benchmark-quality", help="build and score every system on a KILT folder")
+    p.add_argument("data_dir", help="folder with knowledge_source.jsonl[.gz] and <task>-{train,dev}-kilt.jsonl")
+    p.add_argument("--out", required=True, help="result JSON (a .md table and a .png chart go beside it)")
+    p.add_argument("--config", default=None, help="YAML/JSON with ExperimentConfig fields")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_arguments(p, ExperimentConfig, skip={"data_dir"})
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    handler = COMMANDS["retrieve" if args.command == "search" else args.command]
+    try:
+        return int(handler(args) or 0)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"mtr {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,392 @@
+"""Build and score every system on a KILT folder: the quickstart and `mtr benchmark-quality`.
+
+Everything goes through the public API (chunking, BM25, DualEncoder, Index, Retriever,
+MultitaskTrainer, rerankers, Pipeline, kilt.eval); nothing is special-cased for any data
+set. Each stage caches its output in the work folder under a key of its settings, so a
+second run with the same settings reuses finished stages (`fresh=True` redoes them).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from kilt.eval import per_query
+from kilt.io import atomic_write, iter_pages, read_task_file
+from kilt.passages import PassageStore, write_passages
+from kilt.stats import compare
+from kilt.tasks import find_task_files
+
+log = logging.getLogger("mtr.experiment")
+
+METRICS = ("Rprec", "recall@5", "success_rate@5")
+RETRIEVERS = ("bm25", "zero-shot", "naive", "taco")
+RERANKERS = ("cross-encoder", "qpeft-a", "qpeft-r", "idspam", "prompt-tuning", "lora", "zero-shot")
+DEFAULT_SYSTEMS = ["bm25", "zero-shot", "naive", "taco", "taco+cross-encoder", "taco+qpeft-a"]
+
+
+@dataclass
+class ExperimentConfig:
+    """What to build and score on a KILT folder (defaults sized for a 2-core CPU)."""
+
+    data_dir: str = ""
+    knowledge_source: str = field(default="", metadata={"help": "default: DATA_DIR/knowledge_source.jsonl[.gz]"})
+    work_dir: str = field(default="", metadata={"help": "stage cache; default: runs/<data folder name>"})
+    systems: list[str] = field(default_factory=lambda: list(DEFAULT_SYSTEMS),
+                               metadata={"help": "bm25, zero-shot, naive, taco, single-<task>, <retriever>+<reranker>"})
+    tasks: list[str] = field(default_factory=list, metadata={"help": "default: every task with a dev file"})
+    encoder: str = field(default="", metadata={"help": "dual-encoder start point; default: packaged all-MiniLM-L6-v2"})
+    cross_encoder: str = field(default="", metadata={"help": "cross-encoder start point; default: packaged MiniLM"})
+    llm: str = field(default="", metadata={"help": "LLM for LLM rerankers; default: packaged SmolLM2-135M (GGUF)"})
+    device: str = "auto"
+    seed: int = 0
+    passage_words: int = 100
+    k: int = 100
+    # dual-encoder fine-tuning
+    steps: int = 200
+    per_task_batch_size: int = 16
+    n_negatives: int = 1
+    lr: float = 3e-5
+    temperature: float = 0.05
+    query_max_length: int = 64
+    passage_max_length: int = 160
+    taco_beta: float = 0.999
+    taco_tau: float = 2.0
+    taco_warmup_steps: int = 0
+    # reranking
+    rerank_k: int = 20
+    rerank_queries: int = field(default=0, metadata={"help": "cap on reranked dev queries per task (0 = all)"})
+    reranker_steps: int = 200
+    reranker_batch_size: int = 8
+    reranker_group_size: int = 8
+    reranker_lr: float = 3e-5
+    max_train_queries: int = field(default=0, metadata={"help": "cap on training queries per task (0 = all)"})
+    fresh: bool = False
+
+
+@dataclass
+class SystemResult:
+    per_task: dict[str, dict[str, float]]
+    per_query: dict[str, dict[str, dict[str, float]]]  # task -> qid -> metric -> value
+    seconds: float
+
+    def avg(self) -> dict[str, float]:
+        tasks = list(self.per_task)
+        return {m: sum(self.per_task[t][m] for t in tasks) / len(tasks) for m in METRICS[:2]} if tasks else {}
+
+
+def machine_info() -> dict[str, Any]:
+    import torch
+
+    info = {
+        "platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "cuda": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _key(**settings: Any) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Experiment:
+    """Runs the configured systems stage by stage; `run()` returns the result document."""
+
+    def __init__(self, config: ExperimentConfig, progress: bool = True):
+        if not config.data_dir:
+            raise ValueError("data_dir is required")
+        self.config = config
+        self.data_dir = Path(config.data_dir)
+        if not self.data_dir.is_dir():
+            raise FileNotFoundError(f"{self.data_dir}: data folder not found")
+        self.knowledge_source = self._find_knowledge_source()
+        self.work = Path(config.work_dir or Path("runs") / self.data_dir.resolve().name)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.task_files = self._find_tasks()
+        self.timings: dict[str, float] = {}
+        self._results: dict[str, SystemResult] = {}
+        self._store: PassageStore | None = None
+        self._retrievers: dict[str, Any] = {}
+        self._warnings: list[str] = []
+
+    # ----------------------------------------------------------------- inputs
+    def _find_knowledge_source(self) -> Path:
+        if self.config.knowledge_source:
+            path = Path(self.config.knowledge_source)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: knowledge source not found")
+            return path
+        for name in ("knowledge_source.jsonl", "knowledge_source.jsonl.gz"):
+            if (self.data_dir / name).is_file():
+                return self.data_dir / name
+        raise FileNotFoundError(
+            f"{self.data_dir}: no knowledge_source.jsonl or knowledge_source.jsonl.gz (or pass --knowledge-source)")
+
+    def _find_tasks(self) -> dict[str, dict[str, Path]]:
+        found = find_task_files(self.data_dir)
+        tasks = self.config.tasks or sorted(t for t, splits in found.items() if "dev" in splits)
+        for task in tasks:
+            if task not in found or "dev" not in found[task]:
+                raise FileNotFoundError(f"{self.data_dir}: no dev file for task {task!r}")
+        if not tasks:
+            raise FileNotFoundError(f"{self.data_dir}: no <task>-dev-kilt.jsonl files")
+        return {t: found[t] for t in tasks}
+
+    # ----------------------------------------------------------------- stages
+    @contextmanager
+    def _stage(self, name: str) -> Iterator[None]:
+        log.info("stage %s ...", name)
+        start = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - start
+        self.timings[name] = self.timings.get(name, 0.0) + seconds
+        log.info("stage %s done in %.1f s", name, seconds)
+
+    def _cached(self, folder: Path, key: str) -> bool:
+        """True when `folder` holds a finished stage with this key (else it is cleared)."""
+        stamp = folder / "stage.json"
+        if not self.config.fresh and stamp.is_file():
+            try:
+                if json.loads(stamp.read_text())["key"] == key:
+                    return True
+            except (ValueError, KeyError):
+                pass
+        if folder.exists():
+            shutil.rmtree(folder)
+        return False
+
+    @staticmethod
+    def _finish(folder: Path, key: str) -> None:
+        with atomic_write(folder / "stage.json") as f:
+            json.dump({"key": key, "finished": time.time()}, f)
+
+    def passages(self) -> PassageStore:
+        if self._store is None:
+            folder = self.work / "passages"
+            stat = self.knowledge_source.stat()
+            key = _key(source=str(self.knowledge_source.resolve()), size=stat.st_size, mtime=stat.st_mtime,
+                       words=self.config.passage_words)
+            with self._stage("passages"):
+                if not self._cached(folder, key):
+                    folder.mkdir(parents=True)
+                    n = write_passages(self.knowledge_source, folder / "passages.jsonl",
+                                       words=self.config.passage_words)
+                    log.info("chunked %s into %d passages", self.knowledge_source, n)
+                    self._finish(folder, key)
+                self._store = PassageStore(folder / "passages.jsonl")
+            self._check_gold_pages()
+        return self._store
+
+    def _check_gold_pages(self) -> None:
+        """Count provenance pages absent from the knowledge source, per file, and warn."""
+        pages = {p.wikipedia_id for p in iter_pages(self.knowledge_source)}
+        for task, splits in self.task_files.items():
+            for split, path in splits.items():
+                examples = read_task_file(path)
+                if not examples:
+                    raise ValueError(f"{path}: no queries")
+                missing = sum(1 for e in examples for p in e.gold_pages if p not in pages)
+                if missing:
+                    msg = f"{path}: {missing} provenance page(s) are absent from {self.knowledge_source}"
+                    log.warning(msg)
+                    self._warnings.append(msg)
+
+    def dev_examples(self, task: str):
+        return read_task_file(self.task_files[task]["dev"])
+
+    # ----------------------------------------------------------------- systems
+    def retriever(self, name: str):
+        """A search backend for a retriever system name (built or loaded on first use)."""
+        if name not in self._retrievers:
+            if name == "bm25":
+                self._retrievers[name] = self._bm25()
+            else:
+                self._retrievers[name] = self._dense(name)
+        return self._retrievers[name]
+
+    def _bm25(self):
+        from .sparse import BM25Backend
+
+        store = self.passages()
+        folder = self.work / "bm25"
+        key = _key(passages=self._passages_key())
+        with self._stage("bm25-index"):
+            if self._cached(folder, key):
+                return BM25Backend.load(folder / "index", store)
+            backend = BM25Backend.build(store)
+            backend.save(folder / "index")
+            self._finish(folder, key)
+            return backend
+
+    def _passages_key(self) -> str:
+        return json.loads((self.work / "passages" / "stage.json").read_text())["key"]
+
+    def _dense(self, name: str):
+        raise NotImplementedError(f"system {name!r} needs the dense retriever stages")
+
+    def _predict(self, name: str, search, rerank=None) -> SystemResult:
+        """Predictions for every dev file, scored page-level; cached under predictions/<name>."""
+        folder = self.work / "predictions" / name
+        per_task: dict[str, dict[str, float]] = {}
+        queries: dict[str, dict[str, dict[str, float]]] = {}
+        start = time.perf_counter()
+        with self._stage(f"predict {name}"):
+            for task, splits in self.task_files.items():
+                out = folder / f"{task}-dev.jsonl"
+                gold = splits["dev"]
+                if self.config.fresh or not out.is_file():
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    self._write_predictions(search, task, gold, out, rerank)
+                scores = per_query(gold, out, ks=(1, 5, 10))
+                queries[task] = scores
+                n = len(scores)
+                per_task[task] = {m: sum(s[m] for s in scores.values()) / n for m in METRICS}
+                per_task[task]["n"] = n
+        return SystemResult(per_task, queries, time.perf_counter() - start)
+
+    def _write_predictions(self, search, task: str, gold: Path, out: Path, rerank=None) -> None:
+        from .pipeline import Pipeline
+
+        pipe = Pipeline(search, rerank)
+        examples = self.dev_examples(task)
+        if rerank is not None and self.config.rerank_queries:
+            examples = examples[: self.config.rerank_queries]
+        predictions = []
+        batch = 64
+        for i in range(0, len(examples), batch):
+            chunk = examples[i : i + batch]
+            results = pipe([e.input for e in chunk], task=task, k=self.config.k,
+                           rerank_k=self.config.rerank_k if rerank is not None else 0)
+            predictions.extend((e.id, r.pages) for e, r in zip(chunk, results))
+        from kilt.io import write_predictions
+
+        write_predictions(out, predictions)
+
+    def system(self, name: str) -> SystemResult:
+        if name in self._results:
+            return self._results[name]
+        start = time.perf_counter()
+        if "+" in name:
+            retriever_name, reranker_name = name.split("+", 1)
+            if reranker_name not in RERANKERS:
+                raise ValueError(f"unknown reranker {reranker_name!r} in {name!r}; known: {', '.join(RERANKERS)}")
+            reranker = self._reranker(reranker_name, retriever_name)
+            result = self._predict(name, self.retriever(retriever_name), reranker)
+        else:
+            if name not in RETRIEVERS and not name.startswith("single-"):
+                raise ValueError(f"unknown system {name!r}; known: {', '.join(RETRIEVERS)}, single-<task>, "
+                                 "<retriever>+<reranker>")
+            result = self._predict(name, self.retriever(name))
+        result.seconds = time.perf_counter() - start
+        self._results[name] = result
+        return result
+
+    def _reranker(self, method: str, retriever_name: str):
+        raise NotImplementedError(f"reranker {method!r} needs the reranking stages")
+
+    # ----------------------------------------------------------------- report
+    def significance(self) -> list[dict[str, Any]]:
+        pairs = []
+        names = list(self._results)
+        if "taco" in names and "naive" in names:
+            pairs.append(("taco", "naive"))
+        pairs += [(n, n.split("+", 1)[0]) for n in names if "+" in n and n.split("+", 1)[0] in names]
+        rows = []
+        for a, b in pairs:
+            ra, rb = self._results[a], self._results[b]
+            all_a: list[float] = []
+            all_b: list[float] = []
+            for task in self.task_files:
+                ids = [q for q in ra.per_query[task] if q in rb.per_query[task]]
+                xa = [ra.per_query[task][q]["Rprec"] for q in ids]
+                xb = [rb.per_query[task][q]["Rprec"] for q in ids]
+                all_a += xa
+                all_b += xb
+                rows.append({"a": a, "b": b, "task": task, "metric": "Rprec",
+                             **asdict(compare(xa, xb, seed=self.config.seed))})
+            rows.append({"a": a, "b": b, "task": "all", "metric": "Rprec",
+                         **asdict(compare(all_a, all_b, seed=self.config.seed))})
+        return rows
+
+    def run(self) -> dict[str, Any]:
+        total = time.perf_counter()
+        for name in self.config.systems:
+            self.system(name)
+        return {
+            "machine": machine_info(),
+            "data": {"data_dir": str(self.data_dir), "knowledge_source": str(self.knowledge_source),
+                     "passages": len(self.passages()), "tasks": list(self.task_files),
+                     "warnings": self._warnings},
+            "config": asdict(self.config),
+            "systems": {name: {"per_task": r.per_task, "avg": r.avg(), "seconds": round(r.seconds, 1)}
+                        for name, r in self._results.items()},
+            "significance": self.significance(),
+            "stages": {k: round(v, 1) for k, v in self.timings.items()},
+            "seconds": round(time.perf_counter() - total, 1),
+        }
+
+
+def markdown_table(doc: dict[str, Any]) -> str:
+    """Per-task R-precision and recall@5 by system, with the mean over tasks."""
+    tasks = doc["data"]["tasks"]
+    head = "| system | " + " | ".join(f"{t} Rprec | {t} R@5" for t in tasks) + " | avg Rprec | avg R@5 |"
+    rule = "|---" * (2 + 2 * len(tasks) + 1) + "|"
+    lines = [head, rule]
+    for name, r in doc["systems"].items():
+        cells = []
+        for t in tasks:
+            m = r["per_task"][t]
+            cells += [f"{m['Rprec']:.3f}", f"{m['recall@5']:.3f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['avg']['Rprec']:.3f} | {r['avg']['recall@5']:.3f} |")
+    return "\n".join(lines)
+
+
+def bar_chart(doc: dict[str, Any], path: str | Path) -> None:
+    """PNG bar chart of per-task R-precision by system, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tasks = doc["data"]["tasks"]
+    systems = list(doc["systems"])
+    width = 0.8 / max(1, len(systems))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(tasks) + 2), 4))
+    for i, name in enumerate(systems):
+        values = [doc["systems"][name]["per_task"][t]["Rprec"] for t in tasks]
+        ax.bar(np.arange(len(tasks)) + i * width, values, width, label=name)
+    ax.set_xticks(np.arange(len(tasks)) + width * (len(systems) - 1) / 2, tasks)
+    ax.set_ylabel("page-level R-precision (dev)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_write(path, mode="wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write_report(doc: dict[str, Any], out: str | Path) -> tuple[Path, Path, Path]:
+    """FILE.json, FILE.md and FILE.png side by side."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out) as f:
+        json.dump(doc, f, indent=1)
+    md = out.with_suffix(".md")
+    with atomic_write(md) as f:
+        f.write(markdown_table(doc) + "\n")
+    png = out.with_suffix(".png")
+    bar_chart(doc, png)
+    return out, md, png

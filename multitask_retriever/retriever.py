@@ -1,0 +1,126 @@
+"""Dense retrieval: task-prompted query vectors -> top-k passages -> KILT page rankings."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kilt.io import read_task_file, write_predictions
+from kilt.passages import PassageStore, page_ranking
+from kilt.tasks import parse_task_filename
+
+from .indexing import Index
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved passage and its score (higher is better)."""
+
+    passage_id: int
+    score: float
+    wikipedia_id: str
+    title: str
+    text: str
+
+
+def _check_queries(queries: Sequence[str]) -> list[str]:
+    if isinstance(queries, str):
+        raise TypeError("expected a list of queries, got one str")
+    for i, query in enumerate(queries):
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"query {i} is empty or not a string: {query!r}")
+    return list(queries)
+
+
+class Retriever:
+    """Searches `index` with `encoder`'s query vectors and reads hits from the passage file.
+
+    `encoder` is a DualEncoder (anything with `dim` and `encode_queries(texts, task, batch_size)`).
+    """
+
+    def __init__(self, encoder: Any, index: Index, passages: PassageStore, batch_size: int = 64):
+        if index.dim != encoder.dim:
+            raise ValueError(f"index dim {index.dim} != encoder dim {encoder.dim}")
+        if len(index) and int(index.ids.max()) >= len(passages):
+            raise ValueError(f"the index holds passage id {int(index.ids.max())} but {passages.path} has only "
+                             f"{len(passages)} passages: index and passage file do not belong together")
+        self.encoder = encoder
+        self.index = index
+        self.passages = passages
+        self.batch_size = batch_size
+
+    def _search(self, queries: Sequence[str], task: str | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+        vectors = self.encoder.encode_queries(_check_queries(queries), task=task, batch_size=self.batch_size)
+        return self.index.search(vectors, k)
+
+    def search(self, queries: Sequence[str], task: str | None = None, k: int = 100) -> list[list[Hit]]:
+        """The top-`k` passages of each query (fewer only if the index is smaller), best first."""
+        if not queries:
+            return []
+        scores, ids = self._search(queries, task, k)
+        results = []
+        for row_scores, row_ids in zip(scores, ids):
+            found = row_ids >= 0
+            passages = self.passages.get_many(row_ids[found].tolist())
+            results.append([Hit(p.id, float(s), p.wikipedia_id, p.title, p.text)
+                            for p, s in zip(passages, row_scores[found])])
+        return results
+
+    def search_pages(self, queries: Sequence[str], task: str | None = None, k: int = 100,
+                     passages_per_page_factor: int = 4) -> list[list[str]]:
+        """Up to `k` wikipedia_ids per query, ordered by each page's best passage.
+
+        Searches `k * passages_per_page_factor` passages, since a page often owns several hits.
+        """
+        if passages_per_page_factor < 1:
+            raise ValueError(f"passages_per_page_factor must be >= 1, got {passages_per_page_factor}")
+        if not queries:
+            return []
+        _, ids = self._search(queries, task, k * passages_per_page_factor)
+        return [page_ranking(row.tolist(), self.passages, k) for row in ids]
+
+    def predict(self, task_file: str | Path, out_path: str | Path, task: str | None = None, k: int = 100,
+                batch_size: int = 256, progress: bool = True) -> int:
+        """Rank `k` pages for every query of a KILT task file and write a KILT prediction file.
+
+        `task` (the query prompt) defaults to the task named by the file. Returns the count.
+        """
+        task_file = Path(task_file)
+        if task is None:
+            parsed = parse_task_filename(task_file.name)
+            if parsed is None:
+                raise ValueError(f"{task_file}: cannot tell the task from the file name; pass task=")
+            task = parsed[0]
+        examples = read_task_file(task_file)
+        predictions: list[tuple[str, list[str]]] = []
+        with tqdm(total=len(examples), desc=f"retrieving {task}", unit="query", disable=not progress) as bar:
+            for start in range(0, len(examples), batch_size):
+                chunk = examples[start : start + batch_size]
+                pages = self.search_pages([e.input for e in chunk], task=task, k=k)
+                predictions.extend((e.id, p) for e, p in zip(chunk, pages))
+                bar.update(len(chunk))
+        return write_predictions(out_path, predictions)
+
+
+def load_retriever(encoder_path: str | Path, index_dir: str | Path, passage_file: str | Path,
+                   device: str | None = None, progress: bool = True, **index_overrides: Any) -> Retriever:
+    """A Retriever from a saved DualEncoder, an `Index.save` folder and the passage file.
+
+    `device` places the encoder; `index_overrides` are `Index.load` search settings.
+    """
+    from .encoder import DualEncoder
+
+    encoder = DualEncoder.from_pretrained(encoder_path)
+    if device is not None:
+        encoder.to(device)
+    index = Index.load(index_dir, expected_dim=encoder.dim, **index_overrides)
+    if index.encoder_name not in (None, encoder.config.model_name_or_path):
+        logger.warning("%s was built from vectors of %s; queries are encoded by %s",
+                       index_dir, index.encoder_name, encoder.config.model_name_or_path)
+    return Retriever(encoder, index, PassageStore(passage_file, progress=progress))

@@ -1,0 +1,186 @@
+"""kilt.passages: 100-word chunking, the passage file, PassageStore and page rankings."""
+from __future__ import annotations
+
+import json
+import os
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from kilt.io import KiltFormatError, Page, iter_pages
+from kilt.passages import (Passage, PassageStore, chunk_page, iter_passage_file, iter_passages,
+                           page_ranking, write_passages)
+
+PAGE = Page(
+    wikipedia_id="42",
+    title="Lake Example",
+    paragraphs=[
+        "Lake Example\n",
+        "one two three four five\n",
+        "Section::::History.\n",
+        "six seven\n",
+        "BULLET::::- eight nine ten\n",
+    ],
+)
+
+
+def test_chunk_page_windows_skip_title_and_headers_and_keep_spans():
+    assert chunk_page(PAGE, words=4, first_id=7) == [
+        Passage(7, "42", "Lake Example", "one two three four", 1, 1),
+        Passage(8, "42", "Lake Example", "five six seven eight", 1, 4),
+        Passage(9, "42", "Lake Example", "nine ten", 4, 4),
+    ]
+
+
+def test_chunk_page_default_is_100_words_with_a_short_last_window():
+    page = Page("1", "T", ["T\n", " ".join(f"w{i}" for i in range(150)) + "\n", "tail words\n"])
+    passages = chunk_page(page)
+    assert [len(p.text.split()) for p in passages] == [100, 52]
+    assert passages[1].text.split()[-2:] == ["tail", "words"]
+    assert [(p.start_paragraph_id, p.end_paragraph_id) for p in passages] == [(1, 1), (1, 2)]
+
+
+def test_chunk_page_without_body_gives_no_passage():
+    assert chunk_page(Page("1", "T", ["T\n", "Section::::Empty.\n"])) == []
+
+
+def test_chunk_page_rejects_nonpositive_window():
+    with pytest.raises(ValueError, match="words must be >= 1"):
+        chunk_page(PAGE, words=0)
+
+
+def test_iter_passages_numbers_across_pages_from_zero():
+    other = Page("43", "Other", ["Other\n", "a b c\n"])
+    passages = list(iter_passages([PAGE, other], words=4))
+    assert [p.id for p in passages] == [0, 1, 2, 3]
+    assert [p.wikipedia_id for p in passages] == ["42", "42", "42", "43"]
+
+
+@pytest.fixture(scope="module")
+def passage_file(mini_kilt, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("passages") / "passages.jsonl"
+    write_passages(mini_kilt / "knowledge_source.jsonl", path, progress=False)
+    return path
+
+
+def test_write_passages_streams_the_chunking_of_every_page(mini_kilt, passage_file):
+    expected = list(iter_passages(iter_pages(mini_kilt / "knowledge_source.jsonl")))
+    assert list(iter_passage_file(passage_file)) == expected
+    assert len({p.wikipedia_id for p in expected}) == sum(1 for _ in iter_pages(mini_kilt / "knowledge_source.jsonl"))
+
+
+def test_write_passages_returns_count_and_leaves_no_temporary_file(mini_kilt, tmp_path):
+    n = write_passages(mini_kilt / "knowledge_source.jsonl", tmp_path / "p.jsonl", progress=False)
+    assert n == sum(1 for _ in open(tmp_path / "p.jsonl"))
+    assert os.listdir(tmp_path) == ["p.jsonl"]
+
+
+def test_write_passages_on_bad_page_names_file_and_line_and_writes_nothing(tmp_path):
+    source = tmp_path / "ks.jsonl"
+    good = {"wikipedia_id": "1", "wikipedia_title": "A", "text": ["A\n", "body\n"]}
+    source.write_text(json.dumps(good) + "\n{not json\n")
+    with pytest.raises(KiltFormatError, match=r"ks\.jsonl:2"):
+        write_passages(source, tmp_path / "p.jsonl", progress=False)
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+def test_iter_passage_file_names_file_and_line_of_a_bad_record(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": 0, "wikipedia_id": "1", "title": "A", "text": "x",
+                                "start_paragraph_id": 1, "end_paragraph_id": 1}) + '\n{"id": 1}\n')
+    with pytest.raises(KiltFormatError, match=r"p\.jsonl:2: passage lacks field\(s\) wikipedia_id"):
+        list(iter_passage_file(path))
+
+
+def test_store_reads_every_passage_by_id(passage_file):
+    store = PassageStore(passage_file, progress=False)
+    passages = list(iter_passage_file(passage_file))
+    assert len(store) == len(passages)
+    assert [store[p.id] for p in passages] == passages
+    assert [store.page_id(p.id) for p in passages] == [p.wikipedia_id for p in passages]
+
+
+def test_store_get_many_keeps_request_order_and_duplicates(passage_file):
+    store = PassageStore(passage_file, progress=False)
+    assert [p.id for p in store.get_many([5, 0, 5, 3])] == [5, 0, 5, 3]
+
+
+def test_store_rejects_ids_out_of_range(passage_file):
+    store = PassageStore(passage_file, progress=False)
+    for pid in (-1, len(store)):
+        with pytest.raises(IndexError, match="out of range"):
+            store[pid]
+
+
+def test_store_caches_index_beside_the_file_and_reuses_it(passage_file, monkeypatch):
+    PassageStore(passage_file, progress=False)
+    cache = passage_file.with_name(passage_file.name + ".offsets.npy")
+    assert cache.is_file()
+    monkeypatch.setattr(PassageStore, "_build", lambda self, progress: pytest.fail("index rebuilt"))
+    assert PassageStore(passage_file, progress=False)[3] == next(
+        p for p in iter_passage_file(passage_file) if p.id == 3)
+
+
+def test_store_rebuilds_a_stale_cache(tmp_path):
+    path = tmp_path / "p.jsonl"
+    cache = tmp_path / "p.jsonl.offsets.npy"
+
+    def write(page_id: str) -> None:
+        page = Page(page_id, "New", ["New\n", "a b c\n"])
+        path.write_text("".join(json.dumps(vars(p)) + "\n" for p in iter_passages([PAGE, page], words=2)))
+
+    write("7")
+    assert PassageStore(path, progress=False).page_id(6) == "7"
+    write("8")  # same size; make it newer than the cache even on a coarse clock
+    os.utime(path, ns=(cache.stat().st_atime_ns, cache.stat().st_mtime_ns + 10**9))
+    store = PassageStore(path, progress=False)
+    assert (len(store), store[6].text, store.page_id(6)) == (7, "c", "8")
+
+
+def test_store_requires_ids_in_file_order(tmp_path):
+    path = tmp_path / "p.jsonl"
+    record = {"id": 1, "wikipedia_id": "1", "title": "A", "text": "x",
+              "start_paragraph_id": 1, "end_paragraph_id": 1}
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(KiltFormatError, match=r"p\.jsonl:1: passage id 1, expected 0"):
+        PassageStore(path, progress=False)
+
+
+class _Pages:
+    def __init__(self, pages):
+        self.pages = pages
+
+    def page_id(self, pid):
+        return self.pages[pid]
+
+
+def test_page_ranking_keeps_first_hit_of_each_page_and_truncates():
+    lookup = _Pages(["a", "a", "b", "c", "b"])
+    assert page_ranking([1, 4, 0, 3, 2], lookup) == ["a", "b", "c"]
+    assert page_ranking([1, 4, 0, 3, 2], lookup, k=2) == ["a", "b"]
+
+
+def test_page_ranking_skips_faiss_padding():
+    assert page_ranking([-1, 2, -1, 0], _Pages(["a", "b", "c"])) == ["c", "a"]
+
+
+def _knowledge_source(path: Path, n_pages: int) -> Path:
+    body = " ".join(["w"] * 101) + "\n"
+    with open(path, "w") as f:
+        for i in range(n_pages):
+            f.write(json.dumps({"wikipedia_id": str(i), "wikipedia_title": f"P{i}",
+                                "text": [f"P{i}\n", body]}) + "\n")
+    return path
+
+
+def test_write_passages_memory_does_not_grow_with_the_knowledge_source(tmp_path):
+    peaks = []
+    for n_pages in (2_000, 20_000):
+        source = _knowledge_source(tmp_path / f"ks{n_pages}.jsonl", n_pages)
+        tracemalloc.start()
+        n = write_passages(source, tmp_path / f"p{n_pages}.jsonl", progress=False)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert n == 2 * n_pages
+    assert peaks[1] < 1.5 * peaks[0]
