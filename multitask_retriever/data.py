@@ -1,0 +1,381 @@
+"""Training data for the dual encoder: KILT task files + a passage file -> per-task batches.
+
+Each training query gets positives (passages of its provenance pages: the one holding the
+provenance paragraph, else one containing an answer, else the page's first passage) and
+ranked hard negatives (BM25, or a previous model's top hits: ANCE-style rounds), never
+from a gold page. Examples keep passage ids only; passage text is read from the
+`PassageStore` when a batch is built. A batch is a pure function of (seed, task, step,
+process), so resuming a run needs nothing but the step.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from kilt.io import KiltExample, KiltFormatError, atomic_write, iter_jsonl, read_task_file
+from kilt.passages import Passage, PassageStore
+from kilt.tasks import find_task_files, get_task
+
+log = logging.getLogger("mtr.data")
+
+#: passages asked for per query when mining hard negatives
+DEFAULT_DEPTH = 100
+#: hard negatives kept per query (a batch samples `n_negatives` of them)
+DEFAULT_KEEP = 30
+_RANDOM_TRIES = 1000
+
+
+# --------------------------------------------------------------------------- examples
+@dataclass(frozen=True)
+class TrainingExample:
+    """One training query: passage ids of its positives (best first) and hard negatives (rank order)."""
+
+    task: str
+    qid: str
+    query: str
+    positives: tuple[int, ...]
+    negatives: tuple[int, ...]
+    gold_pages: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": self.task, "id": self.qid, "query": self.query, "positives": list(self.positives),
+                "negatives": list(self.negatives), "gold_pages": list(self.gold_pages)}
+
+
+def task_train_files(data_dir: str | Path, tasks: Sequence[str] = (), split: str = "train") -> dict[str, Path]:
+    """{task: path} of the `split` files in a KILT folder; `tasks` defaults to every task with one.
+
+    Unknown task names and tasks without a `split` file are errors naming the folder.
+    """
+    for task in tasks:
+        get_task(task)  # ValueError listing the known tasks
+    found = find_task_files(data_dir)
+    tasks = list(tasks) or [t for t, splits in found.items() if split in splits]
+    missing = [t for t in tasks if split not in found.get(t, {})]
+    if missing:
+        raise FileNotFoundError(f"{data_dir}: no {split} file for task(s) {', '.join(missing)} "
+                                f"(expected e.g. {get_task(missing[0]).files.get(split, '?')})")
+    if not tasks:
+        raise FileNotFoundError(f"{data_dir}: no <task>-{split}-kilt.jsonl files")
+    return {t: found[t][split] for t in tasks}
+
+
+def page_passage_ranges(store: PassageStore, pages: Iterable[str], chunk: int = 1 << 20) -> dict[str, range]:
+    """Passage-id range of each of `pages` found in `store` (a page's passages are contiguous).
+
+    One chunked pass over the store's page column; pages absent from the store are left out.
+    """
+    wanted = set(pages)
+    found: dict[str, range] = {}
+    n = len(store)
+    column = getattr(store, "_pages", None)  # memory-mapped page ids; PassageStore has no public view
+    previous, start = None, 0
+    for first in range(0, n, chunk):
+        if column is not None:
+            block = [p.decode("utf-8") for p in column[first:min(first + chunk, n)]]
+        else:
+            block = [store.page_id(i) for i in range(first, min(first + chunk, n))]
+        for offset, page in enumerate(block):
+            if page != previous:
+                if previous in wanted:
+                    found[previous] = range(start, first + offset)
+                previous, start = page, first + offset
+    if previous in wanted:
+        found[previous] = range(start, n)
+    return found
+
+
+def _overlaps(passage: Passage, start: int | None, end: int | None) -> bool:
+    if start is None:
+        return False
+    end = start if end is None else end
+    return passage.start_paragraph_id <= end and start <= passage.end_paragraph_id
+
+
+def positive_passages(example: KiltExample, store: PassageStore, ranges: Mapping[str, range]) -> list[int]:
+    """Positive passage ids of `example`, one per provenance entry (deduplicated, in order).
+
+    For each provenance page: the passage holding the provenance paragraph span, else the
+    first passage containing an answer string (case-insensitive), else the first passage.
+    """
+    answers = [a.lower() for a in example.answers if len(a.strip()) > 1]
+    chosen: list[int] = []
+    for group in example.evidence:
+        for prov in group:
+            span = ranges.get(prov.wikipedia_id)
+            if span is None:
+                continue
+            passages = store.get_many(list(span))
+            pick = next((p.id for p in passages if _overlaps(p, prov.start_paragraph_id, prov.end_paragraph_id)),
+                        None)
+            if pick is None:
+                pick = next((p.id for p in passages if any(a in p.text.lower() for a in answers)), span[0])
+            if pick not in chosen:
+                chosen.append(pick)
+    return chosen
+
+
+# --------------------------------------------------------------------------- negatives
+class SearchBackend(Protocol):
+    """Anything with `search(queries, task=, k=) -> list[list[Hit]]` (Retriever, BM25Backend)."""
+
+    def search(self, queries: Sequence[str], task: str | None = None, k: int = 100) -> list: ...
+
+
+def ranked_passage_ids(backend: Any, queries: Sequence[str], task: str, k: int) -> list[list[int]]:
+    """Top-`k` passage ids per query from a BM25Retriever or a Hit-returning search backend."""
+    from kilt.bm25 import BM25Retriever
+
+    if isinstance(backend, BM25Retriever):
+        return [[pid for pid, _ in ranked] for ranked in backend.search(list(queries), k=k)]
+    return [[int(h.passage_id) for h in hits] for hits in backend.search(list(queries), task=task, k=k)]
+
+
+def bm25_backend(store: PassageStore, progress: bool = False):
+    """A BM25 index over the store's passage file (the default hard-negative source)."""
+    from kilt.bm25 import BM25Retriever
+    from kilt.passages import iter_passage_file
+
+    return BM25Retriever.build(iter_passage_file(store.path), progress=progress)
+
+
+def build_training_examples(task_files: Mapping[str, str | Path], store: PassageStore, negatives: Any = "bm25",
+                            depth: int = DEFAULT_DEPTH, keep: int = DEFAULT_KEEP, max_queries: int = 0,
+                            batch_size: int = 256, progress: bool = True) -> dict[str, list[TrainingExample]]:
+    """Training examples per task from KILT task files.
+
+    `negatives`: "bm25" (build a BM25 index over the passages), "none" (random negatives
+    only, drawn per batch), or a search backend (`ranked_passage_ids`) such as a BM25Retriever
+    or a dense `Retriever` (ANCE-style rounds). Hard negatives are the top-`depth` hits on
+    no gold page, at most `keep`. Queries none of whose gold pages are in `store` are skipped
+    (counted in a warning); a file left with no usable query is an error naming it.
+    """
+    files = {task: Path(path) for task, path in task_files.items()}
+    for task in files:
+        get_task(task)
+    kilt_examples = {}
+    for task, path in files.items():
+        examples = read_task_file(path)  # KiltFormatError naming the file when empty
+        kilt_examples[task] = examples[:max_queries] if max_queries else examples
+    ranges = page_passage_ranges(store, {p for ex in kilt_examples.values() for e in ex for p in e.gold_pages})
+    if isinstance(negatives, str):
+        if negatives not in ("bm25", "none"):
+            raise ValueError(f"negatives must be 'bm25', 'none' or a search backend, got {negatives!r}")
+        backend = bm25_backend(store, progress=progress) if negatives == "bm25" else None
+    else:
+        backend = negatives
+    out: dict[str, list[TrainingExample]] = {}
+    for task, examples in kilt_examples.items():
+        usable = []
+        for example in examples:
+            positives = positive_passages(example, store, ranges)
+            if positives:
+                usable.append((example, positives))
+        if len(usable) < len(examples):
+            warnings.warn(f"{files[task]}: skipped {len(examples) - len(usable)} of {len(examples)} queries whose "
+                          f"provenance pages are not in {store.path}", stacklevel=2)
+        if not usable:
+            raise ValueError(f"{files[task]}: no training query has a provenance page in {store.path}")
+        task_out = []
+        for start in tqdm(range(0, len(usable), batch_size), desc=f"negatives {task}", unit="batch",
+                          disable=not progress or backend is None):
+            chunk = usable[start:start + batch_size]
+            ranked = (ranked_passage_ids(backend, [e.input for e, _ in chunk], task, depth)
+                      if backend is not None else [[] for _ in chunk])
+            for (example, positives), ids in zip(chunk, ranked):
+                gold = set(example.gold_pages)
+                hard = [pid for pid in dict.fromkeys(ids) if store.page_id(pid) not in gold][:keep]
+                task_out.append(TrainingExample(task, example.id, example.input, tuple(positives), tuple(hard),
+                                                tuple(example.gold_pages)))
+        out[task] = task_out
+    return out
+
+
+def write_training_examples(path: str | Path, examples: Mapping[str, Sequence[TrainingExample]]) -> int:
+    """Write examples as JSONL (`mtr mine-negatives` output), atomically; returns the count."""
+    n = 0
+    with atomic_write(path) as f:
+        for task_examples in examples.values():
+            for example in task_examples:
+                f.write(json.dumps(example.to_json(), ensure_ascii=False) + "\n")
+                n += 1
+    return n
+
+
+def read_training_examples(path: str | Path, tasks: Sequence[str] = ()) -> dict[str, list[TrainingExample]]:
+    """Examples of a file written by `write_training_examples`, per task (only `tasks` if given)."""
+    path = Path(path)
+    out: dict[str, list[TrainingExample]] = {}
+    for line, row in iter_jsonl(path):
+        try:
+            example = TrainingExample(str(row["task"]), str(row["id"]), str(row["query"]),
+                                      tuple(int(p) for p in row["positives"]),
+                                      tuple(int(p) for p in row["negatives"]),
+                                      tuple(str(p) for p in row["gold_pages"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise KiltFormatError(f"{path}:{line}: not a training example ({e!r})") from None
+        if not example.positives:
+            raise KiltFormatError(f"{path}:{line}: query {example.qid} has no positive")
+        if not tasks or example.task in tasks:
+            out.setdefault(example.task, []).append(example)
+    missing = [t for t in tasks if t not in out]
+    if missing:
+        raise ValueError(f"{path}: no training examples for task(s) {', '.join(missing)}")
+    if not out:
+        raise KiltFormatError(f"{path}: empty training-example file")
+    return {t: out[t] for t in (tasks or out)}
+
+
+# --------------------------------------------------------------------------- batches
+@dataclass
+class TaskBatch:
+    """One task's mini-batch: each query's group is [positive, *negatives] in `passage_ids`
+    (group-major), so query i's target is passage i * group_size. `exclude[i, j]` marks
+    in-batch passages on query i's gold pages other than its own positive (false negatives)."""
+
+    task: str
+    qids: list[str]
+    queries: list[str]
+    passages: list[Passage]
+    group_size: int
+    exclude: torch.Tensor
+
+    @property
+    def passage_ids(self) -> list[int]:
+        return [p.id for p in self.passages]
+
+    def tokenize(self, encoder: Any, query_max_length: int | None = None) -> dict[str, Any]:
+        """{"query", "passage"} encodings from `encoder` (a DualEncoder); `query_max_length`
+        overrides the encoder's for this batch (TACO's per-task query lengths)."""
+        with _query_max_length(encoder, query_max_length):
+            queries = encoder.tokenize_queries(self.queries, self.task)
+        passages = encoder.tokenize_passages([p.title for p in self.passages], [p.text for p in self.passages])
+        return {"query": queries, "passage": passages}
+
+
+@contextmanager
+def _query_max_length(encoder: Any, length: int | None) -> Iterator[None]:
+    """Temporarily set `encoder.config.query_max_length`."""
+    saved = encoder.config
+    if length is not None and length != saved.query_max_length:
+        encoder.config = dataclasses.replace(saved, query_max_length=length)
+    try:
+        yield
+    finally:
+        encoder.config = saved
+
+
+class MultitaskBatches:
+    """Per-task batches as a pure function of (seed, task, step, process).
+
+    Query order is a fresh seeded permutation per task and epoch; each query takes one
+    positive and `n_negatives` hard negatives sampled per step, topped up with random
+    passages off its gold pages when it has too few. With several processes, process r
+    takes the r-th slice of each step's queries (each process holds its own batch size).
+    """
+
+    def __init__(self, examples: Mapping[str, Sequence[TrainingExample]], store: PassageStore,
+                 batch_sizes: int | Mapping[str, int], n_negatives: int = 1, seed: int = 0,
+                 num_processes: int = 1, process_index: int = 0):
+        if not examples:
+            raise ValueError("no tasks to train on")
+        for task, task_examples in examples.items():
+            if not task_examples:
+                raise ValueError(f"task {task}: no training examples")
+        if n_negatives < 0:
+            raise ValueError(f"n_negatives must be >= 0, got {n_negatives}")
+        self.examples = {t: list(e) for t, e in examples.items()}
+        self.store = store
+        sizes = batch_sizes if isinstance(batch_sizes, Mapping) else {t: batch_sizes for t in self.examples}
+        unknown = set(sizes) - set(self.examples)
+        if unknown:
+            raise ValueError(f"batch sizes for tasks without examples: {sorted(unknown)}")
+        self.batch_sizes = {t: int(sizes.get(t, 0)) for t in self.examples}
+        for task, size in self.batch_sizes.items():
+            if size < 1:
+                raise ValueError(f"task {task}: batch size must be >= 1, got {size}")
+        self.n_negatives = n_negatives
+        self.seed = seed
+        self.num_processes = num_processes
+        self.process_index = process_index
+        self._orders: dict[str, tuple[int, list[int]]] = {}
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.examples)
+
+    def _example(self, task: str, position: int) -> TrainingExample:
+        examples = self.examples[task]
+        epoch, offset = divmod(position, len(examples))
+        cached = self._orders.get(task)
+        if cached is None or cached[0] != epoch:
+            order = random.Random(f"{self.seed}:{task}:epoch:{epoch}").sample(range(len(examples)), len(examples))
+            self._orders[task] = cached = (epoch, order)
+        return examples[cached[1][offset]]
+
+    def _random_negative(self, rng: random.Random, gold: set[str], taken: set[int]) -> int:
+        for _ in range(_RANDOM_TRIES):
+            pid = rng.randrange(len(self.store))
+            if pid not in taken and self.store.page_id(pid) not in gold:
+                return pid
+        raise ValueError(f"{self.store.path}: found no random passage off the gold pages {sorted(gold)[:3]} "
+                         f"in {_RANDOM_TRIES} draws; is the corpus only gold pages?")
+
+    def batch(self, task: str, step: int) -> TaskBatch:
+        """The batch of `task` at global step `step` for this process."""
+        if task not in self.examples:
+            raise ValueError(f"unknown task {task!r}; training tasks: {', '.join(self.examples)}")
+        size = self.batch_sizes[task]
+        first = (step * self.num_processes + self.process_index) * size
+        rng = random.Random(f"{self.seed}:{task}:step:{step}:{self.process_index}")
+        group = 1 + self.n_negatives
+        chosen = [self._example(task, position) for position in range(first, first + size)]
+        ids: list[int] = []
+        for example in chosen:
+            positive = example.positives[rng.randrange(len(example.positives))]
+            negatives = rng.sample(example.negatives, min(self.n_negatives, len(example.negatives)))
+            taken = {positive, *negatives}
+            gold = set(example.gold_pages)
+            while len(negatives) < self.n_negatives:
+                pid = self._random_negative(rng, gold, taken)
+                negatives.append(pid)
+                taken.add(pid)
+            ids += [positive, *negatives]
+        passages = self.store.get_many(ids)
+        exclude = torch.zeros(len(chosen), len(ids), dtype=torch.bool)
+        for i, example in enumerate(chosen):
+            gold = set(example.gold_pages)
+            for j, passage in enumerate(passages):
+                if j != i * group and passage.wikipedia_id in gold:
+                    exclude[i, j] = True
+        return TaskBatch(task, [e.qid for e in chosen], [e.query for e in chosen], passages, group, exclude)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What fixes the batch sequence (the step is the position; it is saved by the trainer)."""
+        return {"seed": self.seed, "tasks": {t: len(e) for t, e in self.examples.items()},
+                "batch_sizes": dict(self.batch_sizes), "n_negatives": self.n_negatives,
+                "num_processes": self.num_processes}
+
+    def check_state(self, state: Mapping[str, Any], where: str) -> None:
+        """Raise if a checkpoint's batch sequence differs from this one's (resume would diverge)."""
+        mine = self.state_dict()
+        if dict(state) != mine:
+            raise ValueError(f"{where}: the checkpoint was trained on other data or batching ({dict(state)}); "
+                             f"now {mine}")
+
+
+def example_counts(examples: Mapping[str, Sequence[TrainingExample]]) -> dict[str, dict[str, float]]:
+    """Per task: queries, mean positives, mean hard negatives (for logs)."""
+    return {t: {"queries": len(e), "positives": float(np.mean([len(x.positives) for x in e])),
+                "negatives": float(np.mean([len(x.negatives) for x in e]))} for t, e in examples.items()}
