@@ -98,6 +98,37 @@ def _retrieve(args) -> None:
     print(f"{args.queries}: {n} predictions -> {args.out}")
 
 
+# --------------------------------------------------------------------------- dual-encoder training
+@command("train")
+def _train(args) -> None:
+    from .config import config_from_args, load_config_file
+    from .trainer import MultitaskTrainer, TrainConfig
+
+    cfg = config_from_args(TrainConfig, args, load_config_file(args.config) if args.config else None)
+    result = MultitaskTrainer(cfg).train(resume=args.resume)
+    print(f"trained {cfg.method} for {result.step} steps; model: {result.model_path}")
+
+
+@command("mine-negatives")
+def _mine_negatives(args) -> None:
+    from kilt.passages import PassageStore
+
+    from .data import build_training_examples, task_train_files, write_training_examples
+
+    backend = "bm25"
+    if args.encoder:
+        if not args.index:
+            raise ValueError("--encoder needs --index (an index of that encoder's passage vectors)")
+        from .retriever import load_retriever
+
+        backend = load_retriever(args.encoder, args.index, args.passages, device=_device(args.device))
+    files = task_train_files(args.data_dir, args.tasks.split(",") if args.tasks else (), args.split)
+    examples = build_training_examples(files, PassageStore(args.passages), backend, depth=args.depth,
+                                       keep=args.keep, max_queries=args.max_queries)
+    n = write_training_examples(args.out, examples)
+    print(f"wrote {n} training queries with hard negatives to {args.out} (use it as --negatives)")
+
+
 # --------------------------------------------------------------------------- benchmark
 @command("benchmark-quality")
 def _benchmark_quality(args) -> None:
@@ -177,6 +208,26 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--task", default=None, help="task prompt [from the file name]")
         p.add_argument("--k", type=int, default=100)
         p.add_argument("--device", default="auto")
+
+    from .trainer import TrainConfig
+
+    p = sub.add_parser("train", help="train the dual encoder on KILT tasks (naive, taco, pcgrad, cgd, single)")
+    p.add_argument("--config", default=None, help="YAML/JSON with TrainConfig fields (flags override it)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint")
+    add_config_arguments(p, TrainConfig)
+
+    p = sub.add_parser("mine-negatives", help="training queries with hard negatives from BM25 or a trained model")
+    p.add_argument("--data-dir", required=True, help="KILT folder with <task>-train-kilt.jsonl files")
+    p.add_argument("--passages", required=True, help="passage file from `mtr chunk`")
+    p.add_argument("--out", required=True, help="JSONL to write (TrainConfig.negatives / --negatives)")
+    p.add_argument("--tasks", default="", help="comma-separated task names [all with a train file]")
+    p.add_argument("--split", default="train")
+    p.add_argument("--encoder", default=None, help="DualEncoder folder for ANCE-style negatives [BM25]")
+    p.add_argument("--index", default=None, help="folder written by `mtr index` for --encoder")
+    p.add_argument("--depth", type=int, default=100, help="passages retrieved per query [100]")
+    p.add_argument("--keep", type=int, default=30, help="hard negatives kept per query [30]")
+    p.add_argument("--max-queries", type=int, default=0, help="cap on queries per task (0 = all)")
+    p.add_argument("--device", default="auto")
 
     from .experiment import ExperimentConfig
 

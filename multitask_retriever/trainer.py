@@ -266,8 +266,8 @@ class MultitaskTrainer:
         log_path = out / LOG_NAME
         checkpoint = _latest_checkpoint(out) if out.is_dir() else None
         if checkpoint is not None and not resume:
-            raise FileExistsError(f"{out}: holds a training run ({checkpoint.name}); pass resume=True to "
-                                  "continue it, or choose another output_dir")
+            raise FileExistsError(f"{out}: holds a training run ({checkpoint.name}); pass resume=True "
+                                  "(mtr train --resume) to continue it, or choose another output_dir")
         if checkpoint is not None and checkpoint.name == FINAL_NAME:
             state = torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
             log.info("%s: already trained (%d steps)", out, state["step"])
