@@ -182,11 +182,11 @@ def build_training_examples(task_files: Mapping[str, str | Path], store: Passage
             positives = positive_passages(example, store, ranges)
             if positives:
                 usable.append((example, positives))
+        if not usable:
+            raise ValueError(f"{files[task]}: no training query has a provenance page in {store.path}")
         if len(usable) < len(examples):
             warnings.warn(f"{files[task]}: skipped {len(examples) - len(usable)} of {len(examples)} queries whose "
                           f"provenance pages are not in {store.path}", stacklevel=2)
-        if not usable:
-            raise ValueError(f"{files[task]}: no training query has a provenance page in {store.path}")
         task_out = []
         for start in tqdm(range(0, len(usable), batch_size), desc=f"negatives {task}", unit="batch",
                           disable=not progress or backend is None):
