@@ -1,0 +1,156 @@
+"""MultitaskTrainer: every combiner and single-task training lower the loss; resume is exact;
+`mtr train` runs from the command line."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kilt.passages import PassageStore, write_passages
+from multitask_retriever.cli import main
+from multitask_retriever.data import MultitaskBatches, build_training_examples, task_train_files
+from multitask_retriever.encoder import DualEncoder
+from multitask_retriever.losses import ContrastiveLoss
+from multitask_retriever.specialization import COMBINERS
+from multitask_retriever.trainer import MultitaskTrainer, TrainConfig
+
+TASKS = ["nq", "fever", "wow"]
+METHODS = sorted(COMBINERS) + ["single"]
+
+
+@pytest.fixture(scope="module")
+def data(mini_kilt, tmp_path_factory):
+    path = tmp_path_factory.mktemp("passages") / "passages.jsonl"
+    write_passages(mini_kilt / "knowledge_source.jsonl", path, progress=False)
+    store = PassageStore(path, progress=False)
+    return store, build_training_examples(task_train_files(mini_kilt, TASKS), store, "bm25", progress=False)
+
+
+def _config(model, out, **changes):
+    values = dict(model_name_or_path=str(model), tasks=TASKS, per_task_batch_size=4, n_negatives=1, lr=2e-3,
+                  steps=6, warmup_steps=1, query_max_length=32, passage_max_length=64, seed=5,
+                  output_dir=str(out), progress=False, taco_warmup_steps=2)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def _held_out_loss(model_path, examples, store) -> float:
+    """Mean loss over fixed batches (another seed than training's), in eval mode."""
+    encoder = DualEncoder.from_pretrained(model_path).eval()
+    batches = MultitaskBatches(examples, store, 8, n_negatives=1, seed=123)
+    loss = ContrastiveLoss()
+    values = []
+    with torch.no_grad():
+        for task in batches.tasks:
+            for step in range(2):
+                batch = batches.batch(task, step)
+                features = batch.tokenize(encoder)
+                values.append(loss(encoder.embed(features["query"]), encoder.embed(features["passage"]),
+                                   batch.exclude).item())
+    return sum(values) / len(values)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_lowers_the_loss(method, tiny_t5, data, tmp_path):
+    store, examples = data
+    if method == "single":
+        examples = {"nq": examples["nq"]}
+    cfg = _config(tiny_t5, tmp_path / method, method=method, tasks=list(examples), steps=25)
+    result = MultitaskTrainer(cfg, examples=examples, store=store).train()
+    assert result.step == 25 and len(result.losses) == 25
+    assert sorted(result.task_losses) == sorted(examples)
+    before = _held_out_loss(tiny_t5, examples, store)
+    after = _held_out_loss(result.model_path, examples, store)
+    assert after < 0.8 * before, (method, before, after)
+    first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
+    assert last < first, (method, result.losses)
+
+
+@pytest.mark.parametrize("method", sorted(COMBINERS))
+def test_resume_is_exact(method, tiny_t5, data, tmp_path):
+    """6 steps straight == 3 steps, stop, resume, 3 steps (weights, log, combiner state)."""
+    store, examples = data
+    straight = MultitaskTrainer(_config(tiny_t5, tmp_path / "a", method=method), examples=examples,
+                                store=store).train()
+    stopped = MultitaskTrainer(_config(tiny_t5, tmp_path / "b", method=method), examples=examples,
+                               store=store).train(stop_after=3)
+    assert stopped.step == 3 and stopped.model_path.endswith("checkpoint-0000003/model")
+    state = torch.load(tmp_path / "b" / "checkpoint-0000003" / "trainer_state.pt", weights_only=False)
+    assert state["step"] == 3 and state["combiner"]["steps"] == 3 and state["data"]["seed"] == 5
+    with pytest.raises(FileExistsError, match="resume"):
+        MultitaskTrainer(_config(tiny_t5, tmp_path / "b", method=method), examples=examples, store=store).train()
+    resumed = MultitaskTrainer(_config(tiny_t5, tmp_path / "b", method=method), examples=examples,
+                               store=store).train(resume=True)
+    assert resumed.step == 6 and resumed.losses == straight.losses
+    a, b = DualEncoder.from_pretrained(straight.model_path), DualEncoder.from_pretrained(resumed.model_path)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=0, msg=name)
+    assert not list((tmp_path / "b").glob("checkpoint-*"))  # replaced by final/
+    final = torch.load(tmp_path / "b" / "final" / "trainer_state.pt", weights_only=False)
+    assert final["combiner"] == torch.load(tmp_path / "a" / "final" / "trainer_state.pt",
+                                           weights_only=False)["combiner"]
+    again = MultitaskTrainer(_config(tiny_t5, tmp_path / "b", method=method)).train(resume=True)
+    assert again.model_path == resumed.model_path and again.losses == resumed.losses  # finished: no training
+
+
+def test_resume_rejects_other_data(tiny_t5, data, tmp_path):
+    store, examples = data
+    MultitaskTrainer(_config(tiny_t5, tmp_path), examples=examples, store=store).train(stop_after=2)
+    other = _config(tiny_t5, tmp_path, per_task_batch_size=2)
+    with pytest.raises(ValueError, match="other data or batching"):
+        MultitaskTrainer(other, examples=examples, store=store).train(resume=True)
+
+
+def test_log_and_final_model(tiny_t5, data, tmp_path):
+    store, examples = data
+    result = MultitaskTrainer(_config(tiny_t5, tmp_path, steps=2, save_every=1), examples=examples,
+                              store=store).train()
+    rows = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert {f"loss/{t}" for t in TASKS} | {"loss", "lr", "grad_norm"} <= set(rows[0])
+    assert rows[0]["loss"] == pytest.approx(sum(rows[0][f"loss/{t}"] for t in TASKS) / 3)
+    assert rows[0]["lr"] == pytest.approx(0.0) and rows[1]["lr"] == pytest.approx(2e-3)  # 1 warm-up step
+    encoder = DualEncoder.from_pretrained(result.model_path)
+    assert encoder.config.pooling == "first_decoder" and encoder.config.passage_max_length == 64
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="method must be one of naive"):
+        TrainConfig(method="nope", output_dir="x")
+    with pytest.raises(ValueError, match="method single trains one task"):
+        TrainConfig(method="single", tasks=["nq", "fever"], output_dir="x")
+    with pytest.raises(ValueError, match="output_dir is required"):
+        MultitaskTrainer(TrainConfig())
+
+
+def test_cli_help_lists_the_config_flags():
+    out = subprocess.run([sys.executable, "-m", "multitask_retriever.cli", "train", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    for flag in ("--config", "--resume", "--method", "--per-task-batch-size", "--taco-beta", "--n-negatives"):
+        assert flag in out
+
+
+def test_cli_trains_two_steps_from_a_yaml(tiny_bert, mini_kilt, tmp_path, capsys):
+    config = tmp_path / "train.yaml"
+    config.write_text(f"model_name_or_path: {tiny_bert}\ndata_dir: {mini_kilt}\ntasks: [nq, fever]\n"
+                      f"method: naive\nsteps: 5\nper_task_batch_size: 2\nn_negatives: 1\n"
+                      f"task_query_max_lengths: {{fever: 24}}\nprogress: false\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(config), "--steps", "2", "--output-dir", str(out)]) == 0
+    assert f"model: {out / 'final' / 'model'}" in capsys.readouterr().out
+    rows = (out / "train_log.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and DualEncoder.from_pretrained(out / "final" / "model").config.pooling == "mean"
+    assert (out / "training_examples.jsonl").is_file() and (out / "passages.jsonl").is_file()
+
+
+def test_cli_mine_negatives_then_train_on_them(tiny_bert, mini_kilt, data, tmp_path):
+    store, _ = data
+    negatives = tmp_path / "negatives.jsonl"
+    assert main(["mine-negatives", "--data-dir", str(mini_kilt), "--passages", str(store.path),
+                 "--out", str(negatives), "--tasks", "wow", "--keep", "3"]) == 0
+    rows = [json.loads(line) for line in negatives.read_text().splitlines()]
+    assert len(rows) == 14 and all(r["task"] == "wow" and len(r["negatives"]) == 3 for r in rows)
+    assert main(["train", "--model-name-or-path", str(tiny_bert), "--passages", str(store.path),
+                 "--negatives", str(negatives), "--tasks", "wow", "--method", "single", "--steps", "1",
+                 "--per-task-batch-size", "2", "--progress", "false", "--output-dir", str(tmp_path / "r")]) == 0
