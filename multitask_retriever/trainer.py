@@ -275,7 +275,9 @@ class MultitaskTrainer:
 
         accelerator = _accelerator(cfg.mixed_precision)
         set_seed(cfg.seed)
-        examples = self.training_examples()
+        with accelerator.main_process_first():  # chunking, BM25 and caches are written once
+            examples = self.training_examples()
+            store = self.passage_store()
         tasks = list(examples)
         if cfg.method == "single" and len(tasks) != 1:
             raise ValueError(f"method single trains one task; got {tasks}")
@@ -285,7 +287,7 @@ class MultitaskTrainer:
         if cfg.gradient_checkpointing:
             encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         sizes = {t: cfg.task_batch_sizes.get(t, cfg.per_task_batch_size) for t in tasks}
-        batches = MultitaskBatches(examples, self.passage_store(), sizes, cfg.n_negatives, cfg.seed,
+        batches = MultitaskBatches(examples, store, sizes, cfg.n_negatives, cfg.seed,
                                    accelerator.num_processes, accelerator.process_index)
         query_lengths = {t: cfg.task_query_max_lengths.get(t, cfg.query_max_length) for t in tasks}
         loss_fn = ContrastiveLoss(cfg.temperature, gather=cfg.gather_negatives)

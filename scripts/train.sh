@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Multitask dual-encoder training with `accelerate launch` (all visible GPUs, or the settings of
+# `accelerate config`). Default recipe: TACO on real KILT (scripts/configs/train-kilt-taco.yaml:
+# 8 tasks, t5-base, first-decoder-token pooling, lr 5e-6, 64 queries per task and GPU, 1 positive +
+# 2 hard negatives, passages of 160 tokens, per-task query lengths, beta 0.999, tau 2).
+# It needs internet for t5-base and a GPU. An interrupted run continues where it stopped.
+#
+#   scripts/train.sh [--config FILE] [any `mtr train` flag, e.g. --method naive --output-dir DIR]
+#
+# ANCE-style rounds: after a round, encode + index the corpus with the model, then
+#   mtr mine-negatives --encoder RUN/final/model --index IDX --passages P --data-dir D --out NEG.jsonl --depth 110
+# and train the next round with --negatives NEG.jsonl --model-name-or-path RUN/final/model.
+. "$(dirname "$0")/_env.sh"
+
+CONFIG="scripts/configs/train-kilt-taco.yaml"
+if [ "${1:-}" = "--config" ]; then CONFIG="$2"; shift 2; fi
+case "${1:-}" in -h|--help) sed -n '2,11p' "$0"; exit 0 ;; esac
+export HF_HUB_OFFLINE=0 TRANSFORMERS_OFFLINE=0   # t5-base comes from the hub on first use
+exec accelerate launch -m multitask_retriever.cli train --config "$CONFIG" --resume "$@"
