@@ -12,8 +12,11 @@ so the trainer and any user loop treat them alike.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from abc import ABC, abstractmethod
-from typing import Any, Iterable
+from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -31,18 +34,24 @@ class GradientCombiner(ABC):
         self.num_tasks = num_tasks
         self.steps = 0
         self._observed: set[int] = set()
+        self._losses: dict[int, float] = {}
 
     def _grads(self) -> list[torch.Tensor]:
         """The current ``p.grad`` of every parameter (zeros where a task left none)."""
         return [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
 
-    def observe(self, task: int) -> None:
-        """Take task ``task``'s gradient from ``p.grad`` (call once per task and step)."""
+    def observe(self, task: int, loss: float | torch.Tensor | None = None) -> None:
+        """Take task ``task``'s gradient from ``p.grad`` (call once per task and step).
+
+        ``loss`` (the task's loss value) is optional; only ``cgd`` needs it.
+        """
         if not 0 <= task < self.num_tasks:
             raise ValueError(f"task {task} out of range for {self.num_tasks} tasks")
         if task in self._observed:
             raise RuntimeError(f"task {task} observed twice in one step")
         self._observed.add(task)
+        if loss is not None:
+            self._losses[task] = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
         self._observe(task, self._grads())
 
     def apply(self) -> None:
@@ -53,7 +62,14 @@ class GradientCombiner(ABC):
         for p, g in zip(self.params, combined):
             p.grad = g
         self._observed.clear()
+        self._losses.clear()
         self.steps += 1
+
+    def _require_all_tasks(self) -> None:
+        """Methods that compare tasks need every task's gradient in every step."""
+        missing = sorted(set(range(self.num_tasks)) - self._observed)
+        if missing:
+            raise RuntimeError(f"apply() before tasks {missing} were observed in this step")
 
     @abstractmethod
     def _observe(self, task: int, grads: list[torch.Tensor]) -> None: ...
@@ -89,7 +105,427 @@ class NaiveSum(GradientCombiner):
         return out
 
 
-COMBINERS: dict[str, type[GradientCombiner]] = {"naive": NaiveSum}
+# ----------------------------------------------------------------------------- helpers
+
+_EPS = 1e-12  # TACO's guard against a zero median
+
+
+def _flat_into(buf: torch.Tensor, tensors: list[torch.Tensor]) -> None:
+    """Copy ``tensors`` (flattened, in order) into the 1-D ``buf``."""
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        buf[offset:offset + n].copy_(t.detach().reshape(-1))
+        offset += n
+
+
+def _unflat(vec: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Split the 1-D ``vec`` into fresh tensors shaped (and typed) like ``like``."""
+    out, offset = [], 0
+    for p in like:
+        n = p.numel()
+        out.append(vec[offset:offset + n].reshape(p.shape).to(p.dtype).clone())
+        offset += n
+    return out
+
+
+def _stochastic_round_bf16(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Round float32 ``x`` to bfloat16, up or down at random in proportion to the distance.
+
+    Unbiased, which an EMA with beta near 1 needs: nearest rounding drops updates smaller
+    than half a bfloat16 step (2**-9 relative), so the average would stall.
+    """
+    bits = x.float().contiguous().view(torch.int32)
+    noise = torch.randint(0, 1 << 16, x.shape, generator=generator, dtype=torch.int32, device=x.device)
+    return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)
+
+
+def _weight_stats(w: torch.Tensor) -> tuple[float, float, float]:
+    """Sums over entries of (entropy in nats, Gini coefficient, top weight > 0.5) for task
+    weights ``w`` of shape (K, n), each column summing to one."""
+    k = w.shape[0]
+    entropy = -(w * torch.log(w.clamp_min(1e-30))).sum(0)
+    ranked = torch.sort(w, dim=0).values  # ascending over tasks
+    coef = (2 * torch.arange(1, k + 1, dtype=w.dtype, device=w.device) - k - 1).unsqueeze(1)
+    gini = (coef * ranked).sum(0) / (k * w.sum(0).clamp_min(1e-30))
+    top = (w.max(0).values > 0.5).to(w.dtype)
+    return float(entropy.sum()), float(gini.sum()), float(top.sum())
+
+
+# ----------------------------------------------------------------------------- TACO
+
+class TaskSpecialization(GradientCombiner):
+    """TACO (Zhang et al., TACL 2023): each parameter entry weights the tasks by how much it
+    matters to them, w_t = softmax_t(E_t / tau), E_t the EMA of median-normalised |theta * g_t|.
+
+    ``exact=True`` is the update of the issue, all trainable parameters flattened into one
+    vector theta of P entries; per step, after all K tasks are observed:
+
+    * I_t = |theta * g_t| / (median(I_t over all P entries, torch.median's lower middle) + 1e-12)
+    * finite step: E_t <- beta * E_t + (1 - beta) * I_t (from zero, warm-up steps included);
+      then g = sum_t g_t / K while ``steps < warmup_steps``, else
+      g = sum_t softmax_t(E_t / tau) * g_t / K;
+    * a step where any g_t has a NaN/inf: g = sum_t g_t / K and E is left unchanged.
+
+    What the official code (WenzhengZhang/TACO, mt_trainer.py ``taco_backward``) does, checked:
+    theta is the parameter value at the time of the step (``param.data`` before the optimiser
+    moves it); E is updated with this step's importance *before* the weights are computed;
+    the warm-up test is ``global_step < warmup`` with the 0-based count of finished steps.
+    It scales differently: warm-up writes sum_t g_t and the weighted step sum_t w_t g_t (no
+    division by K; the non-finite fallback does divide). ``official_scale=True`` reproduces
+    that (finite steps K times larger); the default follows the issue's /K. Its median runs
+    over every model parameter, frozen ones as zeros; here only over the trainable ones.
+    The official code keeps K x P gradient copies and K x P EMAs (plus K x P temporaries).
+
+    ``exact=False`` (default) streams: no gradient copies, only the K EMAs and one fp32
+    accumulator (as ``naive`` has). It differs from exact in exactly these ways:
+
+    1. one-step lag: step s weights the tasks with E after step s-1 (E from zero at step 0,
+       i.e. uniform weights 1/K), since each g_t is folded in as it is observed; E itself is
+       updated as in exact mode. With beta = 0.999 the lag moves a logit by (1-beta)(I-E)/tau.
+    2. the median of |theta * g_t| is that of a fixed random sample of ``median_sample``
+       entries (drawn once, with replacement, from ``seed``); exact when P <= median_sample
+       or ``median_sample=None``.
+    3. E is stored as log-weights: F_t = E_t / tau - lse_t'(E_t' / tau), renormalised at the
+       end of each step (softmax is shift-invariant and the shift decays by beta, so this is
+       the same EMA); in ``ema_dtype`` (float32, or bfloat16 with stochastic rounding, whose
+       noise at beta = 0.999 is about 10 bfloat16 steps in each log-weight).
+    4. a non-finite g_t is only seen when task t is observed: tasks observed before it in
+       that step keep their weighted contribution and their EMA update; it and later tasks
+       add plainly and leave their EMA unchanged. The written gradient is non-finite either
+       way (so a GradScaler skips the step, as with exact).
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], num_tasks: int, beta: float = 0.999,
+                 tau: float = 2.0, warmup_steps: int = 0, exact: bool = False,
+                 ema_dtype: torch.dtype = torch.float32, median_sample: int | None = 1 << 16,
+                 seed: int = 0, official_scale: bool = False):
+        super().__init__(params, num_tasks)
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"beta must be in [0, 1), got {beta}")
+        if tau <= 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        if ema_dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"ema_dtype must be torch.float32 or torch.bfloat16, got {ema_dtype}")
+        if exact and ema_dtype != torch.float32:
+            raise ValueError("exact=True keeps its EMAs in float32")
+        self.beta, self.tau, self.warmup_steps = beta, tau, warmup_steps
+        self.exact, self.ema_dtype, self.official_scale = exact, ema_dtype, official_scale
+        self.num_entries = sum(p.numel() for p in self.params)
+        device = self.params[0].device
+        k, n = num_tasks, self.num_entries
+        if exact:
+            self._grad_rows = torch.zeros(k, n, device=device)  # K x P gradient copies
+            self._ema = torch.zeros(k, n, device=device)  # E, K x P
+        else:
+            # F_t per parameter tensor, shape (K, numel): log-weights up to a shared shift
+            self._logits = [torch.zeros(k, p.numel(), dtype=ema_dtype, device=device) for p in self.params]
+            self._acc: list[torch.Tensor] | None = None
+            self._nonfinite = False
+            self._rng = torch.Generator(device=device).manual_seed(seed)
+            self._sample = self._draw_sample(median_sample, seed)
+
+    # -- default (streamed) mode helpers
+    def _draw_sample(self, size: int | None, seed: int) -> list[torch.Tensor] | None:
+        """Per tensor, the local indices of a fixed random sample of all P entries."""
+        if size is None or self.num_entries <= size:
+            return None
+        gen = torch.Generator().manual_seed(seed)
+        flat = torch.sort(torch.randint(0, self.num_entries, (size,), generator=gen)).values
+        out, offset = [], 0
+        for p in self.params:
+            n = p.numel()
+            lo, hi = torch.searchsorted(flat, torch.tensor([offset, offset + n]))
+            out.append((flat[lo:hi] - offset).to(self.params[0].device))
+            offset += n
+        return out
+
+    def _median(self, grads: list[torch.Tensor]) -> float:
+        """Median of |theta * g| over all entries, or over the fixed sample."""
+        if self._sample is None:
+            parts = [(p.detach().reshape(-1).float() * g.reshape(-1).float()).abs() for p, g in zip(self.params, grads)]
+        else:
+            parts = [(p.detach().reshape(-1)[i].float() * g.reshape(-1)[i].float()).abs()
+                     for p, g, i in zip(self.params, grads, self._sample)]
+        return float(torch.cat(parts).median())
+
+    def _scale(self) -> float:
+        """Divisor of the written gradient: K (issue), or 1 on finite steps (official code)."""
+        return 1.0 if self.official_scale and not self._nonfinite else float(self.num_tasks)
+
+    def _observe(self, task: int, grads: list[torch.Tensor]) -> None:
+        if self.exact:
+            _flat_into(self._grad_rows[task], grads)
+            return
+        if self._acc is None:
+            self._acc = [torch.zeros(p.numel(), device=p.device) for p in self.params]
+            self._nonfinite = False
+        if not all(bool(torch.isfinite(g).all()) for g in grads):
+            self._nonfinite = True
+        weighted = self.steps >= self.warmup_steps and not self._nonfinite
+        scale = 0.0 if self._nonfinite else (1.0 - self.beta) / (self.tau * (self._median(grads) + _EPS))
+        for p, g, acc, logits in zip(self.params, grads, self._acc, self._logits):
+            g = g.detach().reshape(-1).float()
+            row = logits[task]
+            if weighted:
+                acc.addcmul_(torch.exp(row.float()), g)
+            else:
+                acc.add_(g)
+            if self._nonfinite:
+                continue
+            inc = p.detach().reshape(-1).float().mul(g).abs_().mul_(scale)  # (1-beta) I_t / tau
+            if self.ema_dtype == torch.float32:
+                row.mul_(self.beta).add_(inc)
+            else:
+                row.copy_(_stochastic_round_bf16(row.float().mul_(self.beta).add_(inc), self._rng))
+
+    def _renormalise(self, chunk: int = 1 << 20) -> None:
+        """Shift every entry's F_t so that exp(F_t) sums to one over tasks."""
+        for logits in self._logits:
+            for a in range(0, logits.shape[1], chunk):
+                block = logits[:, a:a + chunk]
+                x = block.float()
+                x = x - torch.logsumexp(x, dim=0, keepdim=True)
+                block.copy_(x if self.ema_dtype == torch.float32 else _stochastic_round_bf16(x, self._rng))
+
+    def _combine(self) -> list[torch.Tensor]:
+        self._require_all_tasks()
+        return self._combine_exact() if self.exact else self._combine_streamed()
+
+    def _combine_streamed(self) -> list[torch.Tensor]:
+        assert self._acc is not None
+        div = self._scale()
+        out = [acc.div_(div).reshape(p.shape).to(p.dtype) for acc, p in zip(self._acc, self.params)]
+        self._acc = None
+        if self.steps + 1 >= self.warmup_steps:
+            self._renormalise()
+        self._nonfinite = False
+        return out
+
+    def _combine_exact(self) -> list[torch.Tensor]:
+        grads, k = self._grad_rows, self.num_tasks
+        with torch.no_grad():
+            if not bool(torch.isfinite(grads).all()):
+                return _unflat(grads.sum(0) / k, self.params)
+            theta = torch.empty(self.num_entries, device=grads.device)
+            _flat_into(theta, self.params)
+            ipt = (theta * grads).abs()
+            ipt = ipt / (ipt.median(dim=1, keepdim=True).values + _EPS)
+            self._ema.mul_(self.beta).add_(ipt, alpha=1.0 - self.beta)
+            div = 1.0 if self.official_scale else float(k)
+            if self.steps < self.warmup_steps:
+                combined = grads.sum(0) / div
+            else:
+                combined = (torch.softmax(self._ema / self.tau, dim=0) * grads).sum(0) / div
+        return _unflat(combined, self.params)
+
+    # -- state and diagnostics
+    def task_weights(self) -> list[torch.Tensor]:
+        """Per parameter tensor, the softmax task weights of the current EMAs, shape (K, *p.shape)."""
+        out, offset = [], 0
+        for i, p in enumerate(self.params):
+            if self.exact:
+                e = self._ema[:, offset:offset + p.numel()] / self.tau
+                offset += p.numel()
+            else:
+                e = self._logits[i].float()
+            out.append(torch.softmax(e, dim=0).reshape(self.num_tasks, *p.shape))
+        return out
+
+    def diagnostics(self, named_params: Iterable[tuple[str, nn.Parameter]] | None = None,
+                    depth: int | None = None) -> dict[str, dict[str, float]]:
+        """Per layer: mean entropy (nats) and Gini of the task weights over entries, and the
+        share of entries whose top task weight exceeds 0.5.
+
+        Layers are parameter tensors (named by ``named_params``, else ``param{i}``) or, with
+        ``depth``, module prefixes of ``depth`` dotted components. Gini is the mean absolute
+        difference over task pairs / (2 * mean): 0 for uniform weights, (K-1)/K for one task.
+        """
+        names = {id(p): n for n, p in named_params} if named_params is not None else {}
+        sums: dict[str, list[float]] = {}
+        for i, (p, w) in enumerate(zip(self.params, self.task_weights())):
+            name = names.get(id(p), f"param{i}")
+            if depth is not None:
+                name = ".".join(name.split(".")[:depth])
+            ent, gini, top = _weight_stats(w.reshape(self.num_tasks, -1).double())
+            acc = sums.setdefault(name, [0.0, 0.0, 0.0, 0.0])
+            for j, v in enumerate((ent, gini, top, float(p.numel()))):
+                acc[j] += v
+        return {name: {"entropy": e / n, "gini": g / n, "top_share": t / n, "entries": int(n)}
+                for name, (e, g, t, n) in sums.items()}
+
+    def buffer_bytes(self) -> int:
+        """Bytes of every tensor the combiner holds between calls (EMAs, copies, indices)."""
+        return sum(t.numel() * t.element_size() for t in _held_tensors(vars(self), skip=self.params))
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"steps": self.steps, "exact": self.exact}
+        if self.exact:
+            state["ema"] = self._ema.clone()
+        else:
+            state["logits"] = [t.clone() for t in self._logits]
+            state["rng"] = self._rng.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if bool(state["exact"]) != self.exact:
+            raise ValueError(f"state is for exact={state['exact']}, this combiner has exact={self.exact}")
+        super().load_state_dict(state)
+        if self.exact:
+            self._ema.copy_(state["ema"])
+        else:
+            for dst, src in zip(self._logits, state["logits"], strict=True):
+                dst.copy_(src)
+            self._rng.set_state(state["rng"])
+
+
+def _held_tensors(obj: Any, skip: list[nn.Parameter]) -> Iterator[torch.Tensor]:
+    """Tensors reachable from ``obj`` through dicts, lists and tuples (parameters excluded)."""
+    skip_ids = {id(p) for p in skip}
+    stack, seen = [obj], set()
+    while stack:
+        x = stack.pop()
+        if id(x) in seen or id(x) in skip_ids:
+            continue
+        seen.add(id(x))
+        if isinstance(x, torch.Tensor):
+            yield x
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+
+
+def plot_diagnostics(diag: dict[str, dict[str, float]], path: str | os.PathLike, title: str = "") -> Path:
+    """Bar charts of entropy, Gini and top-share per layer, written atomically as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(diag)
+    fig = Figure(figsize=(10, 2.5 + 0.22 * len(names)))
+    FigureCanvasAgg(fig)
+    for ax, key, label in zip(fig.subplots(1, 3, sharey=True), ("entropy", "gini", "top_share"),
+                              ("mean entropy (nats)", "mean Gini", "share top weight > 0.5")):
+        ax.barh(range(len(names)), [diag[n][key] for n in names])
+        ax.set_xlabel(label)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.invert_yaxis()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+# ----------------------------------------------------------------------------- PCGrad, CGD
+
+class _FlatRows(GradientCombiner):
+    """Keeps the K task gradients as rows of a K x P float32 matrix (what PCGrad and CGD need)."""
+
+    def __init__(self, params: Iterable[nn.Parameter], num_tasks: int):
+        super().__init__(params, num_tasks)
+        self._rows = torch.zeros(num_tasks, sum(p.numel() for p in self.params), device=self.params[0].device)
+
+    def _observe(self, task: int, grads: list[torch.Tensor]) -> None:
+        _flat_into(self._rows[task], grads)
+
+    def _combine(self) -> list[torch.Tensor]:
+        self._require_all_tasks()
+        with torch.no_grad():
+            rows = self._rows
+            if not bool(torch.isfinite(rows).all()):
+                return _unflat(rows.sum(0) / self.num_tasks, self.params)
+            return _unflat(self._combine_rows(rows), self.params)
+
+    @abstractmethod
+    def _combine_rows(self, rows: torch.Tensor) -> torch.Tensor: ...
+
+
+class PCGrad(_FlatRows):
+    """PCGrad (Yu et al., 2020): each task gradient is projected off the normal plane of every
+    other task gradient it conflicts with (negative dot product), in a random order, against
+    the original gradients; the update is the mean of the projected gradients.
+
+    The order is drawn from a seeded generator (saved in ``state_dict``). The TACO repo's
+    ``pcg_backward`` also lists the task itself in the shuffled order; like the paper, this
+    skips it. A non-finite gradient gives the plain mean.
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], num_tasks: int, seed: int = 0):
+        super().__init__(params, num_tasks)
+        self._rng = torch.Generator().manual_seed(seed)
+
+    def _combine_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        k = self.num_tasks
+        sq_norms = (rows * rows).sum(1)
+        out = rows.clone()
+        for i in range(k):
+            others = [j for j in torch.randperm(k, generator=self._rng).tolist() if j != i]
+            for j in others:
+                dot = torch.dot(out[i], rows[j])
+                if dot < 0 and sq_norms[j] > 0:
+                    out[i] -= (dot / sq_norms[j]) * rows[j]
+        return out.sum(0) / k
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "rng": self._rng.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._rng.set_state(state["rng"])
+
+
+class CGD(_FlatRows):
+    """CGD as in the TACO repo (``cgd_backward``): task weights w, from 1/K, updated each step by
+    w <- softmax(r / tau + log w) with r_i = sum_j (L_i L_j)^beta <u_i, u_j>, u_t = g_t / |g_t|
+    (``normalize``; else u_t = g_t) and L_t the task losses; the update is sum_t w_t g_t.
+
+    Needs each task's loss: ``observe(t, loss=...)``. Defaults are the repo's KILT recipe
+    (beta 0.25, tau 100, normalised gradients, all parameters). A non-finite gradient gives the
+    plain mean and leaves w unchanged.
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], num_tasks: int, beta: float = 0.25,
+                 tau: float = 100.0, normalize: bool = True):
+        super().__init__(params, num_tasks)
+        if tau <= 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        self.beta, self.tau, self.normalize = beta, tau, normalize
+        self.weights = torch.full((num_tasks,), 1.0 / num_tasks, device=self.params[0].device)
+
+    def _combine_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        missing = sorted(set(range(self.num_tasks)) - set(self._losses))
+        if missing:
+            raise RuntimeError(f"cgd needs every task's loss: observe(t, loss=...) (missing {missing})")
+        losses = torch.tensor([self._losses[t] for t in range(self.num_tasks)], device=rows.device)
+        if bool((losses < 0).any()):
+            raise ValueError(f"cgd needs non-negative losses, got {losses.tolist()}")
+        units = rows / rows.norm(dim=1, keepdim=True) if self.normalize else rows
+        reward = (torch.outer(losses, losses).pow(self.beta) * (units @ units.T)).sum(1)
+        self.weights = torch.softmax(reward / self.tau + self.weights.log(), dim=0)
+        return self.weights @ rows
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "weights": self.weights.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.weights = state["weights"].clone().to(self.params[0].device)
+
+
+COMBINERS: dict[str, type[GradientCombiner]] = {
+    "naive": NaiveSum, "taco": TaskSpecialization, "pcgrad": PCGrad, "cgd": CGD}
 
 
 def make_combiner(method: str, params: Iterable[nn.Parameter], num_tasks: int, **options: Any) -> GradientCombiner:
