@@ -12,6 +12,7 @@ where the run stopped. Multi-GPU/multi-node: `accelerate launch -m multitask_ret
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import shutil
@@ -62,6 +63,7 @@ def methods() -> list[str]:
 
 MODEL_DIR = "model"
 EXAMPLES_NAME = "training_examples.jsonl"
+DIAGNOSTICS_NAME = "specialization.json"
 
 
 @dataclass
@@ -106,6 +108,8 @@ class TrainConfig:
     taco_exact: bool = field(default=False, metadata={"help": "TACO's dense K x P update to the letter"})
     combiner_options: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "extra make_combiner options (pcgrad / cgd)"})
+    diagnostics_depth: int = field(default=4, metadata={
+        "help": "module-name depth of the per-layer specialisation summary saved with checkpoints"})
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -129,11 +133,19 @@ class TrainConfig:
         return "naive" if self.method == "single" else self.method
 
     def combiner_kwargs(self) -> dict[str, Any]:
-        """Options passed to `make_combiner` for this method."""
+        """Options passed to `make_combiner`: TACO's from the taco_* fields, the run's seed to
+        combiners that take one (PCGrad's task order), then `combiner_options`."""
+        from .specialization import COMBINERS
+
+        if self.method == "single":
+            return {}
+        options: dict[str, Any] = {}
         if self.method == "taco":
-            return {"beta": self.taco_beta, "tau": self.taco_tau, "warmup_steps": self.taco_warmup_steps,
-                    "exact": self.taco_exact, **self.combiner_options}
-        return dict(self.combiner_options) if self.method != "single" else {}
+            options = {"beta": self.taco_beta, "tau": self.taco_tau, "warmup_steps": self.taco_warmup_steps,
+                       "exact": self.taco_exact}
+        if "seed" in inspect.signature(COMBINERS[self.method]).parameters:
+            options["seed"] = self.seed
+        return {**options, **self.combiner_options}
 
 
 @dataclass
@@ -332,6 +344,10 @@ class MultitaskTrainer:
                                      scaler=accelerator.scaler.state_dict() if accelerator.scaler else {},
                                      rng=_rng_state())
                     torch.save(state, tmp / STATE_NAME)
+                    if hasattr(combiner, "diagnostics"):  # per-layer task-weight statistics (taco)
+                        named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
+                        (tmp / DIAGNOSTICS_NAME).write_text(json.dumps(
+                            combiner.diagnostics(named, depth=cfg.diagnostics_depth), indent=1) + "\n")
                 for old in out.glob("checkpoint-*"):
                     if old != folder:
                         shutil.rmtree(old, ignore_errors=True)
@@ -384,8 +400,8 @@ class MultitaskTrainer:
             if not torch.isfinite(value) and self.config.mixed_precision != "fp16":
                 raise FloatingPointError(f"step {step + 1}: task {task} loss is {value.item()}")
             accelerator.backward(value)
-            combiner.observe(t)
             loss = accelerator.reduce(value.detach(), reduction="mean").item()
+            combiner.observe(t, loss=loss)
             row[f"loss/{task}"] = loss
             losses.append(loss)
         combiner.apply()

@@ -67,30 +67,50 @@ def test_every_method_lowers_the_loss(method, tiny_t5, data, tmp_path):
     assert last < first, (method, result.losses)
 
 
-@pytest.mark.parametrize("method", sorted(COMBINERS))
-def test_resume_is_exact(method, tiny_t5, data, tmp_path):
+def _assert_same_state(a, b, where="combiner"):
+    """Nested dicts / lists / tensors equal to 1e-6 (combiner states hold EMAs and RNG states)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_same_state(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_state(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=where)
+    else:
+        assert a == b, where
+
+
+RESUMABLE = [(m, False) for m in sorted(COMBINERS)] + ([("taco", True)] if "taco" in COMBINERS else [])
+
+
+@pytest.mark.parametrize("method,exact", RESUMABLE)
+def test_resume_is_exact(method, exact, tiny_t5, data, tmp_path):
     """6 steps straight == 3 steps, stop, resume, 3 steps (weights, log, combiner state)."""
     store, examples = data
-    straight = MultitaskTrainer(_config(tiny_t5, tmp_path / "a", method=method), examples=examples,
-                                store=store).train()
-    stopped = MultitaskTrainer(_config(tiny_t5, tmp_path / "b", method=method), examples=examples,
-                               store=store).train(stop_after=3)
+    straight = MultitaskTrainer(_config(tiny_t5, tmp_path / "a", method=method, taco_exact=exact),
+                                examples=examples, store=store).train()
+    stopped = MultitaskTrainer(_config(tiny_t5, tmp_path / "b", method=method, taco_exact=exact),
+                               examples=examples, store=store).train(stop_after=3)
     assert stopped.step == 3 and stopped.model_path.endswith("checkpoint-0000003/model")
     state = torch.load(tmp_path / "b" / "checkpoint-0000003" / "trainer_state.pt", weights_only=False)
     assert state["step"] == 3 and state["combiner"]["steps"] == 3 and state["data"]["seed"] == 5
     with pytest.raises(FileExistsError, match="resume"):
-        MultitaskTrainer(_config(tiny_t5, tmp_path / "b", method=method), examples=examples, store=store).train()
-    resumed = MultitaskTrainer(_config(tiny_t5, tmp_path / "b", method=method), examples=examples,
-                               store=store).train(resume=True)
+        MultitaskTrainer(_config(tiny_t5, tmp_path / "b", method=method, taco_exact=exact), examples=examples,
+                         store=store).train()
+    resumed = MultitaskTrainer(_config(tiny_t5, tmp_path / "b", method=method, taco_exact=exact),
+                               examples=examples, store=store).train(resume=True)
     assert resumed.step == 6 and resumed.losses == straight.losses
     a, b = DualEncoder.from_pretrained(straight.model_path), DualEncoder.from_pretrained(resumed.model_path)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(x, y, atol=1e-6, rtol=0, msg=name)
     assert not list((tmp_path / "b").glob("checkpoint-*"))  # replaced by final/
-    final = torch.load(tmp_path / "b" / "final" / "trainer_state.pt", weights_only=False)
-    assert final["combiner"] == torch.load(tmp_path / "a" / "final" / "trainer_state.pt",
-                                           weights_only=False)["combiner"]
-    again = MultitaskTrainer(_config(tiny_t5, tmp_path / "b", method=method)).train(resume=True)
+    finals = [torch.load(tmp_path / run / "final" / "trainer_state.pt", weights_only=False) for run in "ab"]
+    _assert_same_state(finals[0]["combiner"], finals[1]["combiner"])
+    assert finals[1]["combiner"]["steps"] == 6
+    again = MultitaskTrainer(_config(tiny_t5, tmp_path / "b", method=method, taco_exact=exact)).train(resume=True)
     assert again.model_path == resumed.model_path and again.losses == resumed.losses  # finished: no training
 
 
@@ -154,3 +174,12 @@ def test_cli_mine_negatives_then_train_on_them(tiny_bert, mini_kilt, data, tmp_p
     assert main(["train", "--model-name-or-path", str(tiny_bert), "--passages", str(store.path),
                  "--negatives", str(negatives), "--tasks", "wow", "--method", "single", "--steps", "1",
                  "--per-task-batch-size", "2", "--progress", "false", "--output-dir", str(tmp_path / "r")]) == 0
+
+
+@pytest.mark.skipif("taco" not in COMBINERS, reason="no taco combiner registered")
+def test_taco_writes_per_layer_specialisation_summaries(tiny_t5, data, tmp_path):
+    store, examples = data
+    MultitaskTrainer(_config(tiny_t5, tmp_path, method="taco", steps=3), examples=examples, store=store).train()
+    summary = json.loads((tmp_path / "final" / "specialization.json").read_text())
+    assert "backbone.encoder.block.0" in summary and "backbone.decoder.block.1" in summary
+    assert set(summary["backbone.encoder.block.0"]) >= {"entropy", "gini", "top_share"}
