@@ -106,9 +106,7 @@ class _Skipped:
                           stacklevel=3)
 
 
-def iter_jsonl(path: str | Path, skip_invalid: bool = False) -> Iterator[tuple[int, Any]]:
-    """(line number from 1, parsed value) for each non-blank line of a .jsonl(.gz) file."""
-    skipped = _Skipped(path, skip_invalid)
+def _records(path: str | Path, skipped: _Skipped) -> Iterator[tuple[int, Any]]:
     with _open_text(path) as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -117,6 +115,12 @@ def iter_jsonl(path: str | Path, skip_invalid: bool = False) -> Iterator[tuple[i
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 skipped(KiltFormatError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})"))
+
+
+def iter_jsonl(path: str | Path, skip_invalid: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line number from 1, parsed value) for each non-blank line of a .jsonl(.gz) file."""
+    skipped = _Skipped(path, skip_invalid)
+    yield from _records(path, skipped)
     skipped.report()
 
 
@@ -141,7 +145,7 @@ def parse_page(record: Any, path: str | Path = "<page>", lineno: int = 0) -> Pag
 def iter_pages(path: str | Path, skip_invalid: bool = False) -> Iterator[Page]:
     """Pages of a KILT knowledge source (.jsonl or .jsonl.gz), one at a time."""
     skipped = _Skipped(path, skip_invalid)
-    for lineno, record in iter_jsonl(path, skip_invalid=skip_invalid):
+    for lineno, record in _records(path, skipped):
         try:
             yield parse_page(record, path, lineno)
         except KiltFormatError as e:
@@ -160,6 +164,8 @@ def _parse_provenance(p: Any, where: str) -> Provenance:
         value = p.get(key)
         if value is None:
             return None
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise KiltFormatError(f"{where}: provenance {key} must be an integer, got {value!r}")
         return value
@@ -202,7 +208,7 @@ def iter_task_file(path: str | Path, skip_invalid: bool = False,
     """Records of a KILT task file, validated one at a time; duplicated ids are errors."""
     skipped = _Skipped(path, skip_invalid)
     seen: dict[str, int] = {}
-    for lineno, record in iter_jsonl(path, skip_invalid=skip_invalid):
+    for lineno, record in _records(path, skipped):
         try:
             example = parse_example(record, path, lineno, require_input)
             if example.id in seen:
@@ -240,9 +246,12 @@ def write_predictions(path: str | Path, predictions: Iterable[tuple[str, Sequenc
 def read_predictions(path: str | Path) -> dict[str, list[str]]:
     """Ranked page ids per query id of a prediction file (exactly one output per record)."""
     out: dict[str, list[str]] = {}
-    for example in iter_task_file(path, require_input=False):
+    for lineno, record in iter_jsonl(path):
+        example = parse_example(record, path, lineno, require_input=False)
+        if example.id in out:
+            raise KiltFormatError(f"{path}:{lineno}: duplicated id {example.id}")
         if len(example.evidence) != 1:
-            raise KiltFormatError(f"{path}: prediction {example.id} must have exactly one output "
+            raise KiltFormatError(f"{path}:{lineno}: prediction {example.id} must have exactly one output "
                                   f"with a provenance list, got {len(example.evidence)}")
         out[example.id] = [p.wikipedia_id for p in example.evidence[0]]
     if not out:
