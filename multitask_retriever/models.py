@@ -55,3 +55,58 @@ def own_memory(model):
         for tensor in [*model.parameters(), *model.buffers()]:
             tensor.data = tensor.data.clone()
     return model
+
+
+def _cache_root(cache_dir: str | Path | None) -> Path:
+    import os
+
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get("MTR_CACHE"):
+        return Path(os.environ["MTR_CACHE"])
+    return Path.home() / ".cache" / "multitask-retriever"
+
+
+def packaged_llm_folder(cache_dir: str | Path | None = None) -> Path:
+    """A plain safetensors folder of the packaged SmolLM2, converted from its GGUF once.
+
+    Dequantising the GGUF takes ~20 s; the cached folder loads in about a second. The
+    folder (under `cache_dir`, $MTR_CACHE or ~/.cache/multitask-retriever) is keyed by
+    the GGUF's name and size and appears atomically (temp folder + os.replace).
+    """
+    import os
+    import shutil
+    import tempfile
+
+    gguf = packaged_llm_gguf()
+    folder = _cache_root(cache_dir) / "llm" / f"{gguf.stem}-{gguf.stat().st_size}"
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # the weights are dequantised floats now; drop the GGUF marker that blocks saving
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished first: keep its folder
+            if not (folder / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def resolve_llm(name_or_path: str | Path | None) -> str | Path:
+    """`name_or_path` as given, or the packaged SmolLM2's cached folder when it is empty."""
+    if name_or_path is None or not str(name_or_path).strip():
+        return packaged_llm_folder()
+    return name_or_path

@@ -1,1 +1,50 @@
-"""Rerankers behind one interface (`Reranker`): LLM-based (Q-PEFT, ID-SPAM, PEFT baselines) and cross-encoders."""
+"""Rerankers behind one interface (`Reranker`): LLM-based (Q-PEFT, ID-SPAM, PEFT baselines) and cross-encoders.
+
+`make_reranker(method, llm_or_model_path, **options)` builds a fresh one by name and
+`load_reranker(path)` reloads a saved one by the method in its mtr_reranker.json.
+Modules are imported only when a method is asked for.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+METHODS: dict[str, tuple[str, str]] = {
+    "qpeft-a": ("qpeft", "QPeftAReranker"),
+    "qpeft-r": ("qpeft", "QPeftRReranker"),
+    "idspam": ("idspam", "IDSpamReranker"),
+    "prompt-tuning": ("peft_baselines", "PromptTuningReranker"),
+    "lora": ("peft_baselines", "LoraReranker"),
+    "zero-shot": ("peft_baselines", "ZeroShotReranker"),
+    "cross-encoder": ("cross_encoder", "CrossEncoderReranker"),
+}
+
+
+def reranker_class(method: str) -> type:
+    """The class registered as `method`; an unknown name is a ValueError listing the known ones."""
+    if method not in METHODS:
+        raise ValueError(f"unknown reranker method {method!r}; known: {', '.join(METHODS)}")
+    module, name = METHODS[method]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def make_reranker(method: str, llm_or_model_path: str | Path = "", **options: Any):
+    """A fresh reranker: LLM methods over `llm_or_model_path` (empty: the packaged SmolLM2),
+    the cross-encoder from that model folder; `options` are the method's config fields."""
+    cls = reranker_class(method)
+    if method == "cross-encoder":
+        if not str(llm_or_model_path):
+            raise ValueError("the cross-encoder needs a model name or folder")
+        return cls.from_pretrained(llm_or_model_path, **options)
+    return cls.create(str(llm_or_model_path), **options)
+
+
+def load_reranker(path: str | Path, **overrides: Any):
+    """Reload a reranker saved with `save_pretrained`, whatever its method."""
+    from .llm_scoring import read_reranker_meta
+
+    return reranker_class(read_reranker_meta(path)["method"]).from_pretrained(path, **overrides)
+
+
+__all__ = ["METHODS", "load_reranker", "make_reranker", "reranker_class"]

@@ -1,0 +1,449 @@
+"""Relevance from a frozen LM: the (mean or summed) log-likelihood of the query's tokens
+given an instruction, the passage and optional soft-prompt vectors (UPR; Sachan et al. 2022).
+
+`LLMScorer` works for causal LMs (GPT-2, Llama, Qwen style: one sequence, passage then
+query) and seq2seq LMs (T5 family: passage into the encoder, query as decoder target).
+Soft vectors fill reserved slots either in the input embeddings or, with `soft_layer`,
+in the hidden states entering one chosen transformer layer. Pairs are batched by length
+under a token budget, one forward pass per batch. `LLMReranker` is the shared base of
+every LLM reranker: loading, saving only the trained parameters, and reranking.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Reranker
+from .losses import RerankLoss, TeacherBatch
+
+CONFIG_NAME = "mtr_reranker.json"
+WEIGHTS_NAME = "module.safetensors"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SOFT_POSITIONS = ("start", "before_instruction")
+
+
+@dataclass
+class LLMScoringConfig:
+    """How a (query, passage) pair becomes a prompt and a score; saved in mtr_reranker.json."""
+
+    llm: str = field(default="", metadata={"help": "LM name or folder; empty = the packaged SmolLM2-135M"})
+    prefix: str = field(default="Passage: ", metadata={"help": "text before the passage"})
+    instruction: str = field(default="\nPlease write a question based on this passage.\nQuestion:",
+                             metadata={"help": "text between the passage and the query"})
+    max_passage_tokens: int = field(default=256, metadata={"help": "longer passages are cut (one warning)"})
+    max_query_tokens: int = field(default=64, metadata={"help": "longer queries are cut (one warning)"})
+    reduction: str = field(default="mean", metadata={"help": "mean | sum of the query tokens' log-probs"})
+    max_batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per forward pass"})
+    inference_dtype: str = field(default="auto", metadata={
+        "help": "autocast dtype on GPU: auto (bfloat16 where supported, else float16) | " + " | ".join(DTYPES)})
+
+    def __post_init__(self) -> None:
+        if self.reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be mean or sum, got {self.reduction!r}")
+        if min(self.max_passage_tokens, self.max_query_tokens) < 1:
+            raise ValueError("max_passage_tokens and max_query_tokens must be at least 1")
+        if self.inference_dtype != "auto" and self.inference_dtype not in DTYPES:
+            raise ValueError(f"inference_dtype must be auto or one of {', '.join(DTYPES)}")
+
+
+@dataclass
+class _Pair:
+    """Token ids of one prompt: `context` (with `soft_mask` marking the soft slots) and `target`."""
+
+    context: list[int]
+    soft_mask: list[bool]
+    target: list[int]
+
+
+def load_lm(name_or_path: str) -> tuple[nn.Module, Any]:
+    """A frozen LM (causal or seq2seq, by its config) and its tokenizer, in eval mode."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from ..models import own_memory, resolve_llm
+
+    path = str(resolve_llm(name_or_path))
+    config = AutoConfig.from_pretrained(path)
+    cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    lm = own_memory(cls.from_pretrained(path))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    lm.eval()
+    lm.requires_grad_(False)
+    return lm, tokenizer
+
+
+def transformer_layers(lm: nn.Module) -> nn.ModuleList:
+    """The blocks that read the prompt: the decoder's (causal LM) or the encoder's (seq2seq)."""
+    root = lm.get_encoder() if lm.config.is_encoder_decoder else lm
+    lists = [m for m in root.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    if not lists:
+        raise ValueError(f"{type(lm).__name__}: found no list of transformer layers")
+    return max(lists, key=len)
+
+
+class LLMScorer(nn.Module):
+    """Scores (query, passage) pairs by query log-likelihood with a frozen LM."""
+
+    def __init__(self, lm: nn.Module, tokenizer: Any, config: LLMScoringConfig,
+                 soft_position: str = "start", soft_layer: int | None = None):
+        super().__init__()
+        if soft_position not in SOFT_POSITIONS:
+            raise ValueError(f"soft_position must be one of {SOFT_POSITIONS}, got {soft_position!r}")
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.config = config
+        self.soft_position = soft_position
+        self.seq2seq = bool(lm.config.is_encoder_decoder)
+        self._warned: set[str] = set()
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (soft vectors, slot mask) for the hook
+        self.soft_layer = soft_layer
+        if soft_layer is not None:
+            layers = transformer_layers(lm)
+            if not 0 <= soft_layer < len(layers):
+                raise ValueError(f"soft_layer {soft_layer} is outside the LM's {len(layers)} layers")
+            layers[soft_layer].register_forward_pre_hook(self._insert_at_layer, with_kwargs=True)
+        ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+        self._bos = [ids[0]] if (not self.seq2seq and tokenizer.bos_token_id is not None
+                                 and ids and ids[0] == tokenizer.bos_token_id) else []
+        self._eos = [tokenizer.eos_token_id] if self.seq2seq and tokenizer.eos_token_id is not None else []
+        self._prefix = self._ids(config.prefix)
+        self._instruction = self._ids(config.instruction)
+        self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @property
+    def hidden_size(self) -> int:
+        return self.lm.get_input_embeddings().embedding_dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm.get_input_embeddings().weight.device
+
+    def train(self, mode: bool = True) -> "LLMScorer":
+        """The LM stays in eval mode (no dropout): it is frozen and must score deterministically."""
+        super().train(mode)
+        self.lm.eval()
+        return self
+
+    # ---------------------------------------------------------------- tokens
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _cut(self, ids: list[int], limit: int, what: str) -> list[int]:
+        if len(ids) > limit:
+            if what not in self._warned:
+                self._warned.add(what)
+                warnings.warn(f"{what} longer than {limit} tokens are truncated", stacklevel=4)
+            return ids[:limit]
+        return ids
+
+    def passage_ids(self, passages: Sequence[str]) -> list[list[int]]:
+        """Token ids of passages, cut at `max_passage_tokens` (warned about once)."""
+        enc = self.tokenizer(list(passages), add_special_tokens=False)["input_ids"]
+        return [self._cut(ids, self.config.max_passage_tokens, "passages") for ids in enc]
+
+    def query_ids(self, queries: Sequence[str]) -> list[list[int]]:
+        """Token ids of queries, cut at `max_query_tokens`; an empty query is an error."""
+        if any(not q or not q.strip() for q in queries):
+            raise ValueError("empty query")
+        enc = self.tokenizer(list(queries), add_special_tokens=False)["input_ids"]
+        return [self._cut(ids, self.config.max_query_tokens, "queries") for ids in enc]
+
+    def build(self, query: list[int], passage: list[int], n_soft: int) -> _Pair:
+        """The prompt of one pair with `n_soft` soft slots at `soft_position`."""
+        slots = [self._pad] * n_soft
+        parts: list[tuple[list[int], bool]] = [(self._bos, False)]
+        if self.soft_position == "start":
+            parts.append((slots, True))
+        parts += [(self._prefix, False), (passage, False)]
+        if self.soft_position == "before_instruction":
+            parts.append((slots, True))
+        parts.append((self._instruction, False))
+        parts.append((self._eos, False))
+        context = [t for ids, _ in parts for t in ids]
+        mask = [flag for ids, flag in parts for _ in ids]
+        return _Pair(context, mask, query)
+
+    # ---------------------------------------------------------------- scoring
+    def score_pairs(self, queries: Sequence[list[int]], passages: Sequence[list[int]],
+                    soft: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores [N] of N token-id pairs; `soft` [N, n_soft, hidden] fills each pair's slots.
+
+        Pairs are sorted by length and cut into batches of at most `max_batch_tokens`
+        padded tokens; the result keeps the input order and stays differentiable.
+        """
+        n = len(queries)
+        if n == 0:
+            return torch.zeros(0, device=self.device)
+        n_soft = 0 if soft is None else soft.shape[1]
+        pairs = [self.build(q, p, n_soft) for q, p in zip(queries, passages)]
+        lengths = [len(p.context) + len(p.target) for p in pairs]
+        order = sorted(range(n), key=lambda i: lengths[i])
+        chunks, current = [], []
+        for i in order:
+            if current and lengths[i] * (len(current) + 1) > self.config.max_batch_tokens:
+                chunks.append(current)
+                current = []
+            current.append(i)
+        chunks.append(current)
+        outputs = [self._forward([pairs[i] for i in chunk], None if soft is None else soft[chunk])
+                   for chunk in chunks]
+        flat = torch.cat(outputs)
+        position = torch.empty(n, dtype=torch.long)
+        position[torch.tensor([i for chunk in chunks for i in chunk])] = torch.arange(n)
+        return flat[position.to(flat.device)]
+
+    def _forward(self, pairs: list[_Pair], soft: torch.Tensor | None) -> torch.Tensor:
+        device = self.device
+        embed = self.lm.get_input_embeddings()
+        width = max(len(p.context) + (0 if self.seq2seq else len(p.target)) for p in pairs)
+        ids = torch.full((len(pairs), width), self._pad, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        slots = torch.zeros(ids.shape, dtype=torch.bool)
+        for row, p in enumerate(pairs):
+            seq = p.context if self.seq2seq else p.context + p.target
+            ids[row, : len(seq)] = torch.tensor(seq)
+            attention[row, : len(seq)] = 1
+            slots[row, : len(p.context)] = torch.tensor(p.soft_mask, dtype=torch.bool)
+        ids, attention, slots = ids.to(device), attention.to(device), slots.to(device)
+        inputs = embed(ids)
+        if soft is not None and soft.shape[1] > 0:
+            soft = soft.to(device=device, dtype=inputs.dtype)
+            if self.soft_layer is None:
+                inputs = inputs.masked_scatter(slots[..., None], soft)
+            else:
+                self._pending = (soft, slots)
+        try:
+            if self.seq2seq:
+                return self._seq2seq_scores(inputs, attention, pairs)
+            return self._causal_scores(inputs, attention, pairs)
+        finally:
+            self._pending = None
+
+    def _insert_at_layer(self, module: nn.Module, args: tuple, kwargs: dict):
+        """Forward pre-hook: the soft vectors replace the slot positions' hidden states."""
+        if self._pending is None:
+            return None
+        soft, slots = self._pending
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        if hidden.shape[:2] != slots.shape:  # e.g. a T5 decoder block: not our sequence
+            return None
+        hidden = hidden.masked_scatter(slots[..., None], soft.to(hidden.dtype))
+        if "hidden_states" in kwargs:
+            return args, {**kwargs, "hidden_states": hidden}
+        return (hidden, *args[1:]), kwargs
+
+    def _reduce(self, token_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        total = (token_logprobs * mask).sum(-1)
+        return total if self.config.reduction == "sum" else total / mask.sum(-1).clamp(min=1)
+
+    def _causal_scores(self, inputs: torch.Tensor, attention: torch.Tensor, pairs: list[_Pair]) -> torch.Tensor:
+        base = getattr(self.lm, self.lm.base_model_prefix)
+        hidden = base(inputs_embeds=inputs, attention_mask=attention, use_cache=False).last_hidden_state
+        q_len = max(len(p.target) for p in pairs)
+        index = torch.zeros(len(pairs), q_len, dtype=torch.long)
+        targets = torch.full((len(pairs), q_len), self._pad, dtype=torch.long)
+        mask = torch.zeros(len(pairs), q_len)
+        for row, p in enumerate(pairs):
+            start = len(p.context) - 1  # the state before each query token predicts it
+            index[row, : len(p.target)] = torch.arange(start, start + len(p.target))
+            targets[row, : len(p.target)] = torch.tensor(p.target)
+            mask[row, : len(p.target)] = 1
+        device = hidden.device
+        picked = hidden.gather(1, index.to(device)[..., None].expand(-1, -1, hidden.shape[-1]))
+        logits = self.lm.get_output_embeddings()(picked).float()
+        logprobs = logits.log_softmax(-1).gather(-1, targets.to(device)[..., None])[..., 0]
+        return self._reduce(logprobs, mask.to(device))
+
+    def _seq2seq_scores(self, inputs: torch.Tensor, attention: torch.Tensor, pairs: list[_Pair]) -> torch.Tensor:
+        q_len = max(len(p.target) for p in pairs)
+        labels = torch.full((len(pairs), q_len), -100, dtype=torch.long)
+        for row, p in enumerate(pairs):
+            labels[row, : len(p.target)] = torch.tensor(p.target)
+        labels = labels.to(inputs.device)
+        logits = self.lm(inputs_embeds=inputs, attention_mask=attention, labels=labels, use_cache=False).logits
+        mask = labels != -100
+        logprobs = logits.float().log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+        return self._reduce(logprobs, mask.float())
+
+    def autocast(self):
+        """bf16/fp16 autocast on GPU (per `inference_dtype`), nothing on CPU."""
+        if self.device.type != "cuda":
+            return nullcontext()
+        name = self.config.inference_dtype
+        dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if name == "auto" \
+            else DTYPES[name]
+        return nullcontext() if dtype == torch.float32 else torch.autocast("cuda", dtype=dtype)
+
+
+# ---------------------------------------------------------------------------- the shared reranker base
+class LLMReranker(Reranker):
+    """Base of every LLM reranker: a frozen `LLMScorer` plus a small trained module.
+
+    Subclasses set `method`, `config_class`, and override `soft_prompts` (per-pair soft
+    vectors) and, when the vectors depend on the whole candidate list, `query_context`.
+    """
+
+    config_class: ClassVar[type] = LLMScoringConfig
+    soft_position: ClassVar[str] = "start"
+
+    def __init__(self, lm: nn.Module, tokenizer: Any, config: LLMScoringConfig, soft_layer: int | None = None):
+        super().__init__()
+        self.config = config
+        lm.requires_grad_(False)
+        self.scorer = LLMScorer(lm, tokenizer, config, soft_position=self.soft_position, soft_layer=soft_layer)
+
+    @classmethod
+    def create(cls, llm: str = "", **options: Any) -> "LLMReranker":
+        """A fresh reranker over the LM `llm` (empty: the packaged SmolLM2) with config `options`."""
+        config = cls._make_config({**options, "llm": llm})
+        lm, tokenizer = load_lm(config.llm)
+        return cls(lm, tokenizer, config)
+
+    @classmethod
+    def _make_config(cls, values: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls.config_class)}
+        unknown = set(values) - known
+        if unknown:
+            raise TypeError(f"unknown {cls.config_class.__name__} fields {sorted(unknown)}; "
+                            f"known: {', '.join(sorted(known))}")
+        return cls.config_class(**values)
+
+    @property
+    def device(self) -> torch.device:
+        return self.scorer.device
+
+    def train(self, mode: bool = True) -> "LLMReranker":
+        super().train(mode)
+        self.scorer.lm.eval()
+        return self
+
+    # ---------------------------------------------------------------- what subclasses provide
+    def query_context(self, query: str, query_ids: list[int], passages: list[list[int]]) -> Any:
+        """Per-query state shared by all its passages (e.g. clues from the candidate list)."""
+        return None
+
+    def soft_prompts(self, contexts: list[Any], query_ids: list[list[int]],
+                     passage_ids: list[list[int]]) -> torch.Tensor | None:
+        """Soft vectors [N, n_soft, hidden] for N pairs (pair i has query context contexts[i])."""
+        return None
+
+    # ---------------------------------------------------------------- scoring
+    def _score_flat(self, contexts: list[Any], q_ids: list[list[int]], p_ids: list[list[int]]) -> torch.Tensor:
+        soft = self.soft_prompts(contexts, q_ids, p_ids)
+        return self.scorer.score_pairs(q_ids, p_ids, soft)
+
+    def score(self, queries: Sequence[str], passages: Sequence[Sequence[str]]) -> torch.Tensor:
+        """Differentiable scores [B, n]; a query's context is built from its own row."""
+        if len(queries) != len(passages):
+            raise ValueError(f"{len(queries)} queries but {len(passages)} passage lists")
+        sizes = {len(row) for row in passages}
+        if len(sizes) > 1:
+            raise ValueError(f"every query needs the same number of passages, got sizes {sorted(sizes)}")
+        n = sizes.pop() if sizes else 0
+        if n == 0:
+            return torch.zeros(len(queries), 0, device=self.device)
+        q_ids = self.scorer.query_ids(queries)
+        rows = [self.scorer.passage_ids(row) for row in passages]
+        contexts = [self.query_context(q, qi, row) for q, qi, row in zip(queries, q_ids, rows)]
+        flat_ctx = [c for c in contexts for _ in range(n)]
+        flat_q = [qi for qi in q_ids for _ in range(n)]
+        flat_p = [p for row in rows for p in row]
+        return self._score_flat(flat_ctx, flat_q, flat_p).view(len(queries), n)
+
+    def rerank(self, query: str, passages: Sequence[str], batch_size: int = 32) -> list[float]:
+        """Scores of `passages` for `query` in input order; the query context sees all of them."""
+        if not query or not query.strip():
+            raise ValueError("empty query")
+        if len(passages) == 0:
+            return []
+        (q_ids,) = self.scorer.query_ids([query])
+        p_ids = self.scorer.passage_ids(passages)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode(), self.scorer.autocast():
+                context = self.query_context(query, q_ids, p_ids)
+                scores = self._score_flat([context] * len(p_ids), [q_ids] * len(p_ids), p_ids)
+        finally:
+            self.train(was_training)
+        return scores.float().tolist()
+
+    # ---------------------------------------------------------------- saving
+    def _module_state(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().cpu().contiguous() for name, p in self.named_parameters() if p.requires_grad}
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write the trained parameters (safetensors) and mtr_reranker.json; never the LM itself."""
+        from safetensors.torch import save_file
+
+        from .train import atomic_directory
+
+        with atomic_directory(path) as tmp:
+            state = self._module_state()
+            if state:
+                save_file(state, str(tmp / WEIGHTS_NAME))
+            meta = {"method": self.method, "config": dataclasses.asdict(self.config),
+                    "trainable_parameters": self.num_trainable_parameters()}
+            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides: Any) -> "LLMReranker":
+        """Rebuild from a saved folder: the LM from `config.llm`, the trained parameters from the folder."""
+        from safetensors.torch import load_file
+
+        meta = read_reranker_meta(path)
+        if meta["method"] != cls.method:
+            raise ValueError(f"{path}: a {meta['method']} checkpoint, not {cls.method}")
+        config = cls._make_config({**meta.get("config", {}), **overrides})
+        lm, tokenizer = load_lm(config.llm)
+        reranker = cls(lm, tokenizer, config)
+        weights = Path(path) / WEIGHTS_NAME
+        expected = set(reranker._module_state())
+        state = load_file(str(weights)) if weights.is_file() else {}
+        if set(state) != expected:
+            raise ValueError(f"{path}: saved parameters {sorted(set(state) ^ expected)[:5]} do not match "
+                             f"the {cls.method} module")
+        with torch.no_grad():
+            params = dict(reranker.named_parameters())
+            for name, value in state.items():
+                params[name].copy_(value)
+        return reranker
+
+
+def read_reranker_meta(path: str | Path) -> dict[str, Any]:
+    """mtr_reranker.json of a saved reranker folder, checked to name a method."""
+    file = Path(path) / CONFIG_NAME
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: no {CONFIG_NAME} (not a saved reranker)")
+    meta = json.loads(file.read_text(encoding="utf-8"))
+    if not isinstance(meta, dict) or not isinstance(meta.get("method"), str):
+        raise ValueError(f"{file}: expected a JSON object with a \"method\"")
+    return meta
+
+
+class ListwiseQueryLikelihood(RerankLoss):
+    """Q-PEFT's training objective: softmax cross-entropy of the positive (column 0) over its
+    group, plus `ql_weight` times the negative query log-likelihood given the positive."""
+
+    name = "lce+ql"
+
+    def __init__(self, ql_weight: float = 1.0, temperature: float = 1.0):
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.ql_weight = ql_weight
+        self.temperature = temperature
+
+    def __call__(self, scores: torch.Tensor, batch: TeacherBatch) -> torch.Tensor:
+        scores = scores.float()
+        target = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+        lce = F.cross_entropy(scores / self.temperature, target)
+        return lce - self.ql_weight * scores[:, 0].mean()
+
