@@ -245,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if not args.verbose:
+        logging.getLogger("bm25s").setLevel(logging.WARNING)
     handler = COMMANDS["retrieve" if args.command == "search" else args.command]
     try:
         return int(handler(args) or 0)

@@ -50,6 +50,7 @@ class ExperimentConfig:
     seed: int = 0
     passage_words: int = 100
     k: int = 100
+    encode_batch_size: int = 64
     # dual-encoder fine-tuning
     steps: int = 200
     per_task_batch_size: int = 16
@@ -119,6 +120,8 @@ class Experiment:
         self._store: PassageStore | None = None
         self._retrievers: dict[str, Any] = {}
         self._warnings: list[str] = []
+        for name in config.systems:
+            self._parse_system(name)
 
     # ----------------------------------------------------------------- inputs
     def _find_knowledge_source(self) -> Path:
@@ -232,8 +235,51 @@ class Experiment:
     def _passages_key(self) -> str:
         return json.loads((self.work / "passages" / "stage.json").read_text())["key"]
 
+    def _device(self) -> str:
+        if self.config.device == "auto":
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.config.device
+
+    def _encoder_path(self, name: str) -> tuple[str, str]:
+        """(folder or name of the DualEncoder for system `name`, its stage key)."""
+        from .models import packaged_minilm_path
+
+        start = self.config.encoder or str(packaged_minilm_path())
+        if name == "zero-shot":
+            return start, _key(encoder=start)
+        return self._train_encoder(name, start)
+
+    def _train_encoder(self, name: str, start: str) -> tuple[str, str]:
+        raise ValueError(f"system {name!r} needs multitask training, which is not available yet")
+
     def _dense(self, name: str):
-        raise NotImplementedError(f"system {name!r} needs the dense retriever stages")
+        """Encode the passages with system `name`'s encoder, build a flat index, and search it."""
+        from .encoder import DualEncoder
+        from .indexing import Index, IndexConfig, encode_corpus
+        from .retriever import Retriever
+
+        store = self.passages()
+        encoder_path, encoder_key = self._encoder_path(name)
+        encoder = DualEncoder.from_pretrained(encoder_path, query_max_length=self.config.query_max_length,
+                                              passage_max_length=self.config.passage_max_length)
+        encoder.to(self._device()).eval()
+        folder = self.work / "dense" / name
+        key = _key(passages=self._passages_key(), encoder=encoder_key,
+                   q=self.config.query_max_length, p=self.config.passage_max_length)
+        with self._stage(f"index {name}"):
+            if self._cached(folder, key):
+                index = Index.load(folder / "index", expected_dim=encoder.dim)
+            else:
+                folder.mkdir(parents=True)
+                shards = encode_corpus(encoder, store.path, folder / "shards", shard_size=50_000,
+                                       batch_size=self.config.encode_batch_size, progress=self.progress)
+                index = Index.from_shards(shards, IndexConfig(index_type="flat"), progress=self.progress)
+                index.save(folder / "index")
+                shutil.rmtree(shards)
+                self._finish(folder, key)
+        return Retriever(encoder, index, store, batch_size=self.config.encode_batch_size)
 
     def _predict(self, name: str, search, rerank=None) -> SystemResult:
         """Predictions for every dev file, scored page-level; cached under predictions/<name>."""
@@ -277,20 +323,26 @@ class Experiment:
         if name in self._results:
             return self._results[name]
         start = time.perf_counter()
-        if "+" in name:
-            retriever_name, reranker_name = name.split("+", 1)
-            if reranker_name not in RERANKERS:
-                raise ValueError(f"unknown reranker {reranker_name!r} in {name!r}; known: {', '.join(RERANKERS)}")
+        retriever_name, reranker_name = self._parse_system(name)
+        if reranker_name:
             reranker = self._reranker(reranker_name, retriever_name)
             result = self._predict(name, self.retriever(retriever_name), reranker)
         else:
-            if name not in RETRIEVERS and not name.startswith("single-"):
-                raise ValueError(f"unknown system {name!r}; known: {', '.join(RETRIEVERS)}, single-<task>, "
-                                 "<retriever>+<reranker>")
             result = self._predict(name, self.retriever(name))
         result.seconds = time.perf_counter() - start
         self._results[name] = result
         return result
+
+    def _parse_system(self, name: str) -> tuple[str, str | None]:
+        """(retriever, reranker or None) of a system name; unknown names are ValueErrors."""
+        retriever_name, _, reranker_name = name.partition("+")
+        single = retriever_name.removeprefix("single-")
+        if retriever_name not in RETRIEVERS and not (retriever_name.startswith("single-") and single in self.task_files):
+            raise ValueError(f"unknown system {name!r}; known: {', '.join(RETRIEVERS)}, single-<task> for a task "
+                             f"with files here, and <retriever>+<reranker>")
+        if reranker_name and reranker_name not in RERANKERS:
+            raise ValueError(f"unknown reranker {reranker_name!r} in {name!r}; known: {', '.join(RERANKERS)}")
+        return retriever_name, reranker_name or None
 
     def _reranker(self, method: str, retriever_name: str):
         raise NotImplementedError(f"reranker {method!r} needs the reranking stages")
