@@ -68,7 +68,8 @@ class ExperimentConfig:
     reranker_steps: int = 200
     reranker_batch_size: int = 8
     reranker_group_size: int = 8
-    reranker_lr: float = 3e-5
+    reranker_lr: float = field(default=3e-5, metadata={"help": "cross-encoder learning rate"})
+    llm_reranker_lr: float = field(default=1e-3, metadata={"help": "learning rate of the LLM rerankers' small modules"})
     max_train_queries: int = field(default=0, metadata={"help": "cap on training queries per task (0 = all)"})
     fresh: bool = False
 
@@ -98,6 +99,11 @@ def machine_info() -> dict[str, Any]:
 
 def _key(**settings: Any) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_key(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 class Experiment:
@@ -284,21 +290,31 @@ class Experiment:
     def _predict(self, name: str, search, rerank=None) -> SystemResult:
         """Predictions for every dev file, scored page-level; cached under predictions/<name>."""
         folder = self.work / "predictions" / name
+        retriever_name, reranker_name = self._parse_system(name)
+        capped = rerank is not None and self.config.rerank_queries > 0
+        key = _key(retriever=self._retriever_key(retriever_name),
+                   reranker=self._reranker_key(retriever_name, reranker_name) if reranker_name else None,
+                   k=self.config.k, rerank_k=self.config.rerank_k if rerank is not None else 0,
+                   rerank_queries=self.config.rerank_queries if capped else 0,
+                   dev={t: _file_key(s["dev"]) for t, s in self.task_files.items()})
         per_task: dict[str, dict[str, float]] = {}
         queries: dict[str, dict[str, dict[str, float]]] = {}
         start = time.perf_counter()
         with self._stage(f"predict {name}"):
+            cached = self._cached(folder, key)
+            folder.mkdir(parents=True, exist_ok=True)
             for task, splits in self.task_files.items():
                 out = folder / f"{task}-dev.jsonl"
                 gold = splits["dev"]
-                if self.config.fresh or not out.is_file():
-                    out.parent.mkdir(parents=True, exist_ok=True)
+                if not cached:
                     self._write_predictions(search, task, gold, out, rerank)
-                scores = per_query(gold, out, ks=(1, 5, 10))
+                scores = per_query(gold, out, ks=(1, 5, 10), subset=capped)
                 queries[task] = scores
                 n = len(scores)
                 per_task[task] = {m: sum(s[m] for s in scores.values()) / n for m in METRICS}
                 per_task[task]["n"] = n
+            if not cached:
+                self._finish(folder, key)
         return SystemResult(per_task, queries, time.perf_counter() - start)
 
     def _write_predictions(self, search, task: str, gold: Path, out: Path, rerank=None) -> None:
@@ -345,7 +361,78 @@ class Experiment:
         return retriever_name, reranker_name or None
 
     def _reranker(self, method: str, retriever_name: str):
-        raise NotImplementedError(f"reranker {method!r} needs the reranking stages")
+        """Reranker `method`, fine-tuned on `retriever_name`'s top candidates for the train
+        queries (zero-shot query likelihood is not trained); cached under rerankers/."""
+        from .rerank.train import RerankTrainConfig, train_reranker
+
+        start = self._reranker_start(method)
+        folder = self.work / "rerankers" / f"{retriever_name}+{method}"
+        c = self.config
+        train = RerankTrainConfig(
+            steps=c.reranker_steps, batch_size=c.reranker_batch_size, group_size=c.reranker_group_size,
+            lr=c.reranker_lr if method == "cross-encoder" else c.llm_reranker_lr, seed=c.seed,
+            output_dir=str(folder / "train"), progress=self.progress)
+        key = _key(retriever=self._retriever_key(retriever_name), method=method, start=start,
+                   train=asdict(train), max_train_queries=c.max_train_queries, rerank_k=c.rerank_k)
+        with self._stage(f"reranker {retriever_name}+{method}"):
+            reranker = self._new_reranker(method, start)
+            if method == "zero-shot":
+                return reranker
+            if self._cached(folder, key):
+                return self._load_reranker(method, folder / "train" / "final" / "reranker")
+            examples = self._rerank_examples(retriever_name)
+            if not examples:
+                raise ValueError(f"no training query of {', '.join(self.task_files)} has a gold page among "
+                                 f"{retriever_name}'s top {c.rerank_k}: nothing to train {method} on")
+            result = train_reranker(reranker, examples, train, resume=True)
+            log.info("trained %s on %d queries: loss %.4f -> %.4f", method, len(examples), result["losses"][0],
+                     result["loss"])
+            self._finish(folder, key)
+            return reranker
+
+    def _reranker_start(self, method: str) -> str:
+        from .models import packaged_minilm_path, resolve_llm
+
+        if method == "cross-encoder":
+            return self.config.cross_encoder or str(packaged_minilm_path())
+        return str(resolve_llm(self.config.llm))
+
+    def _new_reranker(self, method: str, start: str):
+        from .rerank import make_reranker
+
+        return make_reranker(method, start).to(self._device())
+
+    def _load_reranker(self, method: str, path: Path):
+        from .rerank import load_reranker
+
+        return load_reranker(path).to(self._device())
+
+    def _reranker_key(self, retriever_name: str, method: str) -> str:
+        if method == "zero-shot":
+            return _key(method=method, start=self._reranker_start(method))
+        return json.loads((self.work / "rerankers" / f"{retriever_name}+{method}" / "stage.json").read_text())["key"]
+
+    def _retriever_key(self, name: str) -> str:
+        folder = self.work / ("bm25" if name == "bm25" else f"dense/{name}")
+        return json.loads((folder / "stage.json").read_text())["key"]
+
+    def _rerank_examples(self, retriever_name: str):
+        """Contrastive examples: each train query's gold passage vs the retriever's other top candidates."""
+        from .rerank.train import examples_from_candidates
+
+        search = self.retriever(retriever_name)
+        examples = []
+        for task, splits in self.task_files.items():
+            if "train" not in splits:
+                continue
+            queries = read_task_file(splits["train"])
+            if self.config.max_train_queries:
+                queries = queries[: self.config.max_train_queries]
+            hits = []
+            for i in range(0, len(queries), 256):
+                hits += search.search([e.input for e in queries[i : i + 256]], task=task, k=self.config.rerank_k)
+            examples += examples_from_candidates(queries, hits, self.passages())
+        return examples
 
     # ----------------------------------------------------------------- report
     def significance(self) -> list[dict[str, Any]]:
