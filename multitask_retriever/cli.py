@@ -129,6 +129,102 @@ def _mine_negatives(args) -> None:
     print(f"wrote {n} training queries with hard negatives to {args.out} (use it as --negatives)")
 
 
+# --------------------------------------------------------------------------- reranking
+def _option_values(pairs: list[str]) -> dict:
+    """--option KEY=VALUE pairs, values read as JSON where they parse (numbers, booleans, lists)."""
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
+        try:
+            values[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            values[key.replace("-", "_")] = value
+    return values
+
+
+def _first_stage(args):
+    """Our dense Retriever (--encoder/--index) or BM25 over the passage file, returning Hits."""
+    if args.encoder:
+        if not args.index:
+            raise ValueError("--encoder needs --index (an index of that encoder's passage vectors)")
+        from .retriever import load_retriever
+
+        return load_retriever(args.encoder, args.index, args.passages, device=_device(args.device))
+    from kilt.bm25 import BM25Retriever
+    from kilt.passages import PassageStore, iter_passage_file
+
+    from .retriever import Hit
+
+    store, bm25 = PassageStore(args.passages), BM25Retriever.build(iter_passage_file(args.passages))
+
+    class _BM25Hits:
+        def search(self, queries, task=None, k=100):
+            rows = bm25.search(list(queries), k=k)
+            return [[Hit(pid, score, p.wikipedia_id, p.title, p.text)
+                     for (pid, score), p in zip(row, store.get_many([pid for pid, _ in row]))] for row in rows]
+
+    return _BM25Hits()
+
+
+@command("train-reranker")
+def _train_reranker(args) -> None:
+    from kilt.io import read_task_file
+    from kilt.passages import PassageStore
+
+    from .data import task_train_files
+    from .rerank import make_reranker
+    from .rerank.llm_scoring import ListwiseQueryLikelihood
+    from .rerank.train import (RerankTrainConfig, attach_teacher_scores, examples_from_candidates,
+                               read_teacher_file, train_reranker, train_stages)
+
+    files = task_train_files(args.data_dir, args.tasks.split(",") if args.tasks else (), "train")
+    backend, store = _first_stage(args), PassageStore(args.passages)
+    examples = []
+    for task, path in files.items():
+        queries = read_task_file(path)[: args.max_queries or None]
+        hits = backend.search([e.input for e in queries], task=task, k=args.depth)
+        examples += examples_from_candidates(queries, hits, store, num_negatives=args.num_negatives)
+    print(f"{len(examples)} training queries with a retrieved gold passage")
+    options = _option_values(args.option)
+    model = args.model if args.method == "cross-encoder" else args.llm
+    reranker = make_reranker(args.method, model or "", **options)
+    print(f"{args.method}: {reranker.num_trainable_parameters():,} trainable parameters")
+    config = RerankTrainConfig(loss="lce", lr=args.lr, steps=args.steps, batch_size=args.batch_size,
+                               group_size=args.group_size, mixed_precision=args.mixed_precision,
+                               seed=args.seed, output_dir=args.output_dir, save_every=args.save_every)
+    if args.method != "cross-encoder":
+        result = train_reranker(reranker, examples, config, loss=ListwiseQueryLikelihood(), resume=args.resume)
+        print(f"trained {result['step']} steps (last loss {result['loss']:.4f}); reranker: {result['reranker_path']}")
+        return
+    stages = []
+    for name in args.stages.split(","):
+        if name == "contrastive":
+            stages.append((name, examples, config))
+        elif name == "distill":
+            if not args.teacher:
+                raise ValueError("the distill stage needs --teacher (a teacher score or ranking file)")
+            teacher = attach_teacher_scores(examples, read_teacher_file(args.teacher))
+            stages.append((name, teacher, RerankTrainConfig(**{**vars(config), "loss": args.distill_loss})))
+        else:
+            raise ValueError(f"unknown stage {name!r}; known: contrastive, distill")
+    results = train_stages(reranker, stages, args.output_dir, resume=args.resume)
+    last = list(results.values())[-1]
+    print(f"trained stages {', '.join(results)}; reranker: {last['reranker_path']}")
+
+
+@command("pipeline")
+def _pipeline(args) -> None:
+    from .pipeline import Pipeline
+    from .rerank import load_reranker
+
+    reranker = load_reranker(args.reranker).to(_device(args.device)) if args.reranker else None
+    pipe = Pipeline(_first_stage(args), reranker)
+    n = pipe.predict(args.queries, args.out, task=args.task, k=args.k, rerank_k=args.rerank_k if reranker else 0)
+    print(f"{args.queries}: {n} predictions -> {args.out}")
+
+
 # --------------------------------------------------------------------------- benchmark
 @command("benchmark-quality")
 def _benchmark_quality(args) -> None:
@@ -228,6 +324,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=int, default=30, help="hard negatives kept per query [30]")
     p.add_argument("--max-queries", type=int, default=0, help="cap on queries per task (0 = all)")
     p.add_argument("--device", default="auto")
+
+    def first_stage_arguments(p) -> None:
+        p.add_argument("--passages", required=True, help="passage file from `mtr chunk`")
+        p.add_argument("--encoder", default=None, help="DualEncoder folder for dense candidates [BM25]")
+        p.add_argument("--index", default=None, help="folder written by `mtr index` for --encoder")
+        p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("train-reranker", help="train a reranker (qpeft-a, qpeft-r, idspam, prompt-tuning, "
+                                              "lora, cross-encoder) on retrieved candidates")
+    p.add_argument("--method", required=True,
+                   choices=["qpeft-a", "qpeft-r", "idspam", "prompt-tuning", "lora", "cross-encoder"])
+    p.add_argument("--data-dir", required=True, help="KILT folder with <task>-train-kilt.jsonl files")
+    p.add_argument("--output-dir", required=True, help="checkpoints, log and final reranker")
+    first_stage_arguments(p)
+    p.add_argument("--tasks", default="", help="comma-separated task names [all with a train file]")
+    p.add_argument("--llm", default="", help="LM for LLM methods [packaged SmolLM2-135M]")
+    p.add_argument("--model", default="", help="encoder or cross-encoder for --method cross-encoder")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="method config field, e.g. num_clues=8 or layer=6 (repeatable)")
+    p.add_argument("--stages", default="contrastive", help="cross-encoder: contrastive,distill in order")
+    p.add_argument("--teacher", default=None, help="teacher scores/rankings JSONL for the distill stage")
+    p.add_argument("--distill-loss", default="ranknet", help="ranknet | kl | margin-mse")
+    p.add_argument("--depth", type=int, default=30, help="candidates retrieved per query [30]")
+    p.add_argument("--num-negatives", type=int, default=None, help="hard negatives kept per query [all]")
+    p.add_argument("--max-queries", type=int, default=0, help="cap on training queries per task (0 = all)")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--mixed-precision", default="no", help="no | fp16 | bf16")
+    p.add_argument("--save-every", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+
+    p = sub.add_parser("pipeline", help="retrieve, rerank the top rerank-k, write KILT predictions")
+    first_stage_arguments(p)
+    p.add_argument("--reranker", default=None, help="folder saved by train-reranker [no reranking]")
+    p.add_argument("--queries", required=True, help="KILT task file")
+    p.add_argument("--out", required=True, help="KILT prediction file to write")
+    p.add_argument("--task", default=None, help="task prompt [from the file name]")
+    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--rerank-k", type=int, default=20)
 
     from .experiment import ExperimentConfig
 
