@@ -56,6 +56,7 @@ class ExperimentConfig:
     per_task_batch_size: int = 16
     n_negatives: int = 1
     lr: float = 3e-5
+    warmup_steps: int = 10
     temperature: float = 0.05
     query_max_length: int = 64
     passage_max_length: int = 160
@@ -99,6 +100,13 @@ def machine_info() -> dict[str, Any]:
 
 def _key(**settings: Any) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_key(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text())["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _file_key(path: Path) -> dict[str, Any]:
@@ -163,16 +171,18 @@ class Experiment:
         log.info("stage %s done in %.1f s", name, seconds)
 
     def _cached(self, folder: Path, key: str) -> bool:
-        """True when `folder` holds a finished stage with this key (else it is cleared)."""
-        stamp = folder / "stage.json"
-        if not self.config.fresh and stamp.is_file():
-            try:
-                if json.loads(stamp.read_text())["key"] == key:
-                    return True
-            except (ValueError, KeyError):
-                pass
-        if folder.exists():
-            shutil.rmtree(folder)
+        """True when `folder` holds a finished stage with this key. Otherwise the folder is made
+        ready for the stage: work an interrupted run left with the same key is kept (the stages
+        resume from it), anything else is cleared."""
+        stamp, started = folder / "stage.json", folder / "started.json"
+        if not self.config.fresh and _read_key(stamp) == key:
+            return True
+        if self.config.fresh or _read_key(started) != key:
+            shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp.unlink(missing_ok=True)
+        with atomic_write(started) as f:
+            json.dump({"key": key, "started": time.time()}, f)
         return False
 
     @staticmethod
@@ -188,7 +198,6 @@ class Experiment:
                        words=self.config.passage_words)
             with self._stage("passages"):
                 if not self._cached(folder, key):
-                    folder.mkdir(parents=True)
                     n = write_passages(self.knowledge_source, folder / "passages.jsonl",
                                        words=self.config.passage_words)
                     log.info("chunked %s into %d passages", self.knowledge_source, n)
@@ -257,8 +266,55 @@ class Experiment:
             return start, _key(encoder=start)
         return self._train_encoder(name, start)
 
+    def train_tasks(self) -> list[str]:
+        return [t for t, splits in self.task_files.items() if "train" in splits]
+
+    def _training_examples(self) -> Path:
+        """Training examples of every task with a train file, hard negatives from BM25; built once
+        and shared by every fine-tuned system."""
+        from .data import build_training_examples, write_training_examples
+
+        tasks = self.train_tasks()
+        if not tasks:
+            raise FileNotFoundError(f"{self.data_dir}: no <task>-train-kilt.jsonl files to fine-tune on")
+        folder = self.work / "train-data"
+        files = {t: self.task_files[t]["train"] for t in tasks}
+        key = _key(passages=self._passages_key(), files={t: _file_key(p) for t, p in files.items()},
+                   max_train_queries=self.config.max_train_queries)
+        bm25 = self.retriever("bm25")
+        with self._stage("training data"):
+            if not self._cached(folder, key):
+                examples = build_training_examples(files, self.passages(), bm25,
+                                                   max_queries=self.config.max_train_queries, progress=self.progress)
+                write_training_examples(folder / "examples.jsonl", examples)
+                self._finish(folder, key)
+        return folder / "examples.jsonl"
+
     def _train_encoder(self, name: str, start: str) -> tuple[str, str]:
-        raise ValueError(f"system {name!r} needs multitask training, which is not available yet")
+        """Fine-tune `start` with the project's trainer: naive or taco multitask, or single-<task>."""
+        from .trainer import MultitaskTrainer, TrainConfig
+
+        c = self.config
+        method, tasks = ("single", [name.removeprefix("single-")]) if name.startswith("single-") \
+            else (name, self.train_tasks())
+        if method == "single" and "train" not in self.task_files[tasks[0]]:
+            raise FileNotFoundError(f"{self.data_dir}: no {tasks[0]}-train-kilt.jsonl for {name}")
+        examples = self._training_examples()
+        folder = self.work / "train" / name
+        train = TrainConfig(
+            model_name_or_path=start, data_dir=str(self.data_dir), passages=str(self.passages().path), tasks=tasks,
+            method=method, negatives=str(examples), steps=c.steps, per_task_batch_size=c.per_task_batch_size,
+            n_negatives=c.n_negatives, lr=c.lr, warmup_steps=c.warmup_steps, temperature=c.temperature,
+            query_max_length=c.query_max_length, passage_max_length=c.passage_max_length,
+            taco_beta=c.taco_beta, taco_tau=c.taco_tau, taco_warmup_steps=c.taco_warmup_steps, seed=c.seed,
+            output_dir=str(folder / "run"), progress=self.progress)
+        key = _key(examples=_read_key(examples.parent / "stage.json"), train=asdict(train))
+        with self._stage(f"train {name}"):
+            if not self._cached(folder, key):
+                result = MultitaskTrainer(train).train(resume=True)
+                log.info("trained %s for %d steps in %.0f s", name, result.step, result.seconds)
+                self._finish(folder, key)
+        return str(folder / "run" / "final" / "model"), key
 
     def _dense(self, name: str):
         """Encode the passages with system `name`'s encoder, build a flat index, and search it."""
@@ -278,7 +334,6 @@ class Experiment:
             if self._cached(folder, key):
                 index = Index.load(folder / "index", expected_dim=encoder.dim)
             else:
-                folder.mkdir(parents=True)
                 shards = encode_corpus(encoder, store.path, folder / "shards", shard_size=50_000,
                                        batch_size=self.config.encode_batch_size, progress=self.progress)
                 index = Index.from_shards(shards, IndexConfig(index_type="flat"), progress=self.progress)
@@ -302,7 +357,6 @@ class Experiment:
         start = time.perf_counter()
         with self._stage(f"predict {name}"):
             cached = self._cached(folder, key)
-            folder.mkdir(parents=True, exist_ok=True)
             for task, splits in self.task_files.items():
                 out = folder / f"{task}-dev.jsonl"
                 gold = splits["dev"]

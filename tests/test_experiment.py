@@ -32,12 +32,18 @@ def _config(data: Path, work: Path, **overrides) -> ExperimentConfig:
     return ExperimentConfig(**values)
 
 
+SYSTEMS = ["bm25", "zero-shot", "naive", "taco", "single-nq", "taco+cross-encoder", "taco+qpeft-a"]
+
+
 @pytest.fixture(scope="module")
-def doc(small_kilt, tiny_bert, tmp_path_factory) -> dict:
+def doc(small_kilt, tiny_bert, tiny_llama, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("out") / "quality.json"
     work = out.parent / "work"
     code = main(["benchmark-quality", str(small_kilt), "--out", str(out), "--work-dir", str(work), "--quiet",
-                 "--systems", "bm25,zero-shot", "--encoder", str(tiny_bert), "--k", "20"])
+                 "--systems", ",".join(SYSTEMS), "--encoder", str(tiny_bert), "--cross-encoder", str(tiny_bert),
+                 "--llm", str(tiny_llama), "--k", "20", "--rerank-k", "5", "--rerank-queries", "3",
+                 "--steps", "3", "--per-task-batch-size", "4", "--reranker-steps", "2",
+                 "--reranker-batch-size", "2", "--reranker-group-size", "3"])
     assert code == 0
     return json.loads(out.read_text())
 
@@ -45,11 +51,12 @@ def doc(small_kilt, tiny_bert, tmp_path_factory) -> dict:
 def test_the_document_has_every_system_task_and_metric(doc, small_kilt):
     assert set(doc) >= {"machine", "data", "config", "systems", "significance"}
     assert doc["data"]["tasks"] == TASKS
-    assert list(doc["systems"]) == ["bm25", "zero-shot"]
+    assert list(doc["systems"]) == SYSTEMS
     for name, result in doc["systems"].items():
         assert set(result["per_task"]) == set(TASKS)
         for task, metrics in result["per_task"].items():
-            assert metrics["n"] == len(read_task_file(small_kilt / f"{task}-dev-kilt.jsonl"))
+            dev = len(read_task_file(small_kilt / f"{task}-dev-kilt.jsonl"))
+            assert metrics["n"] == (3 if "+" in name else dev)
             for metric in ("Rprec", "recall@5", "success_rate@5"):
                 assert 0.0 <= metrics[metric] <= 1.0, (name, task, metric)
         mean = sum(m["Rprec"] for m in result["per_task"].values()) / len(TASKS)
@@ -124,3 +131,22 @@ def test_unknown_systems_and_task_files_are_named(small_kilt, tmp_path):
     shutil.copy(data / "nq-dev-kilt.jsonl", data / "squad-dev-kilt.jsonl")
     with pytest.warns(UserWarning, match=r"squad-dev-kilt\.jsonl: unknown KILT task 'squad'"):
         Experiment(_config(data, tmp_path / "w2", systems=["bm25"]), progress=False)
+
+
+def test_the_fine_tuned_systems_really_trained(doc):
+    work = Path(doc["config"]["work_dir"])
+    for name, tasks in (("naive", TASKS), ("taco", TASKS), ("single-nq", ["nq"])):
+        log = [json.loads(line) for line in (work / "train" / name / "run" / "train_log.jsonl").read_text().splitlines()]
+        assert [row["step"] for row in log] == [1, 2, 3], name
+    for name in ("taco+cross-encoder", "taco+qpeft-a"):
+        assert (work / "rerankers" / name / "train" / "final" / "reranker").is_dir()
+
+
+def test_significance_pairs_taco_with_naive_and_each_reranker_with_its_retriever(doc):
+    pairs = {(row["a"], row["b"], row["task"]) for row in doc["significance"]}
+    for a, b in (("taco", "naive"), ("taco+cross-encoder", "taco"), ("taco+qpeft-a", "taco")):
+        assert {(a, b, t) for t in TASKS + ["all"]} <= pairs
+    for row in doc["significance"]:
+        assert 0.0 < row["p_randomization"] <= 1.0 and 0.0 <= row["p_ttest"] <= 1.0
+        if "+" in row["a"]:  # reranked systems ran 3 dev queries per task
+            assert row["n"] == (3 * len(TASKS) if row["task"] == "all" else 3)
