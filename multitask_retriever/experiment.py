@@ -51,6 +51,8 @@ class ExperimentConfig:
     passage_words: int = 100
     k: int = 100
     encode_batch_size: int = 64
+    zero_shot_prompts: bool = field(default=False, metadata={
+        "help": "task prompts on zero-shot queries (default off: the pretrained model never saw them)"})
     # dual-encoder fine-tuning
     steps: int = 200
     per_task_batch_size: int = 16
@@ -263,8 +265,16 @@ class Experiment:
 
         start = self.config.encoder or str(packaged_minilm_path())
         if name == "zero-shot":
-            return start, _key(encoder=start)
+            return start, _key(encoder=start, prompts=self.config.zero_shot_prompts)
         return self._train_encoder(name, start)
+
+    def _encoder_overrides(self, name: str) -> dict[str, Any]:
+        """Zero-shot queries go in plain unless `zero_shot_prompts`: the model never saw our prompts."""
+        overrides: dict[str, Any] = {"query_max_length": self.config.query_max_length,
+                                     "passage_max_length": self.config.passage_max_length}
+        if name == "zero-shot" and not self.config.zero_shot_prompts:
+            overrides["query_prompts"] = {task: "{query}" for task in self.task_files}
+        return overrides
 
     def train_tasks(self) -> list[str]:
         return [t for t, splits in self.task_files.items() if "train" in splits]
@@ -324,8 +334,7 @@ class Experiment:
 
         store = self.passages()
         encoder_path, encoder_key = self._encoder_path(name)
-        encoder = DualEncoder.from_pretrained(encoder_path, query_max_length=self.config.query_max_length,
-                                              passage_max_length=self.config.passage_max_length)
+        encoder = DualEncoder.from_pretrained(encoder_path, **self._encoder_overrides(name))
         encoder.to(self._device()).eval()
         folder = self.work / "dense" / name
         key = _key(passages=self._passages_key(), encoder=encoder_key,
@@ -427,7 +436,7 @@ class Experiment:
             lr=c.reranker_lr if method == "cross-encoder" else c.llm_reranker_lr, seed=c.seed,
             output_dir=str(folder / "train"), progress=self.progress)
         key = _key(retriever=self._retriever_key(retriever_name), method=method, start=start,
-                   train=asdict(train), max_train_queries=c.max_train_queries, rerank_k=c.rerank_k)
+                   train=asdict(train), loss=repr(self._reranker_loss(method)), max_train_queries=c.max_train_queries, rerank_k=c.rerank_k)
         with self._stage(f"reranker {retriever_name}+{method}"):
             reranker = self._new_reranker(method, start)
             if method == "zero-shot":
@@ -438,11 +447,20 @@ class Experiment:
             if not examples:
                 raise ValueError(f"no training query of {', '.join(self.task_files)} has a gold page among "
                                  f"{retriever_name}'s top {c.rerank_k}: nothing to train {method} on")
-            result = train_reranker(reranker, examples, train, resume=True)
+            result = train_reranker(reranker, examples, train, loss=self._reranker_loss(method), resume=True)
             log.info("trained %s on %d queries: loss %.4f -> %.4f", method, len(examples), result["losses"][0],
                      result["loss"])
             self._finish(folder, key)
             return reranker
+
+    @staticmethod
+    def _reranker_loss(method: str):
+        """Cross-encoders: listwise CE; LLM rerankers: listwise CE plus the positive's query likelihood."""
+        if method == "cross-encoder":
+            return None
+        from .rerank.llm_scoring import ListwiseQueryLikelihood
+
+        return ListwiseQueryLikelihood()
 
     def _reranker_start(self, method: str) -> str:
         from .models import packaged_minilm_path, resolve_llm
