@@ -279,7 +279,8 @@ def _new_faiss_index(config: IndexConfig, dim: int, n: int) -> faiss.Index:
     pq_m = config.pq_m or default_pq_m(dim)
     if dim % pq_m:
         raise ValueError(f"pq_m={pq_m} does not divide the vector dim {dim}")
-    return faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}x{config.pq_bits}", ip)
+    # "np": no polysemous training, which index_factory would otherwise run and we never use
+    return faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}x{config.pq_bits}np", ip)
 
 
 def _set_search_params(index: faiss.Index, config: IndexConfig) -> None:
@@ -369,7 +370,7 @@ class _TorchSearcher:
         return sum(len(c) for c in self.chunks)
 
     def add(self, vectors: np.ndarray) -> None:
-        self.chunks.append(torch.from_numpy(vectors).to(self.device, self.dtype))
+        self.chunks.append(torch.tensor(vectors, dtype=self.dtype, device=self.device))  # a copy: callers may reuse the array
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = torch.from_numpy(queries).to(self.device, self.dtype)

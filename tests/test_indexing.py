@@ -359,3 +359,12 @@ def test_from_shards_reports_a_missing_shard(tmp_path):
     shard_paths(out, 1)[1].unlink()
     with pytest.raises(FileNotFoundError, match="shard-00001.ids.npy"):
         Index.from_shards(out, IndexConfig(device="cpu"))
+
+
+def test_the_torch_backend_keeps_its_own_copy_of_the_vectors():
+    vectors = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    index = Index.build(vectors, IndexConfig(backend="torch", device="cpu"))
+    before = index.search(vectors[:3], 5)
+    vectors[:] = 0.0  # the caller reuses its buffer
+    after = index.search(np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)[:3], 5)
+    np.testing.assert_array_equal(before[1], after[1])
