@@ -1,7 +1,18 @@
 #!/usr/bin/env bash
-# Quality of every system on a real KILT folder (default ../shared/realkilt), as committed in
-# benchmarks/results/quality-realkilt.json. Extra arguments go to `mtr benchmark-quality`.
+# Quality of every system on real KILT data, as committed in benchmarks/results/:
+#   scripts/benchmark_quality.sh [DATA_DIR] [extra mtr benchmark-quality args]
+#       -> quality-realkilt.json (default DATA_DIR ../shared/realkilt, 30k pages)
+#   scripts/benchmark_quality.sh --slice [extra args]
+#       -> quality-realkilt-slice.json: all queries, their gold pages + 4,000 distractors
 . "$(dirname "$0")/_env.sh"
+if [ "${1:-}" = "--slice" ]; then
+    shift
+    SLICE=runs/realkilt-slice
+    [ -f "$SLICE/knowledge_source.jsonl" ] || mtr kilt-subset ../shared/realkilt \
+        ../shared/realkilt/knowledge_source.jsonl "$SLICE" --queries 100000 --distractors 4000 --seed 0
+    exec mtr benchmark-quality "$SLICE" --out benchmarks/results/quality-realkilt-slice.json \
+        --config scripts/configs/quality-realkilt-slice.yaml "$@"
+fi
 DATA="${1:-../shared/realkilt}"; shift || true
 exec mtr benchmark-quality "$DATA" --out benchmarks/results/quality-realkilt.json \
     --config scripts/configs/quality-realkilt.yaml "$@"
