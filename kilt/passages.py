@@ -83,13 +83,14 @@ def iter_passages(pages: Iterable[Page], words: int = 100) -> Iterator[Passage]:
 
 
 def write_passages(knowledge_source: str | Path, out_path: str | Path, words: int = 100,
-                   progress: bool = True) -> int:
+                   progress: bool = True, skip_invalid: bool = False) -> int:
     """Stream a KILT knowledge source (.jsonl or .jsonl.gz) into a passage JSONL file.
 
     Written atomically: ``out_path`` appears only when complete. Returns the passage count.
+    A bad page is an error naming file and line, or with ``skip_invalid`` skipped and reported.
     """
     count = 0
-    pages = tqdm(iter_pages(knowledge_source), desc="chunking pages", unit=" pages",
+    pages = tqdm(iter_pages(knowledge_source, skip_invalid=skip_invalid), desc="chunking pages", unit=" pages",
                  disable=not progress)
     with atomic_write(out_path) as f:
         for passage in iter_passages(pages, words=words):

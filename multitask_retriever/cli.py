@@ -33,7 +33,7 @@ def command(name: str):
 def _chunk(args) -> None:
     from kilt.passages import write_passages
 
-    n = write_passages(args.knowledge_source, args.out, words=args.words)
+    n = write_passages(args.knowledge_source, args.out, words=args.words, skip_invalid=args.skip_invalid)
     print(f"wrote {n} passages to {args.out}")
 
 
@@ -260,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("knowledge_source", help="KILT knowledge source (.jsonl or .jsonl.gz)")
     p.add_argument("out", help="passage file to write (JSONL)")
     p.add_argument("--words", type=int, default=100, help="words per passage [100]")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="skip malformed pages (counted and reported) instead of stopping at the first")
 
     p = sub.add_parser("bm25", help="BM25 page rankings for KILT task files")
     p.add_argument("passages", help="passage file from `mtr chunk`")

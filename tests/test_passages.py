@@ -184,3 +184,17 @@ def test_write_passages_memory_does_not_grow_with_the_knowledge_source(tmp_path)
         tracemalloc.stop()
         assert n == 2 * n_pages
     assert peaks[1] < 1.5 * peaks[0]
+
+
+def test_mtr_chunk_skips_invalid_pages_only_when_asked_and_reports_them(tmp_path, capsys):
+    from multitask_retriever.cli import main
+
+    source = tmp_path / "ks.jsonl"
+    good = {"wikipedia_id": "1", "wikipedia_title": "A", "text": ["A\n", "body words\n"]}
+    source.write_text(json.dumps(good) + "\n{broken\n" + json.dumps({**good, "wikipedia_id": "2"}) + "\n")
+    assert main(["chunk", str(source), str(tmp_path / "p.jsonl")]) == 2
+    assert "ks.jsonl:2: invalid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "p.jsonl").exists()
+    with pytest.warns(UserWarning, match=r"ks\.jsonl: skipped 1 invalid line\(s\)"):
+        assert main(["chunk", str(source), str(tmp_path / "p.jsonl"), "--skip-invalid"]) == 0
+    assert [p.wikipedia_id for p in iter_passage_file(tmp_path / "p.jsonl")] == ["1", "2"]
