@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ["zero-shot", "qpeft-a", "qpeft-r", "idspam", "prompt-tuning", "lora"]
+METHODS = ["zero-shot", "qpeft-a", "qpeft-r", "idspam", "prompt-tuning", "lora", "cross-encoder"]
 
 
 def _inputs(n_queries: int, n_passages: int) -> list[tuple[str, list[str]]]:
@@ -34,6 +34,13 @@ def _inputs(n_queries: int, n_passages: int) -> list[tuple[str, list[str]]]:
     return [(q, [passages[(i * 7 + j) % len(passages)] for j in range(n_passages)]) for i, q in enumerate(queries)]
 
 
+def _start(method: str) -> str:
+    """The cross-encoder starts from the packaged MiniLM; LLM methods use the packaged SmolLM2."""
+    from multitask_retriever.models import packaged_minilm_path
+
+    return str(packaged_minilm_path()) if method == "cross-encoder" else ""
+
+
 def run_one(method: str, n_queries: int, n_passages: int, device: str) -> dict:
     import torch
 
@@ -41,7 +48,7 @@ def run_one(method: str, n_queries: int, n_passages: int, device: str) -> dict:
 
     torch.manual_seed(0)
     started = time.perf_counter()
-    reranker = make_reranker(method, "").to(device)
+    reranker = make_reranker(method, _start(method)).to(device)
     load_s = time.perf_counter() - started
     inputs = _inputs(n_queries, n_passages)
     reranker.rerank(*inputs[0])  # warm-up
@@ -78,6 +85,11 @@ def run_interleaved(methods: list[str], n_queries: int, n_passages: int, rounds:
     lm, tokenizer = load_lm("")
     rerankers = {}
     for method in methods:
+        if method == "cross-encoder":
+            from multitask_retriever.rerank import make_reranker
+
+            rerankers[method] = make_reranker(method, _start(method)).to(device)
+            continue
         cls = reranker_class(method)
         model = copy.deepcopy(lm) if method == "lora" else lm
         rerankers[method] = cls(model, tokenizer, cls._make_config({})).to(device)
