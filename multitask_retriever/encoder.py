@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import string
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +21,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BatchEncoding, PretrainedConfig
 from transformers.utils import cached_file
+
+from .checkpointing import atomic_directory
 
 CONFIG_NAME = "mtr_encoder.json"
 POOLINGS = ("auto", "mean", "cls", "first_decoder")
@@ -226,30 +225,11 @@ class DualEncoder(nn.Module):
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write backbone, tokenizer and mtr_encoder.json into `path`, replacing it only once complete."""
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise NotADirectoryError(f"{path}: exists and is not a folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        try:
+        with atomic_directory(path) as tmp:
             self.backbone.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             (tmp / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n",
                                            encoding="utf-8")
-            if path.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-                os.replace(path, old)
-                try:
-                    os.replace(tmp, path)
-                except BaseException:
-                    os.replace(old, path)
-                    raise
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     # ----------------------------------------------------------------- properties
     @property

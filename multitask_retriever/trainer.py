@@ -40,16 +40,8 @@ from .data import (
     write_training_examples,
 )
 from .losses import ContrastiveLoss
-from .rerank.train import (  # checkpoint helpers shared with the reranker loop
-    FINAL_NAME,
-    LOG_NAME,
-    STATE_NAME,
-    _latest_checkpoint,
-    _read_log,
-    _rng_state,
-    _set_rng_state,
-    atomic_directory,
-)
+from .checkpointing import (FINAL_NAME, LOG_NAME, STATE_NAME, atomic_directory, latest_checkpoint, read_log,
+                            rng_state, set_rng_state)
 
 log = logging.getLogger("mtr.train")
 
@@ -276,14 +268,14 @@ class MultitaskTrainer:
         cfg = self.config
         out = self.output_dir
         log_path = out / LOG_NAME
-        checkpoint = _latest_checkpoint(out) if out.is_dir() else None
+        checkpoint = latest_checkpoint(out) if out.is_dir() else None
         if checkpoint is not None and not resume:
             raise FileExistsError(f"{out}: holds a training run ({checkpoint.name}); pass resume=True "
                                   "(mtr train --resume) to continue it, or choose another output_dir")
         if checkpoint is not None and checkpoint.name == FINAL_NAME:
             state = torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
             log.info("%s: already trained (%d steps)", out, state["step"])
-            return self._result(checkpoint / MODEL_DIR, int(state["step"]), _read_log(log_path), started)
+            return self._result(checkpoint / MODEL_DIR, int(state["step"]), read_log(log_path), started)
 
         accelerator = _accelerator(cfg.mixed_precision)
         set_seed(cfg.seed)
@@ -323,9 +315,9 @@ class MultitaskTrainer:
             if accelerator.scaler is not None and state["scaler"]:
                 accelerator.scaler.load_state_dict(state["scaler"])
             combiner.load_state_dict(state["combiner"])
-            _set_rng_state(state["rng"])
+            set_rng_state(state["rng"])
             log.info("%s: resuming at step %d", out, step)
-        history = [row for row in _read_log(log_path) if row["step"] <= step]
+        history = [row for row in read_log(log_path) if row["step"] <= step]
         if accelerator.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
             with atomic_write(log_path) as f:  # drops steps logged after the checkpoint
@@ -342,7 +334,7 @@ class MultitaskTrainer:
                     if not final:
                         state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                                      scaler=accelerator.scaler.state_dict() if accelerator.scaler else {},
-                                     rng=_rng_state())
+                                     rng=rng_state())
                     torch.save(state, tmp / STATE_NAME)
                     if hasattr(combiner, "diagnostics"):  # per-layer task-weight statistics (taco)
                         named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]

@@ -384,7 +384,7 @@ class LLMReranker(Reranker):
         """Write the trained parameters (safetensors) and mtr_reranker.json; never the LM itself."""
         from safetensors.torch import save_file
 
-        from .train import atomic_directory
+        from ..checkpointing import atomic_directory
 
         with atomic_directory(path) as tmp:
             state = self._module_state()

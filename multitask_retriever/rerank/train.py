@@ -12,15 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import random
 import re
 import shutil
-import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -32,6 +29,8 @@ from tqdm.auto import tqdm
 from kilt.io import KiltExample, KiltFormatError, atomic_write, iter_jsonl
 from kilt.passages import Passage, PassageStore
 
+from ..checkpointing import FINAL_NAME, LOG_NAME, STATE_NAME, atomic_directory, latest_checkpoint, read_log, \
+    rng_state, set_rng_state
 from ..pipeline import default_passage_text
 from ..retriever import Hit
 from .base import Reranker
@@ -39,32 +38,6 @@ from .losses import RerankLoss, make_loss
 
 log = logging.getLogger("mtr.rerank.train")
 
-STATE_NAME = "trainer_state.pt"
-LOG_NAME = "train_log.jsonl"
-FINAL_NAME = "final"
-_CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
-
-
-@contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `path`; on success it replaces `path` whole."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{path}: exists and is not a folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ---------------------------------------------------------------------------- examples
@@ -379,41 +352,6 @@ def _trainable_named(reranker: Reranker) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in reranker.named_parameters() if p.requires_grad}
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _latest_checkpoint(output_dir: Path) -> Path | None:
-    """The final folder if the run finished, else the checkpoint with the highest step."""
-    if (output_dir / FINAL_NAME / STATE_NAME).is_file():
-        return output_dir / FINAL_NAME
-    found = [(int(m.group(1)), p) for p in output_dir.glob("checkpoint-*")
-             if (m := _CHECKPOINT.search(p.name)) and (p / STATE_NAME).is_file()]
-    return max(found)[1] if found else None
-
-
-def _read_log(path: Path) -> list[dict]:
-    """Rows of a training log; a line cut short by a crash is ignored."""
-    return [row for _, row in iter_jsonl(path, skip_invalid=True)] if path.is_file() else []
-
-
 def _load_trainable(named: dict[str, torch.nn.Parameter], state: dict[str, Any], checkpoint: Path) -> None:
     missing = set(named) - set(state["trainable"])
     if missing:
@@ -446,7 +384,7 @@ def train_reranker(reranker: Reranker, examples: Sequence[RerankExample], config
     named = _trainable_named(reranker)
     if not named:
         raise ValueError(f"{type(reranker).__name__} has no trainable parameters")
-    checkpoint = _latest_checkpoint(output_dir) if output_dir.is_dir() else None
+    checkpoint = latest_checkpoint(output_dir) if output_dir.is_dir() else None
     if checkpoint is not None and not resume:
         raise FileExistsError(f"{output_dir}: holds a training run ({checkpoint.name}); "
                               "pass resume=True to continue it, or choose another output_dir")
@@ -459,7 +397,7 @@ def train_reranker(reranker: Reranker, examples: Sequence[RerankExample], config
         state = torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
         _load_trainable(named, state, checkpoint)
         if checkpoint.name == FINAL_NAME:
-            losses = [row["loss"] for row in _read_log(log_path)]
+            losses = [row["loss"] for row in read_log(log_path)]
             log.info("%s: already trained (%d steps); loaded its weights", output_dir, state["step"])
             return {"step": int(state["step"]), "loss": losses[-1] if losses else None, "losses": losses,
                     "reranker_path": str(checkpoint / "reranker"), "seconds": time.perf_counter() - started}
@@ -476,9 +414,9 @@ def train_reranker(reranker: Reranker, examples: Sequence[RerankExample], config
         scheduler.load_state_dict(state["scheduler"])
         if accelerator.scaler is not None and state["scaler"]:
             accelerator.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         log.info("%s: resuming at step %d", output_dir, step)
-    history = [row for row in _read_log(log_path) if row["step"] <= step]
+    history = [row for row in read_log(log_path) if row["step"] <= step]
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         with atomic_write(log_path) as f:  # drops the steps logged after the checkpoint
@@ -494,7 +432,7 @@ def train_reranker(reranker: Reranker, examples: Sequence[RerankExample], config
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else {},
-                    "rng": _rng_state(),
+                    "rng": rng_state(),
                     "config": dataclasses.asdict(config),
                 }, tmp / STATE_NAME)
             for old in output_dir.glob("checkpoint-*"):
