@@ -71,6 +71,9 @@ class ExperimentConfig:
     reranker_steps: int = 200
     reranker_batch_size: int = 8
     reranker_group_size: int = 8
+    cross_encoder_steps: int = field(default=0, metadata={
+        "help": "cross-encoder training steps (0: reranker_steps); its fresh scoring head needs more than the "
+                "LLM rerankers' small modules"})
     reranker_lr: float = field(default=3e-5, metadata={"help": "cross-encoder learning rate"})
     llm_reranker_lr: float = field(default=1e-3, metadata={"help": "learning rate of the LLM rerankers' small modules"})
     max_train_queries: int = field(default=0, metadata={"help": "cap on training queries per task (0 = all)"})
@@ -431,9 +434,11 @@ class Experiment:
         start = self._reranker_start(method)
         folder = self.work / "rerankers" / f"{retriever_name}+{method}"
         c = self.config
+        cross = method == "cross-encoder"
         train = RerankTrainConfig(
-            steps=c.reranker_steps, batch_size=c.reranker_batch_size, group_size=c.reranker_group_size,
-            lr=c.reranker_lr if method == "cross-encoder" else c.llm_reranker_lr, seed=c.seed,
+            steps=c.cross_encoder_steps if cross and c.cross_encoder_steps else c.reranker_steps,
+            batch_size=c.reranker_batch_size, group_size=c.reranker_group_size,
+            lr=c.reranker_lr if cross else c.llm_reranker_lr, seed=c.seed,
             output_dir=str(folder / "train"), progress=self.progress)
         key = _key(retriever=self._retriever_key(retriever_name), method=method, start=start,
                    train=asdict(train), loss=repr(self._reranker_loss(method)), max_train_queries=c.max_train_queries, rerank_k=c.rerank_k)
