@@ -71,10 +71,10 @@ class ExperimentConfig:
     reranker_steps: int = 200
     reranker_batch_size: int = 8
     reranker_group_size: int = 8
-    cross_encoder_steps: int = field(default=0, metadata={
+    cross_encoder_steps: int = field(default=200, metadata={
         "help": "cross-encoder training steps (0: reranker_steps); its fresh scoring head needs more than the "
                 "LLM rerankers' small modules"})
-    reranker_lr: float = field(default=3e-5, metadata={"help": "cross-encoder learning rate"})
+    reranker_lr: float = field(default=1e-4, metadata={"help": "cross-encoder learning rate"})
     llm_reranker_lr: float = field(default=1e-3, metadata={"help": "learning rate of the LLM rerankers' small modules"})
     max_train_queries: int = field(default=0, metadata={"help": "cap on training queries per task (0 = all)"})
     fresh: bool = False

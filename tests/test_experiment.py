@@ -42,7 +42,7 @@ def doc(small_kilt, tiny_bert, tiny_llama, tmp_path_factory) -> dict:
     code = main(["benchmark-quality", str(small_kilt), "--out", str(out), "--work-dir", str(work), "--quiet",
                  "--systems", ",".join(SYSTEMS), "--encoder", str(tiny_bert), "--cross-encoder", str(tiny_bert),
                  "--llm", str(tiny_llama), "--k", "20", "--rerank-k", "5", "--rerank-queries", "3",
-                 "--steps", "3", "--per-task-batch-size", "4", "--reranker-steps", "2",
+                 "--steps", "3", "--per-task-batch-size", "4", "--reranker-steps", "2", "--cross-encoder-steps", "2",
                  "--reranker-batch-size", "2", "--reranker-group-size", "3"])
     assert code == 0
     return json.loads(out.read_text())
