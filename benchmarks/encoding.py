@@ -62,17 +62,12 @@ def machine_info() -> dict:
 
 
 def write_result(path: Path, data: dict) -> None:
-    """Write JSON atomically (temporary file in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON atomically (kilt.io.atomic_write: a temporary file, then rename)."""
+    from kilt.io import atomic_write
+
+    with atomic_write(path) as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
 
 
 def command_line() -> str:
