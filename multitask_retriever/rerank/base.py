@@ -10,6 +10,16 @@ import torch
 from torch import nn
 
 
+def group_size(queries: Sequence[str], passages: Sequence[Sequence[str]]) -> int:
+    """The common row length n of a `score` call; unequal rows or counts are ValueErrors."""
+    if len(queries) != len(passages):
+        raise ValueError(f"{len(queries)} queries but {len(passages)} passage lists")
+    sizes = {len(row) for row in passages}
+    if len(sizes) > 1:
+        raise ValueError(f"every query needs the same number of passages, got sizes {sorted(sizes)}")
+    return sizes.pop() if sizes else 0
+
+
 class Reranker(nn.Module, ABC):
     """Scores (query, passage) pairs; higher is more relevant."""
 

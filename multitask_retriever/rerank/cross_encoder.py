@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BatchEncoding
 
 from ..models import own_memory
-from .base import Reranker
+from .base import Reranker, group_size
 from ..checkpointing import atomic_directory
 
 CONFIG_NAME = "mtr_reranker.json"
@@ -108,12 +108,7 @@ class CrossEncoderReranker(Reranker):
     # ------------------------------------------------------------------ scoring
     def score(self, queries: Sequence[str], passages: Sequence[Sequence[str]]) -> torch.Tensor:
         """Differentiable scores [B, n] of passages[i][j] for queries[i]; rows must be equally long."""
-        if len(queries) != len(passages):
-            raise ValueError(f"{len(queries)} queries but {len(passages)} passage lists")
-        sizes = {len(row) for row in passages}
-        if len(sizes) > 1:
-            raise ValueError(f"every query needs the same number of passages, got sizes {sorted(sizes)}")
-        n = sizes.pop() if sizes else 0
+        n = group_size(queries, passages)
         if n == 0:
             return torch.zeros(len(queries), 0, device=self.device)
         pair_queries = [q for q in self._cap_queries(queries) for _ in range(n)]

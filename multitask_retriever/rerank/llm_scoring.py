@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Reranker
+from .base import Reranker, group_size
 from .losses import RerankLoss, TeacherBatch
 
 CONFIG_NAME = "mtr_reranker.json"
@@ -342,12 +342,7 @@ class LLMReranker(Reranker):
 
     def score(self, queries: Sequence[str], passages: Sequence[Sequence[str]]) -> torch.Tensor:
         """Differentiable scores [B, n]; a query's context is built from its own row."""
-        if len(queries) != len(passages):
-            raise ValueError(f"{len(queries)} queries but {len(passages)} passage lists")
-        sizes = {len(row) for row in passages}
-        if len(sizes) > 1:
-            raise ValueError(f"every query needs the same number of passages, got sizes {sorted(sizes)}")
-        n = sizes.pop() if sizes else 0
+        n = group_size(queries, passages)
         if n == 0:
             return torch.zeros(len(queries), 0, device=self.device)
         q_ids = self.scorer.query_ids(queries)
