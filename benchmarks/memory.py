@@ -26,7 +26,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -34,6 +33,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import machine_info, write_result  # noqa: E402  (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -81,28 +82,6 @@ def baseline() -> int:
     gc.collect()
     reset_peak()
     return peak_rss()
-
-
-def machine_info() -> dict:
-    import faiss
-    import torch
-    import transformers
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "torch": torch.__version__, "transformers": transformers.__version__, "faiss": faiss.__version__,
-            "faiss_gpus": faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def write_result(path: Path, data: dict) -> None:
-    """Write JSON atomically (kilt.io.atomic_write: a temporary file, then rename)."""
-    from kilt.io import atomic_write
-
-    with atomic_write(path) as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
 
 
 # --------------------------------------------------------------------------- workers (child processes)

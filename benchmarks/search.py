@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
-import json
-import os
-import platform
 import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from _common import machine_info, write_result  # noqa: E402  (benchmarks/ is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -40,28 +39,6 @@ from multitask_retriever import indexing  # noqa: E402
 from multitask_retriever.indexing import Index, IndexConfig  # noqa: E402
 
 TYPES = ("flat", "torch", "hnsw", "ivf", "ivfpq")
-
-
-def machine_info() -> dict:
-    """Platform, CPUs, library versions and GPU (if any) of this machine."""
-    import transformers
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "torch_threads": torch.get_num_threads(), "faiss_omp_threads": faiss.omp_get_max_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "faiss": faiss.__version__,
-            "faiss_gpus": faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-
-
-def write_result(path: Path, data: dict) -> None:
-    """Write JSON atomically (kilt.io.atomic_write: a temporary file, then rename)."""
-    from kilt.io import atomic_write
-
-    with atomic_write(path) as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
 
 
 # --------------------------------------------------------------------------- data
