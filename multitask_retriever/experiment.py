@@ -30,6 +30,23 @@ log = logging.getLogger("mtr.experiment")
 METRICS = ("Rprec", "recall@5", "success_rate@5")
 RETRIEVERS = ("bm25", "zero-shot", "naive", "taco")
 RERANKERS = ("cross-encoder", "qpeft-a", "qpeft-r", "idspam", "prompt-tuning", "lora", "zero-shot")
+CE_STAGES = ("contrastive", "distill")
+
+
+def cross_encoder_schedule(reranker: str) -> list[str] | None:
+    """The training stages a cross-encoder reranker name asks for: ``cross-encoder`` is one
+    contrastive stage, ``cross-encoder.distill.contrastive`` distillation then contrastive
+    (Pezzuti et al.'s schedules); None for any other reranker. Unknown stages are errors."""
+    if reranker == "cross-encoder":
+        return ["contrastive"]
+    if not reranker.startswith("cross-encoder."):
+        return None
+    stages = reranker.split(".")[1:]
+    bad = [s for s in stages if s not in CE_STAGES]
+    if bad or not stages:
+        raise ValueError(f"unknown cross-encoder stage {(bad or [''])[0]!r} in {reranker!r}; stages: "
+                         f"{', '.join(CE_STAGES)} joined by dots, e.g. cross-encoder.contrastive.distill")
+    return stages
 DEFAULT_SYSTEMS = ["bm25", "zero-shot", "naive", "taco", "taco+cross-encoder", "taco+qpeft-a"]
 
 
@@ -41,7 +58,9 @@ class ExperimentConfig:
     knowledge_source: str = field(default="", metadata={"help": "default: DATA_DIR/knowledge_source.jsonl[.gz]"})
     work_dir: str = field(default="", metadata={"help": "stage cache; default: runs/<data folder name>"})
     systems: list[str] = field(default_factory=lambda: list(DEFAULT_SYSTEMS),
-                               metadata={"help": "bm25, zero-shot, naive, taco, single-<task>, <retriever>+<reranker>"})
+                               metadata={"help": "bm25, zero-shot, naive, taco, single-<task>, <retriever>+<reranker>; "
+                                       "rerankers: " + ", ".join(RERANKERS) + ", and cross-encoder schedules such "
+                                       "as cross-encoder.distill or cross-encoder.contrastive.distill"})
     tasks: list[str] = field(default_factory=list, metadata={"help": "default: every task with a dev file"})
     encoder: str = field(default="", metadata={"help": "dual-encoder start point; default: packaged all-MiniLM-L6-v2"})
     cross_encoder: str = field(default="", metadata={"help": "cross-encoder start point; default: packaged MiniLM"})
@@ -75,6 +94,12 @@ class ExperimentConfig:
         "help": "cross-encoder training steps (0: reranker_steps); its fresh scoring head needs more than the "
                 "LLM rerankers' small modules"})
     reranker_lr: float = field(default=1e-4, metadata={"help": "cross-encoder learning rate"})
+    teacher: str = field(default="qpeft-a", metadata={
+        "help": "reranker whose scores on the retriever's training candidates the cross-encoder.*distill* "
+                "schedules learn from (trained on the same candidates first)"})
+    teacher_queries: int = field(default=50, metadata={
+        "help": "training queries per task the teacher scores (0 = all; LLM scoring is slow on a CPU)"})
+    distill_loss: str = field(default="ranknet", metadata={"help": "ranknet | kl | margin-mse"})
     llm_reranker_lr: float = field(default=1e-3, metadata={"help": "learning rate of the LLM rerankers' small modules"})
     max_train_queries: int = field(default=0, metadata={"help": "cap on training queries per task (0 = all)"})
     fresh: bool = False
@@ -139,6 +164,7 @@ class Experiment:
         self._store: PassageStore | None = None
         self._retrievers: dict[str, Any] = {}
         self._warnings: list[str] = []
+        self._finished: set[Path] = set()  # stage folders finished by this run
         for name in config.systems:
             self._parse_system(name)
 
@@ -180,7 +206,7 @@ class Experiment:
         ready for the stage: work an interrupted run left with the same key is kept (the stages
         resume from it), anything else is cleared."""
         stamp, started = folder / "stage.json", folder / "started.json"
-        if not self.config.fresh and _read_key(stamp) == key:
+        if (not self.config.fresh or folder in self._finished) and _read_key(stamp) == key:
             return True
         if self.config.fresh or _read_key(started) != key:
             shutil.rmtree(folder, ignore_errors=True)
@@ -190,10 +216,10 @@ class Experiment:
             json.dump({"key": key, "started": time.time()}, f)
         return False
 
-    @staticmethod
-    def _finish(folder: Path, key: str) -> None:
+    def _finish(self, folder: Path, key: str) -> None:
         with atomic_write(folder / "stage.json") as f:
             json.dump({"key": key, "finished": time.time()}, f)
+        self._finished.add(folder)
 
     def passages(self) -> PassageStore:
         if self._store is None:
@@ -422,8 +448,16 @@ class Experiment:
         if retriever_name not in RETRIEVERS and not (retriever_name.startswith("single-") and single in self.task_files):
             raise ValueError(f"unknown system {name!r}; known: {', '.join(RETRIEVERS)}, single-<task> for a task "
                              f"with files here, and <retriever>+<reranker>")
-        if reranker_name and reranker_name not in RERANKERS:
-            raise ValueError(f"unknown reranker {reranker_name!r} in {name!r}; known: {', '.join(RERANKERS)}")
+        if reranker_name and reranker_name not in RERANKERS and cross_encoder_schedule(reranker_name) is None:
+            raise ValueError(f"unknown reranker {reranker_name!r} in {name!r}; known: {', '.join(RERANKERS)}, "
+                             f"and cross-encoder.<stage>[.<stage>] schedules of {', '.join(CE_STAGES)}")
+        if reranker_name == "cross-encoder.contrastive":
+            reranker_name = "cross-encoder"
+        if "distill" in (cross_encoder_schedule(reranker_name) or []):
+            if self.config.teacher not in RERANKERS:
+                raise ValueError(f"unknown teacher {self.config.teacher!r}; known: {', '.join(RERANKERS)}")
+            if self.config.distill_loss not in ("ranknet", "kl", "margin-mse"):
+                raise ValueError(f"unknown distill_loss {self.config.distill_loss!r}; known: ranknet, kl, margin-mse")
         return retriever_name, reranker_name or None
 
     def _reranker(self, method: str, retriever_name: str):
@@ -431,15 +465,15 @@ class Experiment:
         queries (zero-shot query likelihood is not trained); cached under rerankers/."""
         from .rerank.train import RerankTrainConfig, train_reranker
 
+        stages = cross_encoder_schedule(method)
+        if stages is not None:
+            return self._cross_encoder(stages, retriever_name)
         start = self._reranker_start(method)
         folder = self.work / "rerankers" / f"{retriever_name}+{method}"
         c = self.config
-        cross = method == "cross-encoder"
         train = RerankTrainConfig(
-            steps=c.cross_encoder_steps if cross and c.cross_encoder_steps else c.reranker_steps,
-            batch_size=c.reranker_batch_size, group_size=c.reranker_group_size,
-            lr=c.reranker_lr if cross else c.llm_reranker_lr, seed=c.seed,
-            output_dir=str(folder / "train"), progress=self.progress)
+            steps=c.reranker_steps, batch_size=c.reranker_batch_size, group_size=c.reranker_group_size,
+            lr=c.llm_reranker_lr, seed=c.seed, output_dir=str(folder / "train"), progress=self.progress)
         key = _key(retriever=self._retriever_key(retriever_name), method=method, start=start,
                    train=asdict(train), loss=repr(self._reranker_loss(method)), max_train_queries=c.max_train_queries, rerank_k=c.rerank_k)
         with self._stage(f"reranker {retriever_name}+{method}"):
@@ -448,21 +482,89 @@ class Experiment:
                 return reranker
             if self._cached(folder, key):
                 return self._load_reranker(method, folder / "train" / "final" / "reranker")
-            examples = self._rerank_examples(retriever_name)
-            if not examples:
-                raise ValueError(f"no training query of {', '.join(self.task_files)} has a gold page among "
-                                 f"{retriever_name}'s top {c.rerank_k}: nothing to train {method} on")
+            examples = self._train_examples(retriever_name, method)
             result = train_reranker(reranker, examples, train, loss=self._reranker_loss(method), resume=True)
             log.info("trained %s on %d queries: loss %.4f -> %.4f", method, len(examples), result["losses"][0],
                      result["loss"])
             self._finish(folder, key)
             return reranker
 
+    def _cross_encoder(self, stages: list[str], retriever_name: str):
+        """A cross-encoder trained through `stages` in order: contrastive (listwise CE of the
+        gold passage against the retriever's candidates) or distill (`distill_loss` towards the
+        teacher's scores). Each stage starts from the cached model of the stages before it, so
+        cross-encoder.contrastive.distill continues the plain cross-encoder."""
+        from .rerank.train import RerankTrainConfig, train_reranker
+
+        method = "cross-encoder" if stages == ["contrastive"] else "cross-encoder." + ".".join(stages)
+        folder = self.work / "rerankers" / f"{retriever_name}+{method}"
+        c = self.config
+        previous = None
+        if len(stages) > 1:
+            prefix = stages[:-1]
+            previous = self._cross_encoder(prefix, retriever_name)
+            start = self._reranker_key(retriever_name, "cross-encoder." + ".".join(prefix)
+                                       if prefix != ["contrastive"] else "cross-encoder")
+        else:
+            start = self._reranker_start("cross-encoder")
+        distill = stages[-1] == "distill"
+        train = RerankTrainConfig(
+            loss=c.distill_loss if distill else "lce", steps=c.cross_encoder_steps or c.reranker_steps,
+            batch_size=c.reranker_batch_size, group_size=c.reranker_group_size, lr=c.reranker_lr, seed=c.seed,
+            output_dir=str(folder / "train"), progress=self.progress)
+        teacher = self._teacher_scores(retriever_name) if distill else None
+        # a contrastive stage keys on loss=None, as the single-stage runs before schedules existed
+        source = {"teacher": _read_key(teacher.parent / "stage.json")} if teacher else {"loss": repr(None)}
+        key = _key(retriever=self._retriever_key(retriever_name), method=method, start=start, train=asdict(train),
+                   **source, max_train_queries=c.max_train_queries, rerank_k=c.rerank_k)
+        with self._stage(f"reranker {retriever_name}+{method}"):
+            if self._cached(folder, key):
+                return self._load_reranker("cross-encoder", folder / "train" / "final" / "reranker")
+            reranker = previous if previous is not None else self._new_reranker("cross-encoder", start)
+            if teacher is not None:
+                from .rerank.train import attach_teacher_scores, read_teacher_file
+
+                examples = attach_teacher_scores(self._teacher_examples(retriever_name), read_teacher_file(teacher))
+            else:
+                examples = self._train_examples(retriever_name, method)
+            result = train_reranker(reranker, examples, train, resume=True)
+            log.info("trained %s (%s stage) on %d queries: loss %.4f -> %.4f", method, stages[-1], len(examples),
+                     result["losses"][0], result["loss"])
+            self._finish(folder, key)
+            return reranker
+
+    def _train_examples(self, retriever_name: str, method: str, per_task: int = 0):
+        examples = self._rerank_examples(retriever_name, per_task)
+        if not examples:
+            raise ValueError(f"no training query of {', '.join(self.task_files)} has a gold page among "
+                             f"{retriever_name}'s top {self.config.rerank_k}: nothing to train {method} on")
+        return examples
+
+    def _teacher_examples(self, retriever_name: str):
+        return self._train_examples(retriever_name, "the teacher", self.config.teacher_queries)
+
+    def _teacher_scores(self, retriever_name: str) -> Path:
+        """The teacher's scores of the retriever's candidates for up to `teacher_queries` train
+        queries per task (a `{"qid", "pid", "score"}` file, cached under teachers/)."""
+        from .rerank.train import write_teacher_file
+
+        name = self.config.teacher
+        teacher = self._reranker(name, retriever_name)
+        folder = self.work / "teachers" / f"{retriever_name}+{name}"
+        key = _key(teacher=self._reranker_key(retriever_name, name), queries=self.config.teacher_queries,
+                   max_train_queries=self.config.max_train_queries, rerank_k=self.config.rerank_k)
+        path = folder / "scores.jsonl"
+        with self._stage(f"teacher {retriever_name}+{name}"):
+            if not self._cached(folder, key):
+                lines = write_teacher_file(teacher, self._teacher_examples(retriever_name), path,
+                                           progress=self.progress)
+                log.info("teacher %s scored %d (query, passage) pairs", name, lines)
+                self._finish(folder, key)
+        return path
+
     @staticmethod
     def _reranker_loss(method: str):
-        """Cross-encoders: listwise CE; LLM rerankers: listwise CE plus the positive's query likelihood."""
-        if method == "cross-encoder":
-            return None
+        """LLM rerankers: listwise CE plus the positive's query likelihood."""
         from .rerank.llm_scoring import ListwiseQueryLikelihood
 
         return ListwiseQueryLikelihood()
@@ -493,8 +595,9 @@ class Experiment:
         folder = self.work / ("bm25" if name == "bm25" else f"dense/{name}")
         return json.loads((folder / "stage.json").read_text())["key"]
 
-    def _rerank_examples(self, retriever_name: str):
-        """Contrastive examples: each train query's gold passage vs the retriever's other top candidates."""
+    def _rerank_examples(self, retriever_name: str, per_task: int = 0):
+        """Contrastive examples: each train query's gold passage vs the retriever's other top
+        candidates (the first `per_task` train queries of each task when given)."""
         from .rerank.train import examples_from_candidates
 
         search = self.retriever(retriever_name)
@@ -503,8 +606,9 @@ class Experiment:
             if "train" not in splits:
                 continue
             queries = read_task_file(splits["train"])
-            if self.config.max_train_queries:
-                queries = queries[: self.config.max_train_queries]
+            for cap in (self.config.max_train_queries, per_task):
+                if cap:
+                    queries = queries[:cap]
             hits = []
             for i in range(0, len(queries), 256):
                 hits += search.search([e.input for e in queries[i : i + 256]], task=task, k=self.config.rerank_k)
@@ -518,6 +622,11 @@ class Experiment:
         if "taco" in names and "naive" in names:
             pairs.append(("taco", "naive"))
         pairs += [(n, n.split("+", 1)[0]) for n in names if "+" in n and n.split("+", 1)[0] in names]
+        for n in names:  # each cross-encoder schedule against single-stage contrastive (the paper's question)
+            retriever, _, reranker = n.partition("+")
+            plain = f"{retriever}+cross-encoder"
+            if reranker.startswith("cross-encoder.") and plain in names and n != plain:
+                pairs.append((n, plain))
         rows = []
         for a, b in pairs:
             ra, rb = self._results[a], self._results[b]
