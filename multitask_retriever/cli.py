@@ -93,7 +93,9 @@ def _index(args) -> None:
 def _retrieve(args) -> None:
     from .retriever import load_retriever
 
-    retriever = load_retriever(args.encoder, args.index, args.passages, device=_device(args.device))
+    overrides = {name: getattr(args, name) for name in ("nprobe", "hnsw_ef_search", "backend")
+                 if getattr(args, name) is not None}
+    retriever = load_retriever(args.encoder, args.index, args.passages, device=_device(args.device), **overrides)
     n = retriever.predict(args.queries, args.out, task=args.task, k=args.k)
     print(f"{args.queries}: {n} predictions -> {args.out}")
 
@@ -306,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--task", default=None, help="task prompt [from the file name]")
         p.add_argument("--k", type=int, default=100)
         p.add_argument("--device", default="auto")
+        p.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query [as the index was saved]")
+        p.add_argument("--hnsw-ef-search", type=int, default=None, help="HNSW search beam width [as saved]")
+        p.add_argument("--backend", default=None, help="faiss | torch: search with another backend [as saved]")
 
     from .trainer import TrainConfig
 

@@ -4,15 +4,23 @@
 #       -> quality-realkilt.json (default DATA_DIR ../shared/realkilt, 30k pages)
 #   scripts/benchmark_quality.sh --slice [extra args]
 #       -> quality-realkilt-slice.json: all queries, their gold pages + 4,000 distractors
+#   scripts/benchmark_quality.sh --rerankers [extra args]
+#       -> rerankers-realkilt-slice.json: every reranker and cross-encoder schedule on the slice
 . "$(dirname "$0")/_env.sh"
-if [ "${1:-}" = "--slice" ]; then
-    shift
-    SLICE=runs/realkilt-slice
-    [ -f "$SLICE/knowledge_source.jsonl" ] || mtr kilt-subset ../shared/realkilt \
-        ../shared/realkilt/knowledge_source.jsonl "$SLICE" --queries 100000 --distractors 4000 --seed 0
-    exec mtr benchmark-quality "$SLICE" --out benchmarks/results/quality-realkilt-slice.json \
-        --config scripts/configs/quality-realkilt-slice.yaml "$@"
-fi
+case "${1:-}" in
+    --slice|--rerankers)
+        mode="$1"; shift
+        SLICE=runs/realkilt-slice
+        [ -f "$SLICE/knowledge_source.jsonl" ] || mtr kilt-subset ../shared/realkilt \
+            ../shared/realkilt/knowledge_source.jsonl "$SLICE" --queries 100000 --distractors 4000 --seed 0
+        if [ "$mode" = --slice ]; then
+            exec mtr benchmark-quality "$SLICE" --out benchmarks/results/quality-realkilt-slice.json \
+                --config scripts/configs/quality-realkilt-slice.yaml "$@"
+        fi
+        exec mtr benchmark-quality "$SLICE" --out benchmarks/results/rerankers-realkilt-slice.json \
+            --config scripts/configs/rerankers-realkilt-slice.yaml "$@"
+        ;;
+esac
 DATA="${1:-../shared/realkilt}"; shift || true
 exec mtr benchmark-quality "$DATA" --out benchmarks/results/quality-realkilt.json \
     --config scripts/configs/quality-realkilt.yaml "$@"

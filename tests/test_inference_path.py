@@ -135,6 +135,36 @@ def test_mtr_encode_index_retrieve_then_kilt_eval(tiny_bert, passage_file, mini_
     assert all(0.0 <= table[t]["Rprec"] <= 1.0 for t in table)
 
 
+def _encode_and_index(tiny_bert, passage_file, folder: Path, *index_args: str) -> Path:
+    assert mtr(["encode", "--encoder", str(tiny_bert), "--passages", str(passage_file), "--out-dir",
+                str(folder / "shards"), "--batch-size", "16", "--device", "cpu"]) == 0
+    assert mtr(["index", "--shards", str(folder / "shards"), "--out", str(folder / "index"), "--device", "cpu",
+                *index_args]) == 0
+    return folder / "index"
+
+
+def _retrieve(tiny_bert, index, passage_file, queries, out, *extra) -> int:
+    return mtr(["retrieve", "--encoder", str(tiny_bert), "--index", str(index), "--passages", str(passage_file),
+                "--queries", str(queries), "--out", str(out), "--k", "5", "--device", "cpu", *extra])
+
+
+def test_mtr_retrieve_can_search_a_flat_index_with_another_backend(tiny_bert, passage_file, mini_kilt, tmp_path):
+    index = _encode_and_index(tiny_bert, passage_file, tmp_path)
+    queries = mini_kilt / "nq-dev-kilt.jsonl"
+    assert _retrieve(tiny_bert, index, passage_file, queries, tmp_path / "faiss.jsonl") == 0
+    assert _retrieve(tiny_bert, index, passage_file, queries, tmp_path / "torch.jsonl", "--backend", "torch") == 0
+    assert (tmp_path / "faiss.jsonl").read_text() == (tmp_path / "torch.jsonl").read_text()
+
+
+def test_mtr_retrieve_applies_search_settings_to_the_saved_index(tiny_bert, passage_file, mini_kilt, tmp_path,
+                                                                  capsys):
+    index = _encode_and_index(tiny_bert, passage_file, tmp_path, "--index-type", "hnsw", "--hnsw-m", "8")
+    queries = mini_kilt / "nq-dev-kilt.jsonl"
+    assert _retrieve(tiny_bert, index, passage_file, queries, tmp_path / "p.jsonl", "--hnsw-ef-search", "4") == 0
+    assert _retrieve(tiny_bert, index, passage_file, queries, tmp_path / "q.jsonl", "--backend", "torch") == 2
+    assert "the torch backend searches exactly" in capsys.readouterr().err
+
+
 def test_mtr_retrieve_with_an_index_of_another_dim_is_a_clear_error(tiny_bert, passage_file, tmp_path, capsys):
     vectors = np.random.default_rng(0).standard_normal((94, 16)).astype(np.float32)
     Index.build(vectors, IndexConfig(device="cpu")).save(tmp_path / "index")
