@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _common import machine_info, write_result  # noqa: E402  (benchmarks/ is on sys.path)
 
 METHODS = ["zero-shot", "qpeft-a", "qpeft-r", "idspam", "prompt-tuning", "lora", "cross-encoder"]
 
@@ -109,12 +110,8 @@ def run_interleaved(methods: list[str], n_queries: int, n_passages: int, rounds:
 
 
 def machine(device: str) -> dict:
-    import torch
-
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": device}
-    if device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
+    """_common.machine_info, plus the device measured and the load when the run began."""
+    info = {**machine_info(), "device": device}
     try:
         info["load_average_at_start"] = os.getloadavg()
     except OSError:
@@ -175,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                     "interleaved: all methods in one process, alternating per query, the fair time ratio "
                     "on a shared machine whose load changes"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    write_result(Path(args.out), doc)
     print(f"wrote {args.out}")
     return 0
 

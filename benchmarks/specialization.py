@@ -18,13 +18,11 @@ import argparse
 import copy
 import json
 import os
-import platform
 import resource
 import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +33,8 @@ from transformers import BertConfig, BertModel
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from multitask_retriever.specialization import make_combiner  # noqa: E402
+
+from _common import machine_info, write_result  # noqa: E402  (benchmarks/ is on sys.path)
 
 METHODS = {  # name -> (registered method, options)
     "naive": ("naive", {}),
@@ -198,15 +198,6 @@ def quality_run(args: argparse.Namespace, name: str, beta: float, tau: float, se
     return out
 
 
-def write_json_atomic(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--tasks", type=int, default=4, help="K, number of tasks")
@@ -265,9 +256,8 @@ def main(argv: list[str] | None = None) -> None:
         c["peak_rss_ratio"] = c["peak_rss_bytes"] / base["peak_rss_bytes"]
     result = {
         "command": "python benchmarks/specialization.py" + ("" if not raw else " " + shlex.join(raw)),
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": args.threads,
-                    "device": "cpu", "load_average_at_start": os.getloadavg()},
+        "machine": {**machine_info(), "threads": args.threads, "device": "cpu",
+                    "load_average_at_start": os.getloadavg()},
         "cost_setup": {"model": "BertModel from BertConfig, random weights", "hidden": args.hidden,
                        "layers": args.layers, "vocab": args.vocab, "params": p_entries, "tasks": k,
                        "batch_per_task": args.batch, "seq_len": args.seq_len, "timed_steps": args.steps,
@@ -297,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
                                    "steps": args.q_steps, "batch_per_task": args.q_batch, "lr": args.q_lr,
                                    "seeds": args.q_seeds, "optimizer": "AdamW"}
         result["quality"] = quality
-    write_json_atomic(result, args.out)
+    write_result(args.out, result)
     print(f"wrote {args.out}")
 
 
