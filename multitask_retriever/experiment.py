@@ -84,6 +84,7 @@ class ExperimentConfig:
     taco_beta: float = 0.999
     taco_tau: float = 2.0
     taco_warmup_steps: int = 0
+    taco_median: str = field(default="nonzero", metadata={"help": "nonzero | all (see TrainConfig)"})
     # reranking
     rerank_k: int = 20
     rerank_queries: int = field(default=0, metadata={"help": "cap on reranked dev queries per task (0 = all)"})
@@ -345,7 +346,8 @@ class Experiment:
             method=method, negatives=str(examples), steps=c.steps, per_task_batch_size=c.per_task_batch_size,
             n_negatives=c.n_negatives, lr=c.lr, warmup_steps=c.warmup_steps, temperature=c.temperature,
             query_max_length=c.query_max_length, passage_max_length=c.passage_max_length,
-            taco_beta=c.taco_beta, taco_tau=c.taco_tau, taco_warmup_steps=c.taco_warmup_steps, seed=c.seed,
+            taco_beta=c.taco_beta, taco_tau=c.taco_tau, taco_warmup_steps=c.taco_warmup_steps,
+            taco_median=c.taco_median, seed=c.seed,
             output_dir=str(folder / "run"), progress=self.progress)
         key = _key(examples=_read_key(examples.parent / "stage.json"), train=asdict(train))
         with self._stage(f"train {name}"):

@@ -98,6 +98,9 @@ class TrainConfig:
     taco_tau: float = 2.0
     taco_warmup_steps: int = 0
     taco_exact: bool = field(default=False, metadata={"help": "TACO's dense K x P update to the letter"})
+    taco_median: str = field(default="nonzero", metadata={
+        "help": "importance normaliser: median of the non-zero importances (nonzero), or of all "
+                "entries as the official code (all; 0 where most entries get no gradient)"})
     combiner_options: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "extra make_combiner options (pcgrad / cgd)"})
     diagnostics_depth: int = field(default=4, metadata={
@@ -134,7 +137,7 @@ class TrainConfig:
         options: dict[str, Any] = {}
         if self.method == "taco":
             options = {"beta": self.taco_beta, "tau": self.taco_tau, "warmup_steps": self.taco_warmup_steps,
-                       "exact": self.taco_exact}
+                       "exact": self.taco_exact, "median_over": self.taco_median}
         if "seed" in inspect.signature(COMBINERS[self.method]).parameters:
             options["seed"] = self.seed
         return {**options, **self.combiner_options}

@@ -366,3 +366,75 @@ def test_bad_input_is_refused():
         TaskSpecialization(model.parameters(), K, beta=1.0)
     with pytest.raises(ValueError, match="float32"):
         TaskSpecialization(model.parameters(), K, exact=True, ema_dtype=torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------- TACO's median
+
+def _embedding_model() -> nn.Module:
+    """A 100-row embedding (400 entries) and a 15-entry head: a batch of 5 token ids leaves
+    95 % of the embedding, and so most of all entries, without gradient (as a vocabulary)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Embedding(100, 4), nn.Flatten(0), nn.Linear(4 * 5, 3))
+
+
+def _embedding_step(model, combiner, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    for t in range(K):
+        model.zero_grad()
+        ids = torch.randint(0, 100, (5,), generator=gen)
+        ((model(ids) - torch.randn(3, generator=gen)) ** 2).mean().backward()
+        combiner.observe(t)
+    combiner.apply()
+    return torch.cat([w.reshape(K, -1) for w in combiner.task_weights()], dim=1)
+
+
+def test_taco_median_is_that_of_the_non_zero_importances():
+    model = _embedding_model()
+    ids = torch.arange(5)
+    ((model(ids) - 1.0) ** 2).mean().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    ipt = torch.cat([(p.detach() * g).abs().reshape(-1) for p, g in zip(model.parameters(), grads)])
+    nonzero = torch.sort(ipt[ipt != 0]).values
+    assert (ipt == 0).float().mean() > 0.5
+    spec = TaskSpecialization(model.parameters(), K, median_sample=None)
+    assert spec._median(grads) == pytest.approx(float(nonzero[(nonzero.numel() - 1) // 2]), rel=1e-7)
+    official = TaskSpecialization(model.parameters(), K, median_sample=None, median_over="all")
+    assert official._median(grads) == 0.0
+
+
+def test_exact_taco_normalises_by_the_non_zero_median():
+    model = _embedding_model()
+    spec = TaskSpecialization(model.parameters(), K, exact=True, beta=0.5, tau=1.0)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for t in range(K):
+        model.zero_grad()
+        ((model(torch.randint(0, 100, (5,), generator=gen)) - 1.0) ** 2).mean().backward()
+        rows.append(flat(p.grad for p in model.parameters()).clone())
+        spec.observe(t)
+    theta = flat(model.parameters()).clone()
+    spec.apply()
+    ipt = (theta * torch.stack(rows)).abs()
+    med = torch.stack([torch.sort(r[r != 0]).values[(int((r != 0).sum()) - 1) // 2] for r in ipt])
+    expected = torch.softmax(0.5 * ipt / (med[:, None] + 1e-12), dim=0)
+    weights = torch.cat([w.reshape(K, -1) for w in spec.task_weights()], dim=1)
+    assert torch.allclose(weights, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("median_over, most_specialised", [("nonzero", 0.5), ("all", 0.99)])
+def test_a_zero_median_hands_each_parameter_to_one_task_from_the_first_step(median_over, most_specialised):
+    """With the official median over all entries (0 here), one step at beta 0.999 already makes
+    the weights of trained entries one-hot; the non-zero median keeps them near 1/K."""
+    model = _embedding_model()
+    spec = TaskSpecialization(model.parameters(), K, exact=True, median_over=median_over)
+    weights = _embedding_step(model, spec, seed=0)
+    head = weights[:, -15:]  # the Linear layer: every entry has a gradient from every task
+    if median_over == "all":
+        assert head.max(0).values.min() > most_specialised
+    else:
+        assert head.max(0).values.max() < most_specialised
+
+
+def test_taco_median_over_must_be_known():
+    with pytest.raises(ValueError, match="median_over must be 'nonzero' or 'all'"):
+        TaskSpecialization(tiny_model().parameters(), K, median_over="mean")
