@@ -114,6 +114,25 @@ def test_scores_do_not_depend_on_the_batch_token_budget(tiny_llama):
     assert len(set(one_batch)) == 3
 
 
+@pytest.mark.parametrize("layer", [None, 1], ids=["input", "layer-1"])
+def test_soft_prompts_of_different_lengths_score_as_each_pair_alone(tiny_llama, layer):
+    """A batch whose pairs carry 0, 2 and 5 soft vectors gives each pair the score it gets
+    when scored alone (slots filled in row order, at the input or at one layer)."""
+    from multitask_retriever.rerank.llm_scoring import LLMScorer, LLMScoringConfig, load_lm
+
+    lm, tok = load_lm(str(tiny_llama))
+    scorer = LLMScorer(lm, tok, LLMScoringConfig(), soft_layer=layer)
+    q = scorer.query_ids([QUERY] * 3)
+    p = scorer.passage_ids(PASSAGES)
+    torch.manual_seed(0)
+    soft = [torch.randn(n, scorer.hidden_size) for n in (0, 2, 5)]
+    with torch.no_grad():
+        batch = scorer.score_pairs(q, p, soft)
+        alone = torch.cat([scorer.score_pairs(q[i:i + 1], p[i:i + 1], soft[i:i + 1]) for i in range(3)])
+    assert torch.allclose(batch, alone, atol=1e-5)
+    assert not torch.allclose(alone[1], scorer.score_pairs(q[1:2], p[1:2]), atol=1e-5)  # the vectors count
+
+
 def test_score_rows_match_rerank_in_input_order(gpt2_zero_shot):
     scores = gpt2_zero_shot.score([QUERY, "eiffel tower city"], [PASSAGES, PASSAGES[::-1]])
     assert scores.shape == (2, 3)

@@ -26,9 +26,9 @@ def test_training_lowers_the_loss_keeps_the_lm_and_round_trips(method, lm, examp
 
 
 def test_trainable_parameter_counts(tiny_gpt2):
-    a = QPeftAReranker.create(str(tiny_gpt2), num_prompt_tokens=4, num_clues=8)
-    # prompt 4*D, slots 8*D, query projection D*D+D, attention in/out projections 4*D*D+4*D
-    assert a.num_trainable_parameters() == 4 * D + 8 * D + (D * D + D) + (4 * D * D + 4 * D)
+    a = QPeftAReranker.create(str(tiny_gpt2), num_prompt_tokens=4)
+    # prompt 4*D, query projection D*D+D, attention in/out projections 4*D*D+4*D
+    assert a.num_trainable_parameters() == 4 * D + (D * D + D) + (4 * D * D + 4 * D)
     r = QPeftRReranker.create(str(tiny_gpt2), num_prompt_tokens=4)
     assert r.num_trainable_parameters() == 4 * D + D * D + D
     assert sum(p.numel() for p in a.scorer.lm.parameters() if p.requires_grad) == 0
@@ -38,13 +38,20 @@ def test_qpeft_a_attention_is_differentiable_end_to_end(tiny_llama):
     reranker = QPeftAReranker.create(str(tiny_llama))
     scores = reranker.score(["who wrote hamlet"], [["hamlet is by shakespeare", "paris is in france"]])
     (scores[0, 0] - scores[0, 1]).backward()
-    for name in ("attention.in_proj_weight", "attention.out_proj.weight", "slots", "query_proj.weight"):
+    for name in ("attention.in_proj_weight", "attention.out_proj.weight", "prompt", "query_proj.weight"):
         grad = dict(reranker.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
     assert all(p.grad is None for p in reranker.scorer.lm.parameters())
-    weights = reranker.last_attention
-    assert weights.shape[0] == reranker.config.num_clues
-    assert torch.allclose(weights.sum(-1), torch.ones(reranker.config.num_clues))
+
+
+def test_qpeft_a_gives_one_clue_per_query_token_attending_over_the_passage(tiny_gpt2):
+    reranker = QPeftAReranker.create(str(tiny_gpt2))
+    (q,) = reranker.scorer.query_ids(["who wrote hamlet"])
+    (p,) = reranker.scorer.passage_ids(["hamlet is a play by shakespeare"])
+    clues = reranker.clues(q, reranker._context_ids([p]))
+    assert clues.shape == (len(q), D)
+    assert reranker.last_attention.shape == (len(q), len(p))
+    assert torch.allclose(reranker.last_attention.sum(-1), torch.ones(len(q)))
 
 
 def test_qpeft_r_picks_distinct_context_tokens_matching_the_query(tiny_gpt2):
@@ -57,14 +64,24 @@ def test_qpeft_r_picks_distinct_context_tokens_matching_the_query(tiny_gpt2):
     assert reranker.select(query, query) == query * 3  # too few distinct tokens: repeats fill in
 
 
-def test_the_prompt_depends_on_the_query_and_is_shared_by_its_candidates(tiny_gpt2):
-    reranker = QPeftAReranker.create(str(tiny_gpt2))
+def test_by_default_the_clues_come_from_the_scored_passage(tiny_gpt2):
+    reranker = QPeftRReranker.create(str(tiny_gpt2))
+    q = reranker.scorer.query_ids(["who wrote hamlet"])[0]
+    p = reranker.scorer.passage_ids(["hamlet is by shakespeare", "paris is in france"])
+    assert reranker.query_context("", q, p) is None
+    soft = reranker.soft_prompts([None, None], [q, q], p)
+    assert [s.shape for s in soft] == [(4 + 8, D), (4 + 8, D)] and not torch.allclose(soft[0], soft[1])
+    assert torch.equal(soft[0][4:], reranker.clues(q, reranker._context_ids([p[0]])))
+
+
+def test_with_candidate_context_the_prompt_is_shared_by_a_querys_candidates(tiny_gpt2):
+    reranker = QPeftAReranker.create(str(tiny_gpt2), context="candidates")
     q = reranker.scorer.query_ids(["who wrote hamlet", "capital of france"])
     p = reranker.scorer.passage_ids(["hamlet is by shakespeare", "paris is in france"])
     c1, c2 = reranker.query_context("", q[0], p), reranker.query_context("", q[1], p)
-    assert c1.shape == (reranker.config.num_clues, D) and not torch.allclose(c1, c2)
+    assert c1.shape == (len(q[0]), D) and c2.shape == (len(q[1]), D)
     soft = reranker.soft_prompts([c1, c1], [q[0], q[0]], p)
-    assert soft.shape == (2, 4 + 8, D) and torch.equal(soft[0], soft[1])
+    assert soft[0].shape == (4 + len(q[0]), D) and torch.equal(soft[0], soft[1])
 
 
 def test_bad_config_is_refused():

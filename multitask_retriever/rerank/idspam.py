@@ -4,8 +4,16 @@ embeddings, mean-pools them, and a bottleneck MLP turns the pooled vector into s
 vectors that are prepended to the input of ONE chosen layer of the frozen LM.
 
 As a reranker, the LM's input is the passage prompt and the score is the query's
-log-likelihood; `input` chooses what the attention reads: the passage (the LM's own input,
-as in the paper) or the query and the passage.
+log-likelihood; `input` chooses what the attention reads: the passage (the paper reads the
+LM's whole input) or the query and the passage.
+
+Deviations, for a fixed-length sequence through HF layers: the prompt's slots exist from
+the input on (holding the pad token's embedding below the chosen layer, where the passage
+can attend to them) and are overwritten at that layer, rather than concatenated there; at
+layer 0 of an absolute-position LM (GPT-2) the vectors replace states that already carry
+position embeddings. The attention has 4 heads and an output projection (the paper: one
+head); 8 prompt vectors (the paper: 10); layer 0 by default (the paper tunes it and found
+middle layers best on RoBERTa-large; not tuned here).
 """
 from __future__ import annotations
 
@@ -54,7 +62,7 @@ class IDSpamReranker(LLMReranker):
         self.attention = nn.MultiheadAttention(d, config.num_heads, batch_first=True)
         self.mlp = nn.Sequential(
             nn.Linear(d, config.bottleneck), nn.ReLU(), nn.Dropout(config.dropout),
-            nn.Linear(config.bottleneck, config.num_prompt_tokens * d),
+            nn.Linear(config.bottleneck, config.num_prompt_tokens * d), nn.ReLU(),  # the paper's Eq. 2
         )
 
     def soft_prompts(self, contexts: list[Any], query_ids: list[list[int]],

@@ -173,8 +173,9 @@ class LLMScorer(nn.Module):
 
     # ---------------------------------------------------------------- scoring
     def score_pairs(self, queries: Sequence[list[int]], passages: Sequence[list[int]],
-                    soft: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores [N] of N token-id pairs; `soft` [N, n_soft, hidden] fills each pair's slots.
+                    soft: torch.Tensor | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """Scores [N] of N token-id pairs; `soft` fills each pair's slots: [N, n_soft, hidden],
+        or a list of N [n_i, hidden] tensors when the pairs' soft prompts differ in length.
 
         Pairs are sorted by length and cut into batches of at most `max_batch_tokens`
         padded tokens; the result keeps the input order and stays differentiable.
@@ -182,8 +183,10 @@ class LLMScorer(nn.Module):
         n = len(queries)
         if n == 0:
             return torch.zeros(0, device=self.device)
-        n_soft = 0 if soft is None else soft.shape[1]
-        pairs = [self.build(q, p, n_soft) for q, p in zip(queries, passages)]
+        if soft is not None and len(soft) != n:
+            raise ValueError(f"{len(soft)} soft prompts for {n} pairs")
+        counts = [0 if soft is None else int(soft[i].shape[0]) for i in range(n)]
+        pairs = [self.build(q, p, c) for q, p, c in zip(queries, passages, counts)]
         lengths = [len(p.context) + len(p.target) for p in pairs]
         order = sorted(range(n), key=lambda i: lengths[i])
         chunks, current = [], []
@@ -193,8 +196,7 @@ class LLMScorer(nn.Module):
                 current = []
             current.append(i)
         chunks.append(current)
-        outputs = [self._forward([pairs[i] for i in chunk], None if soft is None else soft[chunk])
-                   for chunk in chunks]
+        outputs = [self._forward([pairs[i] for i in chunk], _rows(soft, chunk)) for chunk in chunks]
         flat = torch.cat(outputs)
         position = torch.empty(n, dtype=torch.long)
         position[torch.tensor([i for chunk in chunks for i in chunk])] = torch.arange(n)
@@ -214,7 +216,7 @@ class LLMScorer(nn.Module):
             slots[row, : len(p.context)] = torch.tensor(p.soft_mask, dtype=torch.bool)
         ids, attention, slots = ids.to(device), attention.to(device), slots.to(device)
         inputs = embed(ids)
-        if soft is not None and soft.shape[1] > 0:
+        if soft is not None and soft.numel() > 0:
             soft = soft.to(device=device, dtype=inputs.dtype)
             if self.soft_layer is None:
                 inputs = inputs.masked_scatter(slots[..., None], soft)
@@ -283,6 +285,15 @@ class LLMScorer(nn.Module):
         return nullcontext() if dtype == torch.float32 else torch.autocast("cuda", dtype=dtype)
 
 
+def _rows(soft: torch.Tensor | Sequence[torch.Tensor] | None, rows: list[int]) -> torch.Tensor | None:
+    """The soft vectors of `rows`, in row order (one [sum n_i, hidden] tensor for a list)."""
+    if soft is None:
+        return None
+    if isinstance(soft, torch.Tensor):
+        return soft[rows]
+    return torch.cat([soft[i] for i in rows])
+
+
 # ---------------------------------------------------------------------------- the shared reranker base
 class LLMReranker(Reranker):
     """Base of every LLM reranker: a frozen `LLMScorer` plus a small trained module.
@@ -331,8 +342,9 @@ class LLMReranker(Reranker):
         return None
 
     def soft_prompts(self, contexts: list[Any], query_ids: list[list[int]],
-                     passage_ids: list[list[int]]) -> torch.Tensor | None:
-        """Soft vectors [N, n_soft, hidden] for N pairs (pair i has query context contexts[i])."""
+                     passage_ids: list[list[int]]) -> torch.Tensor | list[torch.Tensor] | None:
+        """Soft vectors for N pairs (pair i has query context contexts[i]): [N, n_soft, hidden],
+        or N tensors [n_i, hidden] of different lengths."""
         return None
 
     # ---------------------------------------------------------------- scoring
@@ -425,8 +437,10 @@ def read_reranker_meta(path: str | Path) -> dict[str, Any]:
 
 
 class ListwiseQueryLikelihood(RerankLoss):
-    """Q-PEFT's training objective: softmax cross-entropy of the positive (column 0) over its
-    group, plus `ql_weight` times the negative query log-likelihood given the positive."""
+    """The LLM rerankers' training objective here: softmax cross-entropy of the positive
+    (column 0) over its group, plus `ql_weight` times the negative query log-likelihood given
+    the positive. The project's choice for every LLM method; Q-PEFT's released code pairs the
+    positive's likelihood with a pairwise hinge against negatives instead."""
 
     name = "lce+ql"
 

@@ -1,16 +1,23 @@
 """Q-PEFT (Peng et al. 2024, arXiv 2404.04522): a frozen LM scores a passage by the
 likelihood of the query given the passage and a prompt; a small query-dependent module
-builds that prompt from the query and the query's candidate passages (concatenated).
+builds part of that prompt from the query and the document.
 
-* Q-PEFT-R: the k candidate-passage tokens whose (frozen) embeddings best match a query
-  token are picked as contextual clues; the clue vectors pass a trainable, zero-initialised
-  residual projection and follow a learned soft prompt. The selection is not differentiable.
-* Q-PEFT-A: the selection becomes multi-head attention over every candidate token, with
-  k learned slots (each shifted by the pooled query) as attention queries: differentiable
-  end to end. Only the module trains; the LM stays frozen.
+* Q-PEFT-R: the k document tokens whose (frozen) embeddings best match a query token
+  (cosine, max over query tokens, distinct tokens) are the contextual clues; they pass a
+  trainable, zero-initialised residual projection. The selection is not differentiable.
+* Q-PEFT-A: multi-head attention replaces the selection: the query's token embeddings,
+  projected, attend over every document token, giving one clue vector per query token;
+  differentiable end to end. Only the module trains; the LM stays frozen.
 
-The prompt sits between the passage and the instruction ("Passage: d [prompt] Please
-write a question ... Question: q"), and is shared by all passages of one query.
+Sources: the paper's abstract and the authors' released code (the full method section was
+not available here). Clues come from the scored passage by default (`context="passage"`, as
+the released code); `context="candidates"` reads the query's whole candidate list instead.
+Differences from the released code, kept on purpose or for lack of CPU time to tune:
+the learned soft prompt and the clues both sit between the passage and the instruction
+("Passage: d [prompt][clues] Please write a question ... Question: q"), not prompt-first
+with a "hints:" wrapper; Q-PEFT-R's clue transform is a residual linear map over frozen
+embeddings, not a trainable embedding copy and a two-layer network; the loss is
+`ListwiseQueryLikelihood`, not the released pairwise hinge; k = 8 and 4 heads by default.
 """
 from __future__ import annotations
 
@@ -29,12 +36,13 @@ class QPeftConfig(LLMScoringConfig):
     """Q-PEFT's module on top of the scoring config; saved in mtr_reranker.json."""
 
     num_prompt_tokens: int = field(default=4, metadata={"help": "learned, query-independent soft tokens"})
-    num_clues: int = field(default=8, metadata={"help": "k: clue tokens (R) or attention slots (A)"})
+    num_clues: int = field(default=8, metadata={"help": "k: clue tokens of Q-PEFT-R (Q-PEFT-A gives one per query token)"})
     num_heads: int = field(default=4, metadata={"help": "attention heads of Q-PEFT-A"})
     max_context_tokens: int = field(default=1024, metadata={
         "help": "tokens of the concatenated candidate passages the module reads"})
-    context: str = field(default="candidates", metadata={
-        "help": "candidates (the query's whole candidate list, as the paper) | passage (only the scored one)"})
+    context: str = field(default="passage", metadata={
+        "help": "passage (clues from the scored passage, as the authors' code) | candidates (from the "
+                "query's whole candidate list, concatenated: the same clues for every passage)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,17 +89,15 @@ class _QPeftBase(LLMReranker):
         return self.clues(query_ids, self._context_ids(passages))
 
     def soft_prompts(self, contexts: list[Any], query_ids: list[list[int]],
-                     passage_ids: list[list[int]]) -> torch.Tensor:
+                     passage_ids: list[list[int]]) -> list[torch.Tensor]:
         if self.config.context == "passage":
-            clue = [self.clues(q, self._context_ids([p])) for q, p in zip(query_ids, passage_ids)]
+            clues = [self.clues(q, self._context_ids([p])) for q, p in zip(query_ids, passage_ids)]
         else:
-            clue = contexts
-        clues = torch.stack(clue)  # [N, k, d]
-        prompt = self.prompt[None].expand(clues.shape[0], -1, -1)
-        return torch.cat([prompt.to(clues.dtype), clues], dim=1)
+            clues = contexts
+        return [torch.cat([self.prompt.to(c.dtype), c]) for c in clues]  # each [n_prompt + n_clues, d]
 
     def clues(self, query_ids: list[int], context_ids: list[int]) -> torch.Tensor:
-        """[k, hidden] query-dependent clue vectors from the context tokens."""
+        """[n_clues, hidden] query-dependent clue vectors from the context tokens."""
         raise NotImplementedError
 
 
@@ -130,7 +136,8 @@ class QPeftRReranker(_QPeftBase):
 
 
 class QPeftAReranker(_QPeftBase):
-    """Q-PEFT-A: multi-head attention from query-conditioned slots over every context token."""
+    """Q-PEFT-A: the query's tokens attend (multi-head) over every context token; one clue
+    vector per query token."""
 
     method = "qpeft-a"
 
@@ -139,18 +146,17 @@ class QPeftAReranker(_QPeftBase):
         d = self.hidden
         if d % config.num_heads:
             raise ValueError(f"num_heads ({config.num_heads}) must divide the LM's hidden size {d}")
-        scale = self.scorer.lm.get_input_embeddings().weight.detach().float().std().item()
-        self.slots = nn.Parameter(torch.randn(config.num_clues, d) * scale)
         self.query_proj = nn.Linear(d, d)
+        nn.init.eye_(self.query_proj.weight)  # starts with the query tokens' own embeddings
+        nn.init.zeros_(self.query_proj.bias)
         self.attention = nn.MultiheadAttention(d, config.num_heads, batch_first=True)
-        self.last_attention: torch.Tensor | None = None  # [k, context] weights of the latest call
+        self.last_attention: torch.Tensor | None = None  # [query tokens, context] of the latest call
 
     def clues(self, query_ids: list[int], context_ids: list[int]) -> torch.Tensor:
         if not context_ids:
             context_ids = list(query_ids)
-        q = self._embed(query_ids).mean(0)
+        queries = self.query_proj(self._embed(query_ids))[None]
         context = self._embed(context_ids)[None]
-        slots = (self.slots + self.query_proj(q))[None]
-        out, weights = self.attention(slots, context, context, need_weights=True)
+        out, weights = self.attention(queries, context, context, need_weights=True)
         self.last_attention = weights[0]
         return out[0]
