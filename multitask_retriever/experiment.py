@@ -579,8 +579,12 @@ class Experiment:
         return str(resolve_llm(self.config.llm))
 
     def _new_reranker(self, method: str, start: str):
+        """A fresh reranker, seeded: a new scoring head or module starts the same whatever ran before."""
+        from accelerate.utils import set_seed
+
         from .rerank import make_reranker
 
+        set_seed(self.config.seed)
         return make_reranker(method, start).to(self._device())
 
     def _load_reranker(self, method: str, path: Path):
