@@ -633,6 +633,9 @@ class Experiment:
             plain = f"{retriever}+cross-encoder"
             if reranker.startswith("cross-encoder.") and plain in names and n != plain:
                 pairs.append((n, plain))
+            upr = f"{retriever}+zero-shot"  # trained LLM rerankers against untrained query likelihood
+            if reranker in RERANKERS and reranker not in ("cross-encoder", "zero-shot") and upr in names:
+                pairs.append((n, upr))
         rows = []
         for a, b in pairs:
             ra, rb = self._results[a], self._results[b]

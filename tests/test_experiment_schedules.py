@@ -89,6 +89,22 @@ def test_each_schedule_is_compared_with_single_stage_contrastive(run):
         assert 0.0 <= doc["systems"][f"bm25+{name}"]["avg"]["Rprec"] <= 1.0
 
 
+def test_trained_llm_rerankers_are_compared_with_zero_shot_query_likelihood(mini_kilt, tiny_bert, tiny_llama,
+                                                                         tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(mini_kilt / "knowledge_source.jsonl", data)
+    for split in ("train", "dev"):
+        shutil.copy(mini_kilt / f"nq-{split}-kilt.jsonl", data)
+    config = ExperimentConfig(
+        data_dir=str(data), work_dir=str(tmp_path / "work"), systems=["bm25", "bm25+zero-shot", "bm25+qpeft-r"],
+        llm=str(tiny_llama), k=20, rerank_k=3, rerank_queries=2, reranker_steps=1, reranker_batch_size=2,
+        reranker_group_size=3)
+    doc = Experiment(config, progress=False).run()
+    pairs = {(row["a"], row["b"]) for row in doc["significance"] if row["task"] == "all"}
+    assert pairs == {("bm25+zero-shot", "bm25"), ("bm25+qpeft-r", "bm25"), ("bm25+qpeft-r", "bm25+zero-shot")}
+
+
 def test_schedule_names():
     assert cross_encoder_schedule("cross-encoder") == ["contrastive"]
     assert cross_encoder_schedule("cross-encoder.distill.contrastive") == ["distill", "contrastive"]
