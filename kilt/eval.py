@@ -15,12 +15,17 @@ Per query, with ids made from the ``rank_keys`` of each provenance entry:
 Averages are over gold queries; a query with no predicted id, or no evidence set, scores 0
 on the rank metrics, as in the official scorer.
 
+Not in the official scorer, only on request (``per_query(..., ndcg_ks=(10,))``): ``ndcg@k``
+over the same rank, each completed evidence set a relevant item of gain 1, the ideal
+placing min(sets, k) of them first.
+
 CLI: ``python -m kilt.eval GOLD GUESS [GOLD GUESS ...] --ks 1,5,10 [--rank-keys ...] [--json]``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -141,6 +146,16 @@ def query_metrics(guess_ids: Sequence[str], gold_lists: Sequence[list[str] | Non
     return result
 
 
+def ndcg(guess_ids: Sequence[str], gold_lists: Sequence[list[str] | None], k: int) -> float:
+    """nDCG@k of the evidence-set rank (binary gains); 0 without a guess or an evidence set."""
+    ranked, n_sets = rank(guess_ids, gold_lists)
+    if not n_sets:
+        return 0.0
+    dcg = sum(1.0 / math.log2(i + 2) for i, hit in enumerate(ranked[:k]) if hit is True)
+    ideal = sum(1.0 / math.log2(i + 2) for i in range(min(n_sets, k)))
+    return dcg / ideal
+
+
 def _check_ks(ks: Sequence[int]) -> list[int]:
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
@@ -149,8 +164,10 @@ def _check_ks(ks: Sequence[int]) -> list[int]:
 
 
 def per_query(gold: str | Path, guess: str | Path, ks: Sequence[int] = DEFAULT_KS,
-              rank_keys: Sequence[str] = DEFAULT_RANK_KEYS, subset: bool = False) -> dict[str, dict[str, float]]:
-    """{query id: metrics} for every gold query, in gold order.
+              rank_keys: Sequence[str] = DEFAULT_RANK_KEYS, subset: bool = False,
+              ndcg_ks: Sequence[int] = ()) -> dict[str, dict[str, float]]:
+    """{query id: metrics} for every gold query, in gold order; ``ndcg@k`` added for each
+    k of `ndcg_ks` (not an official KILT metric).
 
     Every gold query needs a prediction, and every prediction a gold query; with
     ``subset=True`` only the predicted gold queries are scored (e.g. a capped rerank run).
@@ -167,7 +184,10 @@ def per_query(gold: str | Path, guess: str | Path, ks: Sequence[int] = DEFAULT_K
             if subset:
                 continue
             raise KiltFormatError(f"{gold}:{lineno}: no prediction for id {qid} in {guess}")
-        scores[qid] = query_metrics(guess_records[qid][1][0], gold_lists, ks)
+        guess_ids = guess_records[qid][1][0]
+        scores[qid] = query_metrics(guess_ids, gold_lists, ks)
+        for k in _check_ks(ndcg_ks) if ndcg_ks else ():
+            scores[qid][f"ndcg@{k}"] = ndcg(guess_ids, gold_lists, k)
     return scores
 
 

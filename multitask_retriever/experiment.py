@@ -27,7 +27,8 @@ from kilt.tasks import find_task_files
 
 log = logging.getLogger("mtr.experiment")
 
-METRICS = ("Rprec", "recall@5", "success_rate@5")
+METRICS = ("Rprec", "recall@5", "success_rate@5", "ndcg@10")  # per task; ndcg@10 is not an official KILT metric
+AVERAGED = ("Rprec", "recall@5", "ndcg@10")
 RETRIEVERS = ("bm25", "zero-shot", "naive", "taco")
 RERANKERS = ("cross-encoder", "qpeft-a", "qpeft-r", "idspam", "prompt-tuning", "lora", "zero-shot")
 CE_STAGES = ("contrastive", "distill")
@@ -114,7 +115,7 @@ class SystemResult:
 
     def avg(self) -> dict[str, float]:
         tasks = list(self.per_task)
-        return {m: sum(self.per_task[t][m] for t in tasks) / len(tasks) for m in METRICS[:2]} if tasks else {}
+        return {m: sum(self.per_task[t][m] for t in tasks) / len(tasks) for m in AVERAGED} if tasks else {}
 
 
 def machine_info() -> dict[str, Any]:
@@ -402,7 +403,7 @@ class Experiment:
                 gold = splits["dev"]
                 if not cached:
                     self._write_predictions(search, task, gold, out, rerank)
-                scores = per_query(gold, out, ks=(1, 5, 10), subset=capped)
+                scores = per_query(gold, out, ks=(1, 5, 10), subset=capped, ndcg_ks=(10,))
                 queries[task] = scores
                 n = len(scores)
                 per_task[task] = {m: sum(s[m] for s in scores.values()) / n for m in METRICS}
@@ -672,17 +673,24 @@ class Experiment:
 
 
 def markdown_table(doc: dict[str, Any]) -> str:
-    """Per-task R-precision and recall@5 by system, with the mean over tasks."""
+    """Per-task R-precision and recall@5 by system, with the means over tasks (and of nDCG@10,
+    where the document has it) and the number of scored queries."""
     tasks = doc["data"]["tasks"]
-    head = "| system | " + " | ".join(f"{t} Rprec | {t} R@5" for t in tasks) + " | avg Rprec | avg R@5 |"
-    rule = "|---" * (2 + 2 * len(tasks) + 1) + "|"
+    ndcg = all("ndcg@10" in r["avg"] for r in doc["systems"].values())
+    head = ("| system | " + " | ".join(f"{t} Rprec | {t} R@5" for t in tasks) + " | avg Rprec | avg R@5 |"
+            + (" avg nDCG@10 |" if ndcg else "") + " n |")
+    rule = "|---" * (2 + 2 * len(tasks) + 2 + ndcg) + "|"
     lines = [head, rule]
     for name, r in doc["systems"].items():
         cells = []
         for t in tasks:
             m = r["per_task"][t]
             cells += [f"{m['Rprec']:.3f}", f"{m['recall@5']:.3f}"]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['avg']['Rprec']:.3f} | {r['avg']['recall@5']:.3f} |")
+        cells += [f"{r['avg']['Rprec']:.3f}", f"{r['avg']['recall@5']:.3f}"]
+        if ndcg:
+            cells.append(f"{r['avg']['ndcg@10']:.3f}")
+        cells.append(str(sum(int(r["per_task"][t]["n"]) for t in tasks)))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

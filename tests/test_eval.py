@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,20 @@ def test_the_cli_reports_bad_input_on_one_line_and_exits_2(tmp_path, capsys):
     assert main([str(gold), str(tmp_path / "missing.jsonl")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("kilt.eval: error:") and "missing.jsonl" in err and "\n" not in err
+
+
+def test_ndcg_gains_one_per_completed_evidence_set_at_its_rank():
+    from kilt.eval import ndcg
+
+    # sets {a} and {b} found at ranks 1 and 3: (1 + 1/log2(4)) / (1 + 1/log2(3))
+    assert ndcg(["a", "x", "b"], [["a"], ["b"]], k=10) == pytest.approx(1.5 / (1 + 1 / math.log2(3)), abs=1e-12)
+    assert ndcg(["a", "b"], [["a", "b"]], k=10) == 1.0  # one two-page set, completed at rank 1
+    assert ndcg(["x", "a"], [["a"]], k=1) == 0.0
+    assert ndcg([], [["a"]], k=10) == 0.0
+
+
+def test_ndcg_is_only_added_on_request(tmp_path):
+    gold = _file(tmp_path / "g.jsonl", [_gold("q1", ["a"])])
+    guess = _file(tmp_path / "p.jsonl", [_guess("q1", ["x", "a"])])
+    assert "ndcg@10" not in per_query(gold, guess)["q1"]
+    assert per_query(gold, guess, ndcg_ks=(10,))["q1"]["ndcg@10"] == pytest.approx(1 / math.log2(3), abs=1e-12)
