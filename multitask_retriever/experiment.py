@@ -48,6 +48,8 @@ def cross_encoder_schedule(reranker: str) -> list[str] | None:
         raise ValueError(f"unknown cross-encoder stage {(bad or [''])[0]!r} in {reranker!r}; stages: "
                          f"{', '.join(CE_STAGES)} joined by dots, e.g. cross-encoder.contrastive.distill")
     return stages
+
+
 DEFAULT_SYSTEMS = ["bm25", "zero-shot", "naive", "taco", "taco+cross-encoder", "taco+qpeft-a"]
 
 
