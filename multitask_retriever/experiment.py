@@ -50,6 +50,11 @@ def cross_encoder_schedule(reranker: str) -> list[str] | None:
     return stages
 
 
+def schedule_name(stages: list[str]) -> str:
+    """The reranker name of a cross-encoder schedule; single-stage contrastive is ``cross-encoder``."""
+    return "cross-encoder" if stages == ["contrastive"] else "cross-encoder." + ".".join(stages)
+
+
 DEFAULT_SYSTEMS = ["bm25", "zero-shot", "naive", "taco", "taco+cross-encoder", "taco+qpeft-a"]
 
 
@@ -456,9 +461,10 @@ class Experiment:
         if reranker_name and reranker_name not in RERANKERS and cross_encoder_schedule(reranker_name) is None:
             raise ValueError(f"unknown reranker {reranker_name!r} in {name!r}; known: {', '.join(RERANKERS)}, "
                              f"and cross-encoder.<stage>[.<stage>] schedules of {', '.join(CE_STAGES)}")
-        if reranker_name == "cross-encoder.contrastive":
-            reranker_name = "cross-encoder"
-        if "distill" in (cross_encoder_schedule(reranker_name) or []):
+        stages = cross_encoder_schedule(reranker_name) if reranker_name else None
+        if stages is not None:
+            reranker_name = schedule_name(stages)
+        if "distill" in (stages or []):
             if self.config.teacher not in RERANKERS:
                 raise ValueError(f"unknown teacher {self.config.teacher!r}; known: {', '.join(RERANKERS)}")
             if self.config.distill_loss not in ("ranknet", "kl", "margin-mse"):
@@ -501,15 +507,14 @@ class Experiment:
         cross-encoder.contrastive.distill continues the plain cross-encoder."""
         from .rerank.train import RerankTrainConfig, train_reranker
 
-        method = "cross-encoder" if stages == ["contrastive"] else "cross-encoder." + ".".join(stages)
+        method = schedule_name(stages)
         folder = self.work / "rerankers" / f"{retriever_name}+{method}"
         c = self.config
         previous = None
         if len(stages) > 1:
             prefix = stages[:-1]
             previous = self._cross_encoder(prefix, retriever_name)
-            start = self._reranker_key(retriever_name, "cross-encoder." + ".".join(prefix)
-                                       if prefix != ["contrastive"] else "cross-encoder")
+            start = self._reranker_key(retriever_name, schedule_name(prefix))
         else:
             start = self._reranker_start("cross-encoder")
         distill = stages[-1] == "distill"
