@@ -1,10 +1,17 @@
 """KILT retrieval metrics, computed as the official scorer (facebookresearch/KILT,
 ``kilt/eval_retrieval.py``) computes them, without requiring ``input``.
 
-Per query, with ids made from the ``rank_keys`` of each provenance entry:
+Ids: each provenance entry's ``rank_keys`` values, each made a string (``str``) and stripped,
+joined by ``+``. Entries lacking a rank key are left out, except from the evidence sets of
+the rank, where such an entry counts by the keys it has (which usually keeps its set from
+completing). Repeated ids are dropped (first kept) from each gold output and from the
+prediction; outputs without ``provenance`` are ignored, and a prediction has exactly one
+output with it.
 
-- ``Rprec``: for each gold output, the share of its R provenance ids found among the
-  first R predicted ids; the maximum over outputs.
+Per query:
+
+- ``Rprec``: for each gold output with R distinct ids, the share of them among the first R
+  distinct predicted ids (0 when R = 0); the maximum over outputs.
 - the rank: predicted ids are walked in order; each gold evidence set (the provenance of
   one output, duplicates removed) counts as one relevant item, placed where its last
   member is predicted; partial sets hold a place that moves with their latest member;
@@ -13,7 +20,8 @@ Per query, with ids made from the ``rank_keys`` of each provenance entry:
   evidence sets; ``success_rate@k`` = 1 if any hit in the first k places (k > 1 for both).
 
 Averages are over gold queries; a query with no predicted id, or no evidence set, scores 0
-on the rank metrics, as in the official scorer.
+on the rank metrics, as in the official scorer. Where the official scorer would silently
+drop a prediction (an id not in the gold file), this one stops with an error.
 
 Not in the official scorer, only on request (``per_query(..., ndcg_ks=(10,))``): ``ndcg@k``
 over the same rank, each completed evidence set a relevant item of gain 1, the ideal
@@ -27,6 +35,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,38 +45,54 @@ DEFAULT_KS = (1, 5, 10)
 DEFAULT_RANK_KEYS = ("wikipedia_id",)
 
 
-# --------------------------------------------------------------------------- reading
-def _ids_per_output(record: dict, rank_keys: Sequence[str], where: str) -> list[list[str]] | None:
-    """One id list per output that has a provenance list (None for outputs without one).
+def _unique(ids: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
 
-    Provenance entries lacking a rank key are left out, as in the official scorer.
-    """
+
+@dataclass(frozen=True)
+class GoldOutput:
+    """One gold output's provenance as the scorer reads it: ``ids`` (entries with every rank
+    key, distinct, in order) for R-precision and ``evidence`` (every entry) for the rank."""
+
+    ids: tuple[str, ...]
+    evidence: frozenset[str]
+
+    @classmethod
+    def of(cls, ids: Sequence[str]) -> "GoldOutput":
+        """An output whose entries all have every rank key."""
+        return cls(tuple(_unique(ids)), frozenset(ids))
+
+
+# --------------------------------------------------------------------------- reading
+def _provenance_ids(provenance: Any, rank_keys: Sequence[str], where: str) -> tuple[list[str], set[str]]:
+    """(ids of the entries with every rank key, in order; the evidence set of all entries)."""
+    if not isinstance(provenance, list):
+        raise KiltFormatError(f"{where}: \"provenance\" must be a list")
+    ids, evidence = [], set()
+    for p in provenance:
+        if not isinstance(p, dict):
+            raise KiltFormatError(f"{where}: provenance entry must be an object")
+        values = [str(p[key]).strip() for key in rank_keys if key in p]
+        evidence.add("+".join(values))
+        if len(values) == len(rank_keys):
+            ids.append("+".join(values))
+    return ids, evidence
+
+
+def _outputs(record: dict, rank_keys: Sequence[str], where: str) -> list[tuple[list[str], set[str]]]:
+    """The ids of each output that has a provenance list."""
     outputs = record.get("output")
     if not isinstance(outputs, list):
         raise KiltFormatError(f"{where}: record {record.get('id')} has no \"output\" list")
-    lists: list[list[str]] = []
-    for out in outputs:
-        if not isinstance(out, dict):
-            raise KiltFormatError(f"{where}: each output must be an object")
-        provenance = out.get("provenance")
-        if provenance is None:
-            lists.append(None)  # type: ignore[arg-type]
-            continue
-        if not isinstance(provenance, list):
-            raise KiltFormatError(f"{where}: \"provenance\" must be a list")
-        ids = []
-        for p in provenance:
-            if not isinstance(p, dict) or p.get("wikipedia_id") in (None, ""):
-                raise KiltFormatError(f"{where}: provenance without wikipedia_id")
-            if all(key in p for key in rank_keys):
-                ids.append("+".join(str(p[key]).strip() for key in rank_keys))
-        lists.append(ids)
-    return lists
+    if not all(isinstance(out, dict) for out in outputs):
+        raise KiltFormatError(f"{where}: each output must be an object")
+    return [_provenance_ids(out["provenance"], rank_keys, where) for out in outputs
+            if out.get("provenance") is not None]
 
 
-def _read(path: str | Path, rank_keys: Sequence[str], guess: bool) -> dict[str, tuple[int, list]]:
-    """{id: (line, per-output id lists)} in file order; ids must be present and unique."""
-    records: dict[str, tuple[int, list]] = {}
+def _read(path: str | Path, rank_keys: Sequence[str], guess: bool) -> dict[str, tuple[int, Any]]:
+    """{id: (line, predicted ids or gold outputs)} in file order; ids must be present and unique."""
+    records: dict[str, tuple[int, Any]] = {}
     for lineno, record in iter_jsonl(path):
         where = f"{path}:{lineno}"
         if not isinstance(record, dict):
@@ -77,25 +102,31 @@ def _read(path: str | Path, rank_keys: Sequence[str], guess: bool) -> dict[str, 
         qid = str(record["id"]).strip()
         if qid in records:
             raise KiltFormatError(f"{where}: duplicated id {qid} (first on line {records[qid][0]})")
-        lists = _ids_per_output(record, rank_keys, where)
-        if guess and len(lists) != 1:
-            raise KiltFormatError(f"{where}: prediction {qid} must have exactly one output, got {len(lists)}")
-        records[qid] = (lineno, lists)
+        outputs = _outputs(record, rank_keys, where)
+        if not guess:
+            records[qid] = (lineno, [GoldOutput(tuple(_unique(ids)), frozenset(ev)) for ids, ev in outputs])
+        elif len(outputs) != 1:
+            raise KiltFormatError(f"{where}: prediction {qid} must have exactly one output with provenance, "
+                                  f"got {len(outputs)}")
+        else:
+            records[qid] = (lineno, outputs[0][0])
     if not records:
         raise KiltFormatError(f"{path}: empty file (no records)")
     return records
 
 
 # --------------------------------------------------------------------------- metrics
-def rank(guess_ids: Sequence[str], gold_lists: Sequence[list[str] | None]) -> tuple[list, int]:
-    """The official evidence-set rank: True for a completed set, False for a miss, and a
-    set marker for a partial set; and the number of distinct evidence sets."""
+def rank(guess_ids: Sequence[str], gold: Sequence[GoldOutput]) -> tuple[list, int]:
+    """The official evidence-set rank of the distinct predicted ids: True for a completed
+    set, False for a miss, and a set marker for a partial set; and the number of distinct
+    evidence sets (0 without a predicted id)."""
+    guess_ids = _unique(guess_ids)
     if not guess_ids:
         return [], 0
-    evidence_sets: list[set[str]] = []
-    for ids in gold_lists:
-        if ids is not None and set(ids) not in evidence_sets:
-            evidence_sets.append(set(ids))
+    evidence_sets: list[frozenset[str]] = []
+    for out in gold:
+        if out.evidence not in evidence_sets:
+            evidence_sets.append(out.evidence)
     remaining = [set(s) for s in evidence_sets]
     ranked: list = []
     for guess_id in guess_ids:
@@ -113,14 +144,14 @@ def rank(guess_ids: Sequence[str], gold_lists: Sequence[list[str] | None]) -> tu
     return ranked, len(evidence_sets)
 
 
-def r_precision(guess_ids: Sequence[str], gold_lists: Sequence[list[str] | None]) -> float:
-    """Max over gold outputs of |first R guesses in the output's ids| / R (R with repeats)."""
+def r_precision(guess_ids: Sequence[str], gold: Sequence[GoldOutput]) -> float:
+    """Max over gold outputs of |first R distinct guesses among the output's R distinct ids| / R."""
+    guess_ids = _unique(guess_ids)
     best = 0.0
-    for ids in gold_lists:
-        gold = ids or []
-        r = len(gold)
-        value = sum(1 for g in guess_ids[:r] if g in gold) / r if r else 0.0
-        best = max(best, value)
+    for out in gold:
+        r = len(out.ids)
+        if r:
+            best = max(best, sum(1 for g in guess_ids[:r] if g in out.ids) / r)
     return best
 
 
@@ -130,12 +161,12 @@ def metric_names(ks: Sequence[int]) -> list[str]:
             + [f"recall@{k}" for k in ks if k > 1] + [f"success_rate@{k}" for k in ks if k > 1])
 
 
-def query_metrics(guess_ids: Sequence[str], gold_lists: Sequence[list[str] | None],
+def query_metrics(guess_ids: Sequence[str], gold: Sequence[GoldOutput],
                   ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
     """All metrics of one query."""
     result = dict.fromkeys(metric_names(ks), 0.0)
-    result["Rprec"] = r_precision(guess_ids, gold_lists)
-    ranked, n_sets = rank(guess_ids, gold_lists)
+    result["Rprec"] = r_precision(guess_ids, gold)
+    ranked, n_sets = rank(guess_ids, gold)
     if n_sets:
         for k in sorted(set(ks)):
             hits = ranked[:k].count(True)
@@ -146,9 +177,9 @@ def query_metrics(guess_ids: Sequence[str], gold_lists: Sequence[list[str] | Non
     return result
 
 
-def ndcg(guess_ids: Sequence[str], gold_lists: Sequence[list[str] | None], k: int) -> float:
+def ndcg(guess_ids: Sequence[str], gold: Sequence[GoldOutput], k: int) -> float:
     """nDCG@k of the evidence-set rank (binary gains); 0 without a guess or an evidence set."""
-    ranked, n_sets = rank(guess_ids, gold_lists)
+    ranked, n_sets = rank(guess_ids, gold)
     if not n_sets:
         return 0.0
     dcg = sum(1.0 / math.log2(i + 2) for i, hit in enumerate(ranked[:k]) if hit is True)
@@ -179,15 +210,15 @@ def per_query(gold: str | Path, guess: str | Path, ks: Sequence[int] = DEFAULT_K
         if qid not in gold_records:
             raise KiltFormatError(f"{guess}:{lineno}: id {qid} is not in {gold}")
     scores = {}
-    for qid, (lineno, gold_lists) in gold_records.items():
+    for qid, (lineno, gold_outputs) in gold_records.items():
         if qid not in guess_records:
             if subset:
                 continue
             raise KiltFormatError(f"{gold}:{lineno}: no prediction for id {qid} in {guess}")
-        guess_ids = guess_records[qid][1][0]
-        scores[qid] = query_metrics(guess_ids, gold_lists, ks)
+        guess_ids = guess_records[qid][1]
+        scores[qid] = query_metrics(guess_ids, gold_outputs, ks)
         for k in _check_ks(ndcg_ks) if ndcg_ks else ():
-            scores[qid][f"ndcg@{k}"] = ndcg(guess_ids, gold_lists, k)
+            scores[qid][f"ndcg@{k}"] = ndcg(guess_ids, gold_outputs, k)
     return scores
 
 
