@@ -3,9 +3,6 @@ page-level rankings and KILT prediction files."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from array import array
 from dataclasses import asdict, dataclass
 from itertools import islice
@@ -18,7 +15,7 @@ import Stemmer
 from bm25s.tokenization import Tokenized, Tokenizer
 from tqdm.auto import tqdm
 
-from .io import iter_task_file, write_predictions
+from .io import atomic_directory, iter_task_file, write_predictions
 from .passages import Passage, page_ranking
 
 CONFIG_FILE = "kilt_bm25.json"
@@ -131,25 +128,12 @@ class BM25Retriever:
 
     def save(self, path: str | Path) -> None:
         """Write the index to directory ``path``, replacing it only once complete."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_directory(path) as tmp:
             self.model.save(tmp, show_progress=False)
             table = np.empty(len(self), dtype=[("id", np.int64), ("page", self._pages.pages.dtype)])
             table["id"], table["page"] = self._ids, self._pages.pages
             np.save(tmp / PASSAGES_FILE, table)
             (tmp / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=1))
-            if path.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-                os.replace(path, old / path.name)
-                os.replace(tmp, path)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = False) -> "BM25Retriever":

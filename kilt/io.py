@@ -7,11 +7,16 @@ and reported in one warning at the end; they never disappear silently.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import gzip
 import json
 import os
+import re
+import shutil
 import tempfile
 import warnings
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,14 +64,100 @@ class Page:
 
 
 # --------------------------------------------------------------------------- files
+class InputOverwriteError(ValueError):
+    """An output would replace one of the command's own inputs."""
+
+
+def refuse_overwriting_inputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path],
+                              overwrite: bool = False) -> None:
+    """Raise InputOverwriteError unless ``overwrite`` when an output would replace an input.
+
+    ``outputs`` are the files a command writes (for a folder it writes into, give each
+    ``folder / name``) and the folders it replaces whole; an output replaces an input when it
+    is the same path or file (also through a link), or is a folder holding the input.
+    """
+    if overwrite:
+        return
+    existing = [(Path(p), Path(p).resolve()) for p in inputs if Path(p).exists()]
+    for output in map(Path, outputs):
+        resolved = output.resolve()
+        for given, source in existing:
+            same = resolved == source or (output.exists() and os.path.samefile(output, given))
+            if same or (output.is_dir() and source.is_relative_to(resolved)):
+                what = "is" if same else "holds"
+                raise InputOverwriteError(f"{output}: {what} the input {given}; refusing to write over an input "
+                                          f"(pass --overwrite to allow it)")
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# temporary names beside a target: ".NAME.PID.RANDOM.tmp" (and ".old" while a folder is swapped);
+# ".NAME.RANDOM.tmp" / ".old" are earlier versions' names, always orphans now
+_TEMP_SUFFIXES = (".tmp", ".old")
+_TEMP_MIDDLE = re.compile(r"(?:(\d+)\.)?[a-z0-9_]{8}")
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        pass
+    return True
+
+
+def _remove_orphans(path: Path) -> list[Path]:
+    """Remove the temporary files and folders that killed writes of ``path`` left beside it
+    (those of a process still running are kept); returns what was removed."""
+    prefix = f".{path.name}."
+    removed = []
+    try:
+        candidates = [c for c in path.parent.iterdir() if c.name.startswith(prefix)]
+    except FileNotFoundError:
+        return removed
+    for candidate in candidates:
+        middle, suffix = candidate.name[len(prefix):-4], candidate.name[-4:]
+        match = _TEMP_MIDDLE.fullmatch(middle) if suffix in _TEMP_SUFFIXES else None
+        if not match or (match.group(1) and _alive(int(match.group(1)))):
+            continue
+        if candidate.is_dir() and not candidate.is_symlink():
+            shutil.rmtree(candidate, ignore_errors=True)
+        else:
+            candidate.unlink(missing_ok=True)
+        removed.append(candidate)
+    return removed
+
+
 @contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success it replaces ``path`` in one step,
-    on error it is removed and ``path`` is left as it was."""
+    on error it is removed and ``path`` is left as it was.
+
+    The file gets the mode a plain ``open`` would give (0666 less the umask); temporary files
+    of earlier, killed writes of ``path`` are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_orphans(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
@@ -78,13 +169,59 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
         raise
 
 
-def _open_text(path: str | Path) -> IO[str]:
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the
+    system or file system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` whole,
+    in one step where the system can swap two folders (Linux), else by two renames.
+
+    The folder gets the mode ``mkdir`` would give (0777 less the umask); temporary folders of
+    earlier, killed writes of ``path`` are removed first, and on error the new one is.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path}: exists and is not a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        yield tmp
+        if not path.exists():
+            os.replace(tmp, path)
+        elif _exchange(tmp, path):
+            shutil.rmtree(tmp)  # the previous folder, now under the temporary name
+        else:
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".old", dir=path.parent))
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _open_binary(path: str | Path) -> IO[bytes]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
 class _Skipped:
@@ -107,14 +244,21 @@ class _Skipped:
 
 
 def _records(path: str | Path, skipped: _Skipped) -> Iterator[tuple[int, Any]]:
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                skipped(KiltFormatError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})"))
+    lineno = 0
+    with _open_binary(path) as f:
+        try:
+            for lineno, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    yield lineno, json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    skipped(KiltFormatError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at byte "
+                                            f"{e.start + 1} of the line)"))
+                except json.JSONDecodeError as e:
+                    skipped(KiltFormatError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})"))
+        except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+            raise KiltFormatError(f"{path}:{lineno + 1}: truncated or corrupt gzip file ({e})") from None
 
 
 def iter_jsonl(path: str | Path, skip_invalid: bool = False) -> Iterator[tuple[int, Any]]:
@@ -142,14 +286,48 @@ def parse_page(record: Any, path: str | Path = "<page>", lineno: int = 0) -> Pag
     return Page(str(record["wikipedia_id"]).strip(), str(title), text)
 
 
+class _PageIds:
+    """A set of page ids in little memory: one bit per numeric id (KILT's ids are numbers
+    below 2**27), a set only for other ids, so a full knowledge source costs a few MB."""
+
+    _BITMAP_LIMIT = 1 << 27
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+        self._others: set[str] = set()
+
+    def add(self, page_id: str) -> bool:
+        """Add ``page_id``; False when it was already there."""
+        canonical = page_id.isascii() and page_id.isdigit() and (page_id == "0" or page_id[0] != "0")
+        if not canonical or int(page_id) >= self._BITMAP_LIMIT:
+            if page_id in self._others:
+                return False
+            self._others.add(page_id)
+            return True
+        n = int(page_id)
+        byte, bit = n >> 3, 1 << (n & 7)
+        if byte >= len(self._bits):
+            self._bits.extend(bytes(max(byte + 1 - len(self._bits), len(self._bits))))
+        if self._bits[byte] & bit:
+            return False
+        self._bits[byte] |= bit
+        return True
+
+
 def iter_pages(path: str | Path, skip_invalid: bool = False) -> Iterator[Page]:
-    """Pages of a KILT knowledge source (.jsonl or .jsonl.gz), one at a time."""
+    """Pages of a KILT knowledge source (.jsonl or .jsonl.gz), one at a time; a page id
+    listed a second time is an invalid line."""
     skipped = _Skipped(path, skip_invalid)
+    seen = _PageIds()
     for lineno, record in _records(path, skipped):
         try:
-            yield parse_page(record, path, lineno)
+            page = parse_page(record, path, lineno)
+            if not seen.add(page.wikipedia_id):
+                raise KiltFormatError(f"{path}:{lineno}: page {page.wikipedia_id} listed a second time")
         except KiltFormatError as e:
             skipped(e)
+            continue
+        yield page
     skipped.report()
 
 

@@ -87,7 +87,8 @@ def write_passages(knowledge_source: str | Path, out_path: str | Path, words: in
     """Stream a KILT knowledge source (.jsonl or .jsonl.gz) into a passage JSONL file.
 
     Written atomically: ``out_path`` appears only when complete. Returns the passage count.
-    A bad page is an error naming file and line, or with ``skip_invalid`` skipped and reported.
+    A bad or repeated page is an error naming file and line, or with ``skip_invalid`` skipped
+    and reported; a source that gives no passage at all is an error.
     """
     count = 0
     pages = tqdm(iter_pages(knowledge_source, skip_invalid=skip_invalid), desc="chunking pages", unit=" pages",
@@ -96,6 +97,9 @@ def write_passages(knowledge_source: str | Path, out_path: str | Path, words: in
         for passage in iter_passages(pages, words=words):
             f.write(json.dumps(vars(passage), ensure_ascii=False) + "\n")
             count += 1
+        if not count:
+            raise KiltFormatError(f"{knowledge_source}: no passage to write (no valid page with text "
+                                  "beyond its title and section headers)")
     return count
 
 

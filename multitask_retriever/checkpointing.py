@@ -1,48 +1,21 @@
-"""Checkpoint plumbing shared by the training loops: atomic folders, RNG state, the latest
-checkpoint of a run, and its JSONL log."""
+"""Checkpoint plumbing shared by the training loops: atomic folders (kilt.io.atomic_directory),
+RNG state, the latest checkpoint of a run, and its JSONL log."""
 from __future__ import annotations
 
-import os
 import random
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from kilt.io import iter_jsonl
+from kilt.io import atomic_directory, iter_jsonl  # noqa: F401  (atomic_directory: re-exported)
 
 STATE_NAME = "trainer_state.pt"
 LOG_NAME = "train_log.jsonl"
 FINAL_NAME = "final"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
-
-
-@contextmanager
-def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `path`; on success it replaces `path` whole."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{path}: exists and is not a folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def rng_state() -> dict[str, Any]:

@@ -85,6 +85,40 @@ def test_write_passages_on_bad_page_names_file_and_line_and_writes_nothing(tmp_p
     assert not (tmp_path / "p.jsonl").exists()
 
 
+@pytest.mark.parametrize("lines", [
+    [],                                                                            # no page at all
+    [{"wikipedia_id": "1", "text": ["Title\n", "Section::::History.\n"]}],         # no words to chunk
+], ids=["no-page", "no-text"])
+def test_write_passages_of_an_empty_knowledge_source_is_an_error_and_writes_nothing(tmp_path, lines):
+    source = tmp_path / "ks.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(KiltFormatError, match=r"ks\.jsonl: no passage to write \(no valid page with text beyond "
+                                              r"its title and section headers\)"):
+        write_passages(source, tmp_path / "p.jsonl", progress=False)
+    assert os.listdir(tmp_path) == ["ks.jsonl"]
+
+
+def test_write_passages_rejects_a_page_listed_twice_naming_its_second_line(tmp_path):
+    source = tmp_path / "ks.jsonl"
+    page = {"wikipedia_id": "1", "wikipedia_title": "A", "text": ["A\n", "body\n"]}
+    source.write_text("".join(json.dumps(p) + "\n" for p in (page, {**page, "wikipedia_id": "2"}, page)))
+    with pytest.raises(KiltFormatError, match=r"ks\.jsonl:3: page 1 listed a second time"):
+        write_passages(source, tmp_path / "p.jsonl", progress=False)
+    assert not (tmp_path / "p.jsonl").exists()
+    with pytest.warns(UserWarning, match=r"ks\.jsonl: skipped 1 invalid line\(s\)"):
+        assert write_passages(source, tmp_path / "p.jsonl", progress=False, skip_invalid=True) == 2
+    assert [p.wikipedia_id for p in iter_passage_file(tmp_path / "p.jsonl")] == ["1", "2"]
+
+
+def test_mtr_chunk_of_an_empty_knowledge_source_exits_2(tmp_path, capsys):
+    from multitask_retriever.cli import main
+
+    (tmp_path / "ks.jsonl").write_text("")
+    assert main(["chunk", str(tmp_path / "ks.jsonl"), str(tmp_path / "p.jsonl")]) == 2
+    assert "ks.jsonl: no passage to write" in capsys.readouterr().err
+    assert not (tmp_path / "p.jsonl").exists()
+
+
 def test_iter_passage_file_names_file_and_line_of_a_bad_record(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"id": 0, "wikipedia_id": "1", "title": "A", "text": "x",
