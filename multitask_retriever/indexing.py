@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import math
-import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -26,7 +26,7 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from kilt.io import atomic_write
+from kilt.io import atomic_directory, atomic_write
 from kilt.passages import Passage, iter_passage_file
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ MANIFEST_NAME = "manifest.json"
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.npy"
 META_FILE = "index_meta.json"
+# what an index folder may hold: its files, and temporary files of earlier (killed) saves
+_INDEX_NAMES = re.compile(r"(\.)?(index\.faiss|ids\.npy|index_meta\.json)(?(1)\..+\.tmp)")
 INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("faiss", "torch")
@@ -521,23 +523,25 @@ class Index:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
-        """Write index.faiss, ids.npy and index_meta.json (last) into folder `path`."""
+        """Write index.faiss, ids.npy and index_meta.json into folder `path`.
+
+        They are written into a temporary folder that then replaces `path` whole, so an
+        interrupted save leaves the previous index loadable; `path` may hold nothing else.
+        """
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / META_FILE).unlink(missing_ok=True)  # a half-finished save must not load as the old one
-        index_path = path / INDEX_FILE
-        tmp = index_path.with_name(f".{INDEX_FILE}.{os.getpid()}.tmp")
-        try:
-            faiss.write_index(self._searcher.cpu_index(), str(tmp))
-            os.replace(tmp, index_path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _save_npy(path / IDS_FILE, self._ids)
-        _write_json(path / META_FILE, {
-            "format": _FORMAT, "encoder": self.encoder_name, "dim": self.dim, "metric": self.config.metric,
-            "count": len(self), "index_type": self.config.index_type, "config": dataclasses.asdict(self.config),
-            "ids_sha256": _sha256(self._ids), "index_file_bytes": index_path.stat().st_size,
-            "faiss_version": faiss.__version__})
+        if path.is_dir():
+            foreign = sorted(p.name for p in path.iterdir() if not _INDEX_NAMES.fullmatch(p.name))
+            if foreign:
+                raise ValueError(f"{path}: holds files that are not part of an index ({', '.join(foreign[:3])}"
+                                 f"{', ...' if len(foreign) > 3 else ''}); save an index to a folder of its own")
+        with atomic_directory(path) as tmp:
+            faiss.write_index(self._searcher.cpu_index(), str(tmp / INDEX_FILE))
+            _save_npy(tmp / IDS_FILE, self._ids)
+            _write_json(tmp / META_FILE, {
+                "format": _FORMAT, "encoder": self.encoder_name, "dim": self.dim, "metric": self.config.metric,
+                "count": len(self), "index_type": self.config.index_type,
+                "config": dataclasses.asdict(self.config), "ids_sha256": _sha256(self._ids),
+                "index_file_bytes": (tmp / INDEX_FILE).stat().st_size, "faiss_version": faiss.__version__})
         return path
 
     @classmethod

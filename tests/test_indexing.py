@@ -234,6 +234,42 @@ def test_load_without_metadata_is_a_clear_error(tmp_path):
         Index.load(tmp_path)
 
 
+def test_a_save_that_fails_midway_leaves_the_previous_index_loadable(tmp_path, vectors, monkeypatch):
+    ids = np.arange(len(vectors)) + 100
+    folder = Index.build(vectors, IndexConfig(device="cpu"), ids=ids).save(tmp_path / "index")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def write_half_then_die(index, path):
+        Path(path).write_bytes(b"half an index")
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(indexing.faiss, "write_index", write_half_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        Index.build(vectors[:10], IndexConfig(device="cpu")).save(folder)
+    assert [p.name for p in tmp_path.iterdir()] == ["index"]  # no temporary folder left
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    np.testing.assert_array_equal(Index.load(folder).ids, ids)
+
+
+def test_a_save_removes_the_temporary_files_of_killed_saves(tmp_path, vectors):
+    folder = Index.build(vectors, IndexConfig(device="cpu")).save(tmp_path / "index")
+    (folder / ".index.faiss.12345.tmp").write_bytes(b"left by an earlier version's save")
+    (tmp_path / ".index.99999999.abcd_123.tmp").mkdir()  # a killed save's folder (no such process)
+    (tmp_path / ".index.99999999.abcd_123.tmp" / "index.faiss").write_bytes(b"partial")
+    Index.build(vectors[:10], IndexConfig(device="cpu")).save(folder)
+    assert [p.name for p in tmp_path.iterdir()] == ["index"]
+    assert sorted(p.name for p in folder.iterdir()) == ["ids.npy", "index.faiss", "index_meta.json"]
+    assert len(Index.load(folder)) == 10
+
+
+def test_a_save_refuses_a_folder_holding_other_files(tmp_path, vectors):
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path}: holds files that are not part of an index "
+                                                   "(manifest.json); save an index to a folder of its own")):
+        Index.build(vectors, IndexConfig(device="cpu")).save(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
 # --------------------------------------------------------------------------- encode_corpus
 def test_encode_corpus_writes_shards_and_manifest(tmp_path):
     passages = write_passage_file(tmp_path / "passages.jsonl", 50)
