@@ -169,6 +169,24 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
         raise
 
 
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """The JSON object a file holds; invalid JSON or another value is a ValueError naming file and line."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}:1: expected a JSON object")
+    return data
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """`data` as indented JSON with a final newline, written atomically."""
+    with atomic_write(path) as f:
+        f.write(json.dumps(data, indent=2) + "\n")
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the
     system or file system cannot."""

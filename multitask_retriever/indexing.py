@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import re
@@ -26,7 +25,7 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
-from kilt.io import atomic_directory, atomic_write
+from kilt.io import atomic_directory, atomic_write, read_json_object, write_json
 from kilt.passages import Passage, iter_passage_file
 
 logger = logging.getLogger(__name__)
@@ -64,21 +63,6 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 def _encoder_name(encoder: Any) -> str:
     config = getattr(encoder, "config", None)
     return str(getattr(config, "model_name_or_path", type(encoder).__name__))
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}:1: expected a JSON object")
-    return data
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    with atomic_write(path) as f:
-        f.write(json.dumps(data, indent=2) + "\n")
 
 
 def _shards(passages: Iterable[Passage], shard_size: int) -> Iterator[list[Passage]]:
@@ -148,7 +132,7 @@ def encode_corpus(encoder: Any, passage_file: str | Path, out_dir: str | Path, s
     state = PartialState()
 
     if manifest_path.exists() and not overwrite:
-        previous = _read_json(manifest_path)
+        previous = read_json_object(manifest_path)
         changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
         if changed:
             details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
@@ -162,8 +146,8 @@ def encode_corpus(encoder: Any, passage_file: str | Path, out_dir: str | Path, s
             for old in out_dir.glob("shard-*.npy"):
                 old.unlink()
         if not manifest_path.exists():
-            _write_json(manifest_path, {"format": _FORMAT, **settings, "passage_file": str(passage_file),
-                                        "num_passages": None, "num_shards": None, "complete": False})
+            write_json(manifest_path, {"format": _FORMAT, **settings, "passage_file": str(passage_file),
+                                       "num_passages": None, "num_shards": None, "complete": False})
     state.wait_for_everyone()
 
     encoded, num_passages, num_shards, stopped = 0, 0, 0, False
@@ -195,9 +179,9 @@ def encode_corpus(encoder: Any, passage_file: str | Path, out_dir: str | Path, s
             logger.info("%s: %d of %d shards finished; run again to encode the rest",
                         out_dir, num_shards - len(missing), num_shards)
         else:
-            _write_json(manifest_path, {"format": _FORMAT, **settings, "passage_file": str(passage_file),
-                                        "num_passages": num_passages, "num_shards": num_shards,
-                                        "complete": True})
+            write_json(manifest_path, {"format": _FORMAT, **settings, "passage_file": str(passage_file),
+                                       "num_passages": num_passages, "num_shards": num_shards,
+                                       "complete": True})
     return out_dir
 
 
@@ -206,7 +190,7 @@ def read_manifest(shard_dir: str | Path, require_complete: bool = True) -> dict[
     path = Path(shard_dir) / MANIFEST_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no shard manifest (not a folder written by encode_corpus?)")
-    manifest = _read_json(path)
+    manifest = read_json_object(path)
     for key in ("dim", "encoder", "complete"):
         if key not in manifest:
             raise ValueError(f"{path}: manifest lacks {key!r}")
@@ -537,7 +521,7 @@ class Index:
         with atomic_directory(path) as tmp:
             faiss.write_index(self._searcher.cpu_index(), str(tmp / INDEX_FILE))
             _save_npy(tmp / IDS_FILE, self._ids)
-            _write_json(tmp / META_FILE, {
+            write_json(tmp / META_FILE, {
                 "format": _FORMAT, "encoder": self.encoder_name, "dim": self.dim, "metric": self.config.metric,
                 "count": len(self), "index_type": self.config.index_type,
                 "config": dataclasses.asdict(self.config), "ids_sha256": _sha256(self._ids),
@@ -558,7 +542,7 @@ class Index:
         meta_path, index_path, ids_path = path / META_FILE, path / INDEX_FILE, path / IDS_FILE
         if not meta_path.is_file():
             raise FileNotFoundError(f"{meta_path}: not found (not an index folder written by Index.save?)")
-        meta = _read_json(meta_path)
+        meta = read_json_object(meta_path)
         missing = [k for k in ("dim", "count", "config", "ids_sha256", "index_file_bytes") if k not in meta]
         if missing:
             raise ValueError(f"{meta_path}: lacks {', '.join(missing)}")

@@ -115,3 +115,21 @@ def test_make_loss_passes_options_and_rejects_unknown_names():
         make_loss("hinge")
     with pytest.raises(ValueError, match="temperature must be positive"):
         make_loss("kl", temperature=0.0)
+
+
+def test_ql_hinge_is_the_pairwise_hinge_plus_the_positives_negative_likelihood():
+    scores = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -1.0, -4.0]], requires_grad=True)
+    # hinges max(0, -(s0 - sj)): row 0 -> 0 and 0.5, row 1 -> 2 and 0; mean 0.625; -mean(s0) = 2
+    loss = make_loss("ql+hinge")(scores, _batch(None))
+    assert loss.item() == pytest.approx(2.625, abs=1e-6)
+    loss.backward()
+    # d/ds0: -1/4 per active hinge of its row, -1/2 from the likelihood term; d/dsj: +1/4 if its hinge is active
+    assert scores.grad.flatten().tolist() == pytest.approx([-0.75, 0.0, 0.25, -0.75, 0.25, 0.0], abs=1e-6)
+
+
+def test_ql_hinge_margin_widens_every_hinge():
+    scores = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -1.0, -4.0]])
+    # margin 1: row 0 -> 0 and 1.5, row 1 -> 3 and 0; mean 1.125; plus 2
+    assert make_loss("ql+hinge", margin=1.0)(scores, _batch(None)).item() == pytest.approx(3.125, abs=1e-6)
+    with pytest.raises(ValueError, match="at least one negative"):
+        make_loss("ql+hinge")(scores[:, :1], _batch(None))

@@ -62,6 +62,10 @@ class CrossEncoderReranker(Reranker):
         self.tokenizer = tokenizer
         self.config = config
         self._warned_truncation = False
+        specials = tokenizer.num_special_tokens_to_add(pair=True)
+        if config.max_query_length + specials >= config.max_length:
+            raise ValueError(f"max_query_length ({config.max_query_length}) and {specials} special tokens leave "
+                             f"no room for a passage within max_length ({config.max_length})")
         if config.freeze_position_embeddings:
             for name, param in model.named_parameters():
                 if "position_embeddings" in name:
@@ -111,9 +115,7 @@ class CrossEncoderReranker(Reranker):
         n = group_size(queries, passages)
         if n == 0:
             return torch.zeros(len(queries), 0, device=self.device)
-        pair_queries = [q for q in self._cap_queries(queries) for _ in range(n)]
-        pair_passages = [p for row in passages for p in row]
-        batch = self._encode(pair_queries, pair_passages, padding=True, return_tensors="pt")
+        batch = self._encode(queries, passages, padding=True, return_tensors="pt")
         return self._logits(batch).view(len(queries), n)
 
     def rerank(self, query: str, passages: Sequence[str], batch_size: int = 32) -> list[float]:
@@ -122,8 +124,7 @@ class CrossEncoderReranker(Reranker):
             raise ValueError("empty query")
         if len(passages) == 0:
             return []
-        (capped,) = self._cap_queries([query])
-        features = self._encode([capped] * len(passages), list(passages))
+        features = self._encode([query], [list(passages)])
         lengths = [len(ids) for ids in features["input_ids"]]
         order = sorted(range(len(passages)), key=lambda i: lengths[i])
         scores = [0.0] * len(passages)
@@ -148,28 +149,37 @@ class CrossEncoderReranker(Reranker):
         batch = {k: v.to(self.device) for k, v in batch.items()}
         return self.model(**batch).logits[:, 0]
 
-    def _cap_queries(self, queries: Sequence[str]) -> list[str]:
-        """Queries cut at `max_query_length` tokens (at a token boundary of the original text)."""
+    def _cut(self, texts: Sequence[str], limits: Sequence[int]) -> tuple[list[str], list[int], bool]:
+        """Each text cut after its first limits[i] tokens, at a token boundary of the original
+        text; returns the texts, their token counts and whether any was cut."""
+        enc = self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
+                             max_length=max(limits) + 1, return_offsets_mapping=True)
+        out, counts, cut = [], [], False
+        for text, offsets, limit in zip(texts, enc["offset_mapping"], limits):
+            if len(offsets) > limit:
+                text, cut = text[: offsets[limit - 1][1]], True
+            out.append(text)
+            counts.append(min(len(offsets), limit))
+        return out, counts, cut
+
+    def _encode(self, queries: Sequence[str], passages: Sequence[Sequence[str]], **kwargs: Any) -> BatchEncoding:
+        """Pairs (queries[i], passages[i][j]) in row order: the query is cut to `max_query_length`
+        tokens first, then the passage to the rest of `max_length` (passage cuts warned about once)."""
         if any(not q or not q.strip() for q in queries):
             raise ValueError("empty query")
-        enc = self.tokenizer(list(queries), add_special_tokens=False, truncation=True,
-                             max_length=self.config.max_query_length, return_offsets_mapping=True)
-        capped = []
-        for i, query in enumerate(queries):
-            if enc.encodings[i].overflowing:
-                query = query[: enc["offset_mapping"][i][-1][1]]
-            capped.append(query)
-        return capped
-
-    def _encode(self, queries: list[str], passages: list[str], **kwargs: Any) -> BatchEncoding:
-        """Pair encoding with the passage truncated to fit `max_length` (warned about once)."""
-        enc = self.tokenizer(queries, passages, truncation="only_second",
-                             max_length=self.config.max_length, **kwargs)
-        if not self._warned_truncation and any(e.overflowing for e in enc.encodings):
+        capped, counts, _ = self._cut(queries, [self.config.max_query_length] * len(queries))
+        room = self.config.max_length - self.tokenizer.num_special_tokens_to_add(pair=True)
+        pair_queries = [q for q, row in zip(capped, passages) for _ in row]
+        limits = [room - count for count, row in zip(counts, passages) for _ in row]
+        pair_passages, _, cut = self._cut([p for row in passages for p in row], limits)
+        if cut and not self._warned_truncation:
             self._warned_truncation = True
             warnings.warn(f"passages longer than max_length={self.config.max_length} tokens "
                           f"(query included) are truncated", stacklevel=3)
-        return enc
+        # re-tokenising a text cut at a token boundary gives the same tokens; longest_first only
+        # guards against a tokenizer for which it does not, and never fails as only_second can
+        return self.tokenizer(pair_queries, pair_passages, truncation="longest_first",
+                              max_length=self.config.max_length, **kwargs)
 
     def _autocast(self):
         device = self.device

@@ -117,6 +117,8 @@ class LLMScorer(nn.Module):
         self._prefix = self._ids(config.prefix)
         self._instruction = self._ids(config.instruction)
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        #: the LM's position limit (None: relative positions, e.g. T5), the budget of a whole prompt
+        self.max_positions: int | None = getattr(lm.config, "max_position_embeddings", None)
 
     @property
     def hidden_size(self) -> int:
@@ -157,7 +159,21 @@ class LLMScorer(nn.Module):
         return [self._cut(ids, self.config.max_query_tokens, "queries") for ids in enc]
 
     def build(self, query: list[int], passage: list[int], n_soft: int) -> _Pair:
-        """The prompt of one pair with `n_soft` soft slots at `soft_position`."""
+        """The prompt of one pair with `n_soft` soft slots at `soft_position`; the passage is cut
+        to what the (already cut) query, the slots and the prompt text leave of `max_positions`."""
+        if self.max_positions is not None:
+            fixed = len(self._bos) + len(self._prefix) + len(self._instruction) + len(self._eos) + n_soft
+            room = self.max_positions - fixed - (0 if self.seq2seq else len(query))
+            if room < 1:
+                raise ValueError(f"{len(query)} query tokens, {n_soft} soft tokens and {fixed - n_soft} prompt "
+                                 f"tokens leave no room for a passage within the LM's {self.max_positions} "
+                                 f"positions; lower max_query_tokens")
+            if len(passage) > room:
+                if "positions" not in self._warned:
+                    self._warned.add("positions")
+                    warnings.warn(f"passages are cut further so that prompts fit the LM's {self.max_positions} "
+                                  f"positions", stacklevel=4)
+                passage = passage[:room]
         slots = [self._pad] * n_soft
         parts: list[tuple[list[int], bool]] = [(self._bos, False)]
         if self.soft_position == "start":

@@ -129,3 +129,28 @@ def make_loss(name: str, **kwargs) -> RerankLoss:
     if name not in LOSSES:
         raise ValueError(f"unknown reranker loss {name!r}; known: {', '.join(LOSSES)}")
     return LOSSES[name](**kwargs)
+
+
+class QueryLikelihoodHinge(RerankLoss):
+    """The training loss of Q-PEFT's released code (Peng et al. 2024, "pairwise_v2"): for every
+    (positive, negative) pair of a query, a hinge max(0, margin - (s_pos - s_neg)) on the query
+    likelihood scores, plus the negative query likelihood given the positive; each term is a
+    mean over the pairs (so the second equals minus the positives' mean score). The released
+    code pairs one positive with each negative and uses margin 0."""
+
+    name = "ql+hinge"
+
+    def __init__(self, margin: float = 0.0):
+        if margin < 0:
+            raise ValueError(f"margin must be non-negative, got {margin}")
+        self.margin = margin
+
+    def __call__(self, scores: torch.Tensor, batch: TeacherBatch) -> torch.Tensor:
+        if scores.shape[1] < 2:
+            raise ValueError("ql+hinge needs at least one negative per group")
+        scores = scores.float()
+        hinge = F.relu(self.margin - (scores[:, :1] - scores[:, 1:])).mean()
+        return hinge - scores[:, 0].mean()
+
+
+LOSSES[QueryLikelihoodHinge.name] = QueryLikelihoodHinge

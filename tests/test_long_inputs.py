@@ -1,0 +1,120 @@
+"""No input crashes a reranker: 500-word queries and 5,000-word passages, for every reranker
+kind, in scoring, in a training step and in a teacher file; and the cut itself, token by
+token: the query to its own maximum first, then the passage to the rest of the budget."""
+from __future__ import annotations
+
+import math
+import random
+import warnings
+
+import pytest
+import torch
+
+from multitask_retriever.rerank import make_reranker
+from multitask_retriever.rerank.train import RerankExample, RerankTrainConfig, train_reranker, write_teacher_file
+
+WORDS = ("the prince of denmark wrote a play about revenge in the castle of elsinore while his uncle "
+         "claudius ruled and the ghost of his father walked on the walls at night").split()
+LLM_METHODS = ["qpeft-a", "qpeft-r", "idspam", "prompt-tuning", "lora", "zero-shot"]
+
+
+def _text(words: int, seed: int) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) for _ in range(words))
+
+
+QUERY = _text(500, 0)
+PASSAGES = [_text(5000, 1), _text(5000, 2), "a short passage"]
+
+
+def _reranker(method: str, request):
+    """Each kind on a tiny model; LLM passages may be longer than the tiny GPT-2's 512 positions,
+    so only the pair budget keeps the prompt inside them."""
+    torch.manual_seed(0)
+    if method == "cross-encoder":
+        return make_reranker(method, request.getfixturevalue("tiny_bert"))
+    return make_reranker(method, str(request.getfixturevalue("tiny_gpt2")), max_passage_tokens=600)
+
+
+@pytest.fixture(autouse=True)
+def _truncation_warnings_are_expected():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(truncated|cut further).*")
+        yield
+
+
+@pytest.mark.parametrize("method", ["cross-encoder", *LLM_METHODS])
+def test_every_reranker_scores_long_queries_and_passages(method, request):
+    reranker = _reranker(method, request)
+    scores = reranker.rerank(QUERY, PASSAGES)
+    assert len(scores) == 3 and all(math.isfinite(s) for s in scores)
+    rows = reranker.score([QUERY, "who wrote hamlet"], [PASSAGES[:2], PASSAGES[1:]])
+    assert rows.shape == (2, 2) and torch.isfinite(rows).all()
+
+
+@pytest.mark.parametrize("method", ["cross-encoder", *LLM_METHODS[:-1]])
+def test_every_trainable_reranker_takes_a_training_step_on_long_inputs(method, request, tmp_path):
+    reranker = _reranker(method, request)
+    before = {n: p.detach().clone() for n, p in reranker.named_parameters() if p.requires_grad}
+    examples = [RerankExample(qid="q", query=QUERY, positive=PASSAGES[0], candidates=PASSAGES[1:])]
+    config = RerankTrainConfig(lr=1e-2, steps=1, batch_size=1, group_size=3, output_dir=str(tmp_path),
+                               progress=False)
+    result = train_reranker(reranker, examples, config)
+    assert math.isfinite(result["loss"])
+    after = dict(reranker.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_a_teacher_file_scores_long_inputs(request, tmp_path):
+    teacher = _reranker("zero-shot", request)
+    example = RerankExample(qid="q", query=QUERY, positive=PASSAGES[0], candidates=PASSAGES[1:],
+                            passage_ids=["0", "1", "2"])
+    assert write_teacher_file(teacher, [example], tmp_path / "teacher.jsonl", progress=False) == 3
+
+
+# --------------------------------------------------------------------------- the cut, token by token
+def test_the_cross_encoder_keeps_the_querys_budget_and_gives_the_passage_the_rest(tiny_bert):
+    reranker = make_reranker("cross-encoder", tiny_bert, max_length=64, max_query_length=16)
+    seen = []
+    reranker.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    reranker.rerank(QUERY, [PASSAGES[0]])
+    tokenize = reranker.tokenizer
+    query_ids = tokenize(QUERY, add_special_tokens=False)["input_ids"]
+    passage_ids = tokenize(PASSAGES[0], add_special_tokens=False)["input_ids"]
+    cls, sep = tokenize.cls_token_id, tokenize.sep_token_id
+    # [CLS] 16 query tokens [SEP] 64 - 16 - 3 = 45 passage tokens [SEP]
+    expected = [cls, *query_ids[:16], sep, *passage_ids[:45], sep]
+    assert seen[0]["input_ids"][0].tolist() == expected
+    assert seen[0]["token_type_ids"][0].tolist() == [0] * 18 + [1] * 46
+
+
+def test_a_short_query_leaves_the_passage_more_room(tiny_bert):
+    reranker = make_reranker("cross-encoder", tiny_bert, max_length=64, max_query_length=16)
+    seen = []
+    reranker.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    assert len(reranker.tokenizer("hamlet", add_special_tokens=False)["input_ids"]) == 1
+    reranker.rerank("hamlet", [PASSAGES[0]])  # one query token: 64 - 1 - 3 = 60 passage tokens
+    passage_ids = reranker.tokenizer(PASSAGES[0], add_special_tokens=False)["input_ids"]
+    assert seen[0]["input_ids"][0].tolist()[3:-1] == passage_ids[:60]
+
+
+@pytest.mark.parametrize("method", ["zero-shot", "qpeft-a"])
+def test_an_llm_prompt_keeps_the_querys_budget_and_fits_the_lms_positions(method, tiny_gpt2):
+    reranker = make_reranker(method, str(tiny_gpt2), max_passage_tokens=600, max_query_tokens=64)
+    scorer = reranker.scorer
+    (query_ids,) = scorer.query_ids([QUERY])
+    (passage_ids,) = scorer.passage_ids([PASSAGES[0]])
+    n_soft = 0 if method == "zero-shot" else reranker.config.num_prompt_tokens + len(query_ids)  # Q-PEFT-A
+    pair = scorer.build(query_ids, passage_ids, n_soft)
+    assert pair.target == scorer.tokenizer(QUERY, add_special_tokens=False)["input_ids"][:64]
+    assert len(pair.context) + len(pair.target) == 512  # the tiny GPT-2's positions, filled exactly
+    start = len(scorer._bos) + len(scorer._prefix)
+    kept = 512 - 64 - n_soft - start - len(scorer._instruction) - len(scorer._eos)
+    assert pair.context[start: start + kept] == passage_ids[:kept]
+
+
+def test_an_llm_whose_positions_cannot_hold_the_query_and_prompt_is_refused(tiny_gpt2):
+    reranker = make_reranker("zero-shot", str(tiny_gpt2), max_query_tokens=600)
+    with pytest.raises(ValueError, match="leave no room for a passage within the LM's 512 positions"):
+        reranker.rerank(QUERY + " " + QUERY, ["a passage"])
+
