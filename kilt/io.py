@@ -106,6 +106,7 @@ def _umask() -> int:
 # ".NAME.RANDOM.tmp" / ".old" are earlier versions' names, always orphans now
 _TEMP_SUFFIXES = (".tmp", ".old")
 _TEMP_MIDDLE = re.compile(r"(?:(\d+)\.)?[a-z0-9_]{8}")
+_TEMP_NAME = re.compile(r"\.(.+?)\.(?:\d+\.)?[a-z0-9_]{8}\.(?:tmp|old)")
 
 
 def _temp_prefix(path: Path) -> str:
@@ -131,10 +132,13 @@ def _remove_orphans(path: Path) -> list[Path]:
         candidates = [c for c in path.parent.iterdir() if c.name.startswith(prefix)]
     except FileNotFoundError:
         return removed
-    for candidate in candidates:
+    for candidate in sorted(candidates, key=lambda c: not c.name.endswith(".old")):
         middle, suffix = candidate.name[len(prefix):-4], candidate.name[-4:]
         match = _TEMP_MIDDLE.fullmatch(middle) if suffix in _TEMP_SUFFIXES else None
         if not match or (match.group(1) and _alive(int(match.group(1)))):
+            continue
+        if suffix == ".old" and candidate.is_dir() and not path.exists():
+            os.replace(candidate, path)  # killed between a folder swap's two renames: the previous version
             continue
         if candidate.is_dir() and not candidate.is_symlink():
             shutil.rmtree(candidate, ignore_errors=True)
@@ -142,6 +146,16 @@ def _remove_orphans(path: Path) -> list[Path]:
             candidate.unlink(missing_ok=True)
         removed.append(candidate)
     return removed
+
+
+def remove_orphans_in(folder: str | Path) -> list[Path]:
+    """`_remove_orphans` for every target in ``folder``: what killed atomic writes left there,
+    whatever the target's name (a killed checkpoint's folder, say); returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    names = {m.group(1) for c in folder.iterdir() if (m := _TEMP_NAME.fullmatch(c.name))}
+    return [p for name in sorted(names) for p in _remove_orphans(folder / name)]
 
 
 @contextmanager

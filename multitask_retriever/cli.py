@@ -180,6 +180,7 @@ def _train_reranker(args) -> None:
     from .rerank.llm_scoring import ListwiseQueryLikelihood
     from .rerank.train import (RerankTrainConfig, attach_teacher_scores, examples_from_candidates,
                                read_teacher_file, train_reranker, train_stages)
+    from .training_loop import seed_everything
 
     files = task_train_files(args.data_dir, args.tasks.split(",") if args.tasks else (), "train")
     backend, store = _first_stage(args), PassageStore(args.passages)
@@ -191,6 +192,7 @@ def _train_reranker(args) -> None:
     print(f"{len(examples)} training queries with a retrieved gold passage")
     options = _option_values(args.option)
     model = args.model if args.method == "cross-encoder" else args.llm
+    seed_everything(args.seed)  # a new head or module is drawn from the global RNG
     reranker = make_reranker(args.method, model or "", **options)
     print(f"{args.method}: {reranker.num_trainable_parameters():,} trainable parameters")
     config = RerankTrainConfig(loss="lce", lr=args.lr, steps=args.steps, batch_size=args.batch_size,

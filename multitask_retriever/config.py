@@ -101,7 +101,3 @@ def config_from_args(cls: type[T], args: argparse.Namespace | None = None, file_
     values.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**values)
 
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a dataclass instance."""
-    return dataclasses.asdict(config)

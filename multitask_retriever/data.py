@@ -17,14 +17,14 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from kilt.io import KiltExample, KiltFormatError, atomic_write, iter_jsonl, read_task_file
-from kilt.passages import Passage, PassageStore
+from kilt.passages import Passage, PassageStore, write_passages
 from kilt.tasks import find_task_files, get_task
 
 log = logging.getLogger("mtr.data")
@@ -235,6 +235,83 @@ def read_training_examples(path: str | Path, tasks: Sequence[str] = ()) -> dict[
     if not out:
         raise KiltFormatError(f"{path}: empty training-example file")
     return {t: out[t] for t in (tasks or out)}
+
+
+# --------------------------------------------------------------------------- a run's data
+PASSAGES_NAME = "passages.jsonl"
+EXAMPLES_NAME = "training_examples.jsonl"
+KNOWLEDGE_SOURCES = ("knowledge_source.jsonl", "knowledge_source.jsonl.gz")
+
+
+def _file_inputs(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _build_unless_cached(path: Path, inputs: dict[str, Any], build: Callable[[Path], Any]) -> None:
+    """Run `build(path)` unless `path` exists and was built from `inputs` (recorded beside it
+    in PATH.inputs.json), so a file left by a run on other inputs is never reused."""
+    record = path.with_name(path.name + ".inputs.json")
+    inputs = json.loads(json.dumps(inputs))
+    try:
+        saved = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = None
+    if path.is_file() and saved == inputs:
+        return
+    if path.exists():
+        log.info("%s: built from other inputs; rebuilding it", path)
+    record.unlink(missing_ok=True)
+    build(path)
+    with atomic_write(record) as f:
+        json.dump(inputs, f, indent=1, sort_keys=True)
+
+
+def prepare_training_data(output_dir: str | Path, data_dir: str | Path = "", passages: str | Path = "",
+                          tasks: Sequence[str] = (), negatives: str = "bm25", depth: int = DEFAULT_DEPTH,
+                          keep: int = DEFAULT_KEEP, max_queries: int = 0, progress: bool = True
+                          ) -> tuple[PassageStore, dict[str, list[TrainingExample]]]:
+    """The passage store and per-task training examples of a training run in `output_dir`.
+
+    Passages: the file `passages`, else DATA_DIR/knowledge_source.jsonl[.gz] chunked into
+    OUTPUT_DIR/passages.jsonl. Examples: read from `negatives` when it names a file (from
+    `mtr mine-negatives`), else built from DATA_DIR's train files with "bm25" or "none"
+    (random-only) negatives into OUTPUT_DIR/training_examples.jsonl. Both files are rebuilt
+    when their inputs (files, settings) differ from those recorded beside them.
+    """
+    output_dir = Path(output_dir)
+    if passages:
+        passage_file = Path(passages)
+    else:
+        if not data_dir:
+            raise ValueError("set passages (a file from `mtr chunk`) or data_dir")
+        source = next((Path(data_dir) / n for n in KNOWLEDGE_SOURCES if (Path(data_dir) / n).is_file()), None)
+        if source is None:
+            raise FileNotFoundError(f"{data_dir}: no {' or '.join(KNOWLEDGE_SOURCES)}; set passages")
+        passage_file = output_dir / PASSAGES_NAME
+        _build_unless_cached(passage_file, {"knowledge_source": _file_inputs(source)},
+                             lambda path: write_passages(source, path, progress=progress))
+    store = PassageStore(passage_file, progress=progress)
+    if negatives not in ("bm25", "none"):
+        examples = read_training_examples(negatives, tasks)
+    else:
+        if not data_dir:
+            raise ValueError("data_dir is required to build training examples")
+        files = task_train_files(data_dir, tasks)
+        cache = output_dir / EXAMPLES_NAME
+        inputs = {"task_files": {t: _file_inputs(Path(f)) for t, f in files.items()},
+                  "passages": _file_inputs(passage_file), "negatives": negatives, "depth": depth, "keep": keep,
+                  "max_queries": max_queries}
+
+        def build(path: Path) -> None:
+            write_training_examples(path, build_training_examples(files, store, negatives, depth=depth, keep=keep,
+                                                                  max_queries=max_queries, progress=progress))
+
+        _build_unless_cached(cache, inputs, build)
+        examples = read_training_examples(cache, tasks)
+    if max_queries:
+        examples = {t: e[:max_queries] for t, e in examples.items()}
+    return store, examples
 
 
 # --------------------------------------------------------------------------- batches

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BatchEncoding, PretrainedConfig
 from transformers.utils import cached_file
 
-from .checkpointing import atomic_directory
+from kilt.io import atomic_directory
 
 CONFIG_NAME = "mtr_encoder.json"
 POOLINGS = ("auto", "mean", "cls", "first_decoder")

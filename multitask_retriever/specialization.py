@@ -12,10 +12,7 @@ so the trainer and any user loop treat them alike.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -415,36 +412,6 @@ def _held_tensors(obj: Any, skip: list[nn.Parameter]) -> Iterator[torch.Tensor]:
             stack.extend(x.values())
         elif isinstance(x, (list, tuple)):
             stack.extend(x)
-
-
-def plot_diagnostics(diag: dict[str, dict[str, float]], path: str | os.PathLike, title: str = "") -> Path:
-    """Bar charts of entropy, Gini and top-share per layer, written atomically as a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    names = list(diag)
-    fig = Figure(figsize=(10, 2.5 + 0.22 * len(names)))
-    FigureCanvasAgg(fig)
-    for ax, key, label in zip(fig.subplots(1, 3, sharey=True), ("entropy", "gini", "top_share"),
-                              ("mean entropy (nats)", "mean Gini", "share top weight > 0.5")):
-        ax.barh(range(len(names)), [diag[n][key] for n in names])
-        ax.set_xlabel(label)
-        ax.set_yticks(range(len(names)), names, fontsize=7)
-        ax.invert_yaxis()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
 
 
 # ----------------------------------------------------------------------------- PCGrad, CGD

@@ -5,17 +5,15 @@ then AdamW with a linear schedule. Single-task training is the same loop with on
     trainer = MultitaskTrainer(TrainConfig(model_name_or_path=..., data_dir=..., method="taco", ...))
     result = trainer.train(resume=True)      # result.model_path: a DualEncoder folder
 
-Checkpoints (`output_dir/checkpoint-<step>/`: model, optimiser, scheduler, scaler, RNG,
-combiner state, data position) are written atomically; `resume=True` continues exactly
-where the run stopped. Multi-GPU/multi-node: `accelerate launch -m multitask_retriever.cli train ...`.
+Checkpoints, exact resume and the log come from `training_loop`; each checkpoint adds the
+model, the combiner state and the data position. Multi-GPU/multi-node:
+`accelerate launch -m multitask_retriever.cli train ...`.
 """
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,25 +21,19 @@ from typing import Any, Mapping
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from kilt.io import atomic_write
-from kilt.passages import PassageStore, write_passages
+from kilt.passages import PassageStore
 
 from .data import (
     DEFAULT_DEPTH,
     DEFAULT_KEEP,
     MultitaskBatches,
     TrainingExample,
-    build_training_examples,
     example_counts,
-    read_training_examples,
-    task_train_files,
-    write_training_examples,
+    prepare_training_data,
 )
 from .losses import ContrastiveLoss
-from .checkpointing import (FINAL_NAME, LOG_NAME, STATE_NAME, atomic_directory, latest_checkpoint, read_log,
-                            rng_state, set_rng_state)
+from .training_loop import TrainingLoop, read_log
 
 log = logging.getLogger("mtr.train")
 
@@ -54,7 +46,6 @@ def methods() -> list[str]:
     return [*COMBINERS, "single"]
 
 MODEL_DIR = "model"
-EXAMPLES_NAME = "training_examples.jsonl"
 DIAGNOSTICS_NAME = "specialization.json"
 
 
@@ -165,19 +156,6 @@ class _PairEncoder(nn.Module):
         return self.encoder.embed(queries), self.encoder.embed(passages)
 
 
-def _accelerator(mixed_precision: str):
-    """An Accelerator; unused parameters (e.g. BERT's pooler) are allowed under DDP."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") not in (None, mixed_precision):
-        AcceleratorState._reset_state()  # accelerate fixes the precision per process
-    return Accelerator(mixed_precision=mixed_precision,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-
-
 class MultitaskTrainer:
     """Trains one DualEncoder on several KILT tasks with a gradient combiner (see module doc).
 
@@ -198,49 +176,15 @@ class MultitaskTrainer:
         self._store = store
 
     # ----------------------------------------------------------------- inputs
-    def passage_store(self) -> PassageStore:
-        """The passage file named by the config, chunked from the knowledge source if needed."""
-        if self._store is None:
-            cfg = self.config
-            if cfg.passages:
-                path = Path(cfg.passages)
-            else:
-                if not cfg.data_dir:
-                    raise ValueError("set TrainConfig.passages or data_dir")
-                sources = [Path(cfg.data_dir) / n for n in ("knowledge_source.jsonl", "knowledge_source.jsonl.gz")]
-                source = next((s for s in sources if s.is_file()), None)
-                if source is None:
-                    raise FileNotFoundError(f"{cfg.data_dir}: no knowledge_source.jsonl[.gz]; set TrainConfig.passages")
-                path = self.output_dir / "passages.jsonl"
-                if not path.is_file():
-                    write_passages(source, path, progress=cfg.progress)
-            self._store = PassageStore(path, progress=self.config.progress)
-        return self._store
-
-    def training_examples(self) -> dict[str, list[TrainingExample]]:
-        """Examples per task: from a mined-negatives file, or built once (BM25) and cached in
-        OUTPUT_DIR/training_examples.jsonl so that a resumed run sees the same data."""
+    def data(self) -> tuple[PassageStore, dict[str, list[TrainingExample]]]:
+        """The PassageStore and examples per task given, else those `config` names
+        (`prepare_training_data`: chunked, mined and cached in `output_dir` once)."""
         if self._examples is None:
             cfg = self.config
-            tasks = list(cfg.tasks)
-            if cfg.negatives not in ("bm25", "none"):
-                examples = read_training_examples(cfg.negatives, tasks)
-            else:
-                cache = self.output_dir / EXAMPLES_NAME
-                if cache.is_file():
-                    examples = read_training_examples(cache, tasks)
-                else:
-                    if not cfg.data_dir:
-                        raise ValueError("TrainConfig.data_dir is required to build training examples")
-                    files = task_train_files(cfg.data_dir, tasks)
-                    examples = build_training_examples(files, self.passage_store(), cfg.negatives,
-                                                       depth=cfg.negative_depth, keep=cfg.negatives_per_query,
-                                                       max_queries=cfg.max_train_queries, progress=cfg.progress)
-                    write_training_examples(cache, examples)
-            if cfg.max_train_queries:
-                examples = {t: e[:cfg.max_train_queries] for t, e in examples.items()}
-            self._examples = examples
-        return self._examples
+            self._store, self._examples = prepare_training_data(
+                self.output_dir, cfg.data_dir, cfg.passages, cfg.tasks, cfg.negatives, depth=cfg.negative_depth,
+                keep=cfg.negatives_per_query, max_queries=cfg.max_train_queries, progress=cfg.progress)
+        return self._store, self._examples
 
     def encoder(self):
         """The DualEncoder to train (built from the config on first use)."""
@@ -262,35 +206,24 @@ class MultitaskTrainer:
         """Train to `config.steps`; with `resume`, continue from the latest checkpoint in
         `output_dir` (a finished run only reports). `stop_after` ends this call after that
         global step with a checkpoint, as an interruption would (for tests and time slicing)."""
-        from accelerate.utils import set_seed
-        from transformers import get_scheduler
-
         from .specialization import make_combiner
 
         started = time.perf_counter()
         cfg = self.config
-        out = self.output_dir
-        log_path = out / LOG_NAME
-        checkpoint = latest_checkpoint(out) if out.is_dir() else None
-        if checkpoint is not None and not resume:
-            raise FileExistsError(f"{out}: holds a training run ({checkpoint.name}); pass resume=True "
-                                  "(mtr train --resume) to continue it, or choose another output_dir")
-        if checkpoint is not None and checkpoint.name == FINAL_NAME:
-            state = torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
-            log.info("%s: already trained (%d steps)", out, state["step"])
-            return self._result(checkpoint / MODEL_DIR, int(state["step"]), read_log(log_path), started)
+        loop = TrainingLoop(cfg, resume=resume, desc=f"train {cfg.method}")
+        if loop.finished:
+            log.info("%s: already trained (%d steps)", self.output_dir, loop.step)
+            return self._result(loop.checkpoint / MODEL_DIR, loop.step, read_log(loop.log_path), started)
 
-        accelerator = _accelerator(cfg.mixed_precision)
-        set_seed(cfg.seed)
+        accelerator = loop.start()
         with accelerator.main_process_first():  # chunking, BM25 and caches are written once
-            examples = self.training_examples()
-            store = self.passage_store()
+            store, examples = self.data()
         tasks = list(examples)
         if cfg.method == "single" and len(tasks) != 1:
             raise ValueError(f"method single trains one task; got {tasks}")
         encoder = self.encoder()
-        if checkpoint is not None:
-            self._load_weights(encoder, checkpoint / MODEL_DIR)
+        if loop.checkpoint is not None:
+            self._load_weights(encoder, loop.checkpoint / MODEL_DIR)
         if cfg.gradient_checkpointing:
             encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         sizes = {t: cfg.task_batch_sizes.get(t, cfg.per_task_batch_size) for t in tasks}
@@ -302,93 +235,38 @@ class MultitaskTrainer:
         encoder.train()
         model = accelerator.prepare(_PairEncoder(encoder))
         params = [p for p in encoder.parameters() if p.requires_grad]
-        optimizer = accelerator.prepare(torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
-        # stepped once per global step here, so it is not handed to accelerate
-        scheduler = get_scheduler("linear", optimizer, num_warmup_steps=cfg.warmup_steps,
-                                  num_training_steps=cfg.steps)
         combiner = make_combiner(cfg.combiner_method, params, len(tasks), **cfg.combiner_kwargs())
+        if loop.state is not None:
+            batches.check_state(loop.state["data"], str(loop.checkpoint))
+            combiner.load_state_dict(loop.state["combiner"])
+        elif accelerator.is_main_process:
+            log.info("training %s on %s", cfg.method, json.dumps(example_counts(examples)))
 
-        step = 0
-        if checkpoint is not None:
-            state = torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=False)
-            batches.check_state(state["data"], str(checkpoint))
-            step = int(state["step"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if accelerator.scaler is not None and state["scaler"]:
-                accelerator.scaler.load_state_dict(state["scaler"])
-            combiner.load_state_dict(state["combiner"])
-            set_rng_state(state["rng"])
-            log.info("%s: resuming at step %d", out, step)
-        history = [row for row in read_log(log_path) if row["step"] <= step]
-        if accelerator.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            with atomic_write(log_path) as f:  # drops steps logged after the checkpoint
-                f.writelines(json.dumps(row) + "\n" for row in history)
-            if step == 0:
-                log.info("training %s on %s", cfg.method, json.dumps(example_counts(examples)))
+        def step(index: int) -> dict[str, Any]:
+            return self._step(index, tasks, batches, query_lengths, encoder, model, loss_fn, combiner, accelerator)
 
-        def save(folder: Path, final: bool = False) -> None:
-            if accelerator.is_main_process:
-                with atomic_directory(folder) as tmp:
-                    accelerator.unwrap_model(model).encoder.save_pretrained(tmp / MODEL_DIR)
-                    state = {"step": step, "config": dataclasses.asdict(cfg), "combiner": combiner.state_dict(),
-                             "data": batches.state_dict()}
-                    if not final:
-                        state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                     scaler=accelerator.scaler.state_dict() if accelerator.scaler else {},
-                                     rng=rng_state())
-                    torch.save(state, tmp / STATE_NAME)
-                    if hasattr(combiner, "diagnostics"):  # per-layer task-weight statistics (taco)
-                        named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
-                        (tmp / DIAGNOSTICS_NAME).write_text(json.dumps(
-                            combiner.diagnostics(named, depth=cfg.diagnostics_depth), indent=1) + "\n")
-                for old in out.glob("checkpoint-*"):
-                    if old != folder:
-                        shutil.rmtree(old, ignore_errors=True)
-            accelerator.wait_for_everyone()
+        def save(folder: Path) -> dict[str, Any]:
+            accelerator.unwrap_model(model).encoder.save_pretrained(folder / MODEL_DIR)
+            if hasattr(combiner, "diagnostics"):  # per-layer task-weight statistics (taco)
+                named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
+                (folder / DIAGNOSTICS_NAME).write_text(json.dumps(
+                    combiner.diagnostics(named, depth=cfg.diagnostics_depth), indent=1) + "\n")
+            return {"combiner": combiner.state_dict(), "data": batches.state_dict()}
 
-        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.method}", unit="step",
-                   disable=not cfg.progress or not accelerator.is_main_process)
-        log_file = open(log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
-        try:
-            while step < cfg.steps and (stop_after is None or step < stop_after):
-                row = self._step(step, tasks, batches, query_lengths, encoder, model, loss_fn, optimizer,
-                                 combiner, accelerator, params)
-                row["lr"] = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                history.append(row)
-                if log_file is not None:
-                    log_file.write(json.dumps(row) + "\n")
-                    log_file.flush()
-                bar.update(1)
-                bar.set_postfix(loss=f"{row['loss']:.4f}")
-                if step < cfg.steps and ((cfg.save_every and step % cfg.save_every == 0) or step == stop_after):
-                    save(out / f"checkpoint-{step:07d}")
-            if step >= cfg.steps:
-                save(out / FINAL_NAME, final=True)
-        finally:
-            if log_file is not None:
-                log_file.close()
-            bar.close()
-        folder = out / (FINAL_NAME if step >= cfg.steps else f"checkpoint-{step:07d}")
-        return self._result(folder / MODEL_DIR, step, history, started)
+        history = loop.run(step, params, save, stop_after=stop_after)
+        return self._result(loop.folder / MODEL_DIR, loop.step, history, started)
 
     def _step(self, step: int, tasks: list[str], batches: MultitaskBatches, query_lengths: dict[str, int],
-              encoder: Any, model: nn.Module, loss_fn: ContrastiveLoss, optimizer, combiner, accelerator,
-              params: list[nn.Parameter]) -> dict[str, Any]:
-        """One update: per task, zero the gradient, forward, backward, let the combiner observe;
-        then the combined gradient is written (and clipped). Gradients stay AMP-scaled while
+              encoder: Any, model: nn.Module, loss_fn: ContrastiveLoss, combiner, accelerator) -> dict[str, Any]:
+        """One step's gradient: per task, zero the gradient, forward, backward, let the combiner
+        observe; then the combined gradient is written. Gradients stay AMP-scaled while
         combined: every combiner's output scales with a common factor of its inputs."""
-        row: dict[str, Any] = {"step": step + 1}
+        row: dict[str, Any] = {}
         losses = []
         for t, task in enumerate(tasks):
             batch = batches.batch(task, step)
             features = batch.tokenize(encoder, query_lengths[task])
-            optimizer.zero_grad(set_to_none=True)
+            encoder.zero_grad(set_to_none=True)
             with accelerator.autocast():
                 queries, passages = model(features["query"], features["passage"])
             value = loss_fn(queries, passages, batch.exclude)
@@ -400,8 +278,6 @@ class MultitaskTrainer:
             row[f"loss/{task}"] = loss
             losses.append(loss)
         combiner.apply()
-        if self.config.max_grad_norm > 0:
-            row["grad_norm"] = float(accelerator.clip_grad_norm_(params, self.config.max_grad_norm))
         row["loss"] = sum(losses) / len(losses)
         return row
 
@@ -425,7 +301,3 @@ class MultitaskTrainer:
         return TrainResult(str(model_path), step, [row["loss"] for row in history], task_losses,
                            time.perf_counter() - started)
 
-
-def train(config: TrainConfig, resume: bool = False) -> TrainResult:
-    """Shortcut: `MultitaskTrainer(config).train(resume)`."""
-    return MultitaskTrainer(config).train(resume=resume)

@@ -11,6 +11,7 @@ from multitask_retriever.data import (
     build_training_examples,
     page_passage_ranges,
     positive_passages,
+    prepare_training_data,
     read_training_examples,
     task_train_files,
     write_training_examples,
@@ -175,6 +176,21 @@ def test_dense_backend_negatives_in_rank_order_without_gold(mini_kilt, store):
     amazon = next(e for e in out["fever"] if e.gold_pages == (AMAZON,))
     expected = [pid for pid in dict.fromkeys(ranking) if store.page_id(pid) != AMAZON][:2]
     assert amazon.negatives == tuple(expected) and len(expected) == 2
+
+
+def test_a_runs_data_is_cached_by_its_inputs(mini_kilt, tmp_path):
+    """Chunked passages and built examples are reused for the same inputs and rebuilt for others."""
+    store, examples = prepare_training_data(tmp_path, mini_kilt, tasks=["nq"], negatives="none", progress=False)
+    assert store.path == tmp_path / "passages.jsonl" and list(examples) == ["nq"]
+    cache = tmp_path / "training_examples.jsonl"
+    stamps = [(tmp_path / name).stat().st_mtime_ns for name in ("passages.jsonl", "training_examples.jsonl")]
+    _, again = prepare_training_data(tmp_path, mini_kilt, tasks=["nq"], negatives="none", progress=False)
+    assert again == examples
+    assert [(tmp_path / n).stat().st_mtime_ns for n in ("passages.jsonl", "training_examples.jsonl")] == stamps
+    _, fewer = prepare_training_data(tmp_path, mini_kilt, tasks=["nq"], negatives="none", max_queries=2,
+                                     progress=False)
+    assert [e.qid for e in fewer["nq"]] == [e.qid for e in examples["nq"][:2]]
+    assert len(read_training_examples(cache)["nq"]) == 2  # rebuilt from the new inputs
 
 
 def test_training_example_file_round_trip(examples, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 from kilt.io import (InputOverwriteError, KiltExample, KiltFormatError, Page, Provenance, atomic_directory,
                      atomic_write, iter_pages, iter_task_file, read_predictions, read_task_file,
-                     refuse_overwriting_inputs, write_predictions)
+                     refuse_overwriting_inputs, remove_orphans_in, write_predictions)
 from kilt.tasks import TASKS, find_task_files, get_task, parse_task_filename
 
 RECORD = {
@@ -308,3 +308,21 @@ def test_find_task_files_warns_about_unknown_task_files(tmp_path):
     with pytest.warns(UserWarning, match=r"squad-dev-kilt\.jsonl: unknown KILT task 'squad'"):
         found = find_task_files(tmp_path)
     assert found == {"nq": {"train": tmp_path / "nq-train-kilt.jsonl", "dev": tmp_path / "nq-dev-kilt.jsonl"}}
+
+
+def _folder(path: Path, content: str) -> Path:
+    path.mkdir()
+    (path / "file").write_text(content)
+    return path
+
+
+def test_a_folder_caught_between_its_two_renames_is_put_back(tmp_path):
+    _folder(tmp_path / ".model.a1a1a1a1.old", "previous")  # killed after moving model/ aside
+    _folder(tmp_path / ".model.b2b2b2b2.tmp", "half")
+    _folder(tmp_path / "final", "kept")
+    _folder(tmp_path / ".final.c3c3c3c3.old", "replaced")  # killed before deleting the replaced one
+    removed = remove_orphans_in(tmp_path)
+    assert sorted(p.name for p in removed) == [".final.c3c3c3c3.old", ".model.b2b2b2b2.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final", "model"]
+    assert (tmp_path / "model" / "file").read_text() == "previous"
+    assert (tmp_path / "final" / "file").read_text() == "kept"

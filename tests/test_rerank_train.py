@@ -13,6 +13,7 @@ import torch
 from kilt.bm25 import BM25Retriever
 from kilt.io import KiltExample, KiltFormatError, Provenance, read_task_file
 from kilt.passages import PassageStore, iter_passage_file, write_passages
+from multitask_retriever.cli import main
 from multitask_retriever.rerank.cross_encoder import CrossEncoderReranker
 from multitask_retriever.rerank.losses import ListwiseCE
 from multitask_retriever.rerank.train import (
@@ -312,3 +313,32 @@ def test_queries_with_too_few_negatives_are_skipped(tiny_bert, examples, tmp_pat
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             train_reranker(_reranker(tiny_bert), [short], _config(tmp_path / "b", steps=1))
+
+
+def test_resume_refuses_settings_other_than_the_runs(tiny_bert, examples, tmp_path):
+    train_reranker(_reranker(tiny_bert), examples, _config(tmp_path, steps=1))
+    with pytest.raises(ValueError, match=r"final: cannot resume with other settings .*\(lr: 0.002 -> 0.001; "
+                                         r"steps: 1 -> 2\)"):
+        train_reranker(_reranker(tiny_bert), examples, _config(tmp_path, steps=2, lr=1e-3), resume=True)
+
+
+def test_the_command_gives_identical_weights_for_the_same_seed(tiny_bert, mini_kilt, passage_file, tmp_path):
+    """The cross-encoder's new head is drawn before training starts: it must be seeded too."""
+    weights = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        assert main(["train-reranker", "--method", "cross-encoder", "--model", str(tiny_bert),
+                     "--option", "max_length=96", "--option", "max_query_length=32", "--data-dir", str(mini_kilt),
+                     "--passages", str(passage_file), "--tasks", "nq", "--depth", "10", "--steps", "1",
+                     "--batch-size", "2", "--group-size", "2", "--seed", "3", "--output-dir", str(out)]) == 0
+        saved = out / "1-contrastive" / "final" / "reranker"
+        weights.append(CrossEncoderReranker.from_pretrained(saved).state_dict())
+    _assert_same_params(*weights, atol=0)
+
+
+def test_a_new_run_removes_the_temporary_folders_of_a_killed_save(tiny_bert, examples, tmp_path):
+    for orphan in (".checkpoint-0000004.k1ll3dxx.tmp", ".final.4194305.k1ll3dxx.tmp"):  # no such pid
+        (tmp_path / orphan).mkdir(parents=True)
+        (tmp_path / orphan / "trainer_state.pt").write_bytes(b"half written")
+    train_reranker(_reranker(tiny_bert), examples, _config(tmp_path, steps=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final", "train_log.jsonl"]

@@ -1,6 +1,7 @@
 """MultitaskTrainer: every combiner and single-task training lower the loss; resume is exact;
 `mtr train` runs from the command line."""
 import json
+import re
 import subprocess
 import sys
 
@@ -9,7 +10,8 @@ import torch
 
 from kilt.passages import PassageStore, write_passages
 from multitask_retriever.cli import main
-from multitask_retriever.data import MultitaskBatches, build_training_examples, task_train_files
+from multitask_retriever.data import (MultitaskBatches, TrainingExample, build_training_examples,
+                                      read_training_examples, task_train_files, write_training_examples)
 from multitask_retriever.encoder import DualEncoder
 from multitask_retriever.losses import ContrastiveLoss
 from multitask_retriever.specialization import COMBINERS
@@ -117,9 +119,42 @@ def test_resume_is_exact(method, exact, tiny_t5, data, tmp_path):
 def test_resume_rejects_other_data(tiny_t5, data, tmp_path):
     store, examples = data
     MultitaskTrainer(_config(tiny_t5, tmp_path), examples=examples, store=store).train(stop_after=2)
-    other = _config(tiny_t5, tmp_path, per_task_batch_size=2)
+    fewer = {task: task_examples[:-1] for task, task_examples in examples.items()}
     with pytest.raises(ValueError, match="other data or batching"):
-        MultitaskTrainer(other, examples=examples, store=store).train(resume=True)
+        MultitaskTrainer(_config(tiny_t5, tmp_path), examples=fewer, store=store).train(resume=True)
+
+
+OTHER_SETTINGS = [
+    ({"method": "pcgrad"}, "method: 'naive' -> 'pcgrad'"),
+    ({"lr": 1e-3}, "lr: 0.002 -> 0.001"),
+    ({"steps": 8}, "steps: 6 -> 8"),
+    ({"per_task_batch_size": 2, "seed": 6}, "per_task_batch_size: 4 -> 2; seed: 5 -> 6"),
+]
+
+
+def test_resume_refuses_settings_other_than_the_runs(tiny_t5, data, tmp_path):
+    store, examples = data
+    MultitaskTrainer(_config(tiny_t5, tmp_path), examples=examples, store=store).train(stop_after=1)
+    for change, named in OTHER_SETTINGS:
+        with pytest.raises(ValueError, match=f"checkpoint-0000001: cannot resume with other settings .*"
+                                             f"{re.escape(named)}\\)"):
+            MultitaskTrainer(_config(tiny_t5, tmp_path, **change), examples=examples, store=store).train(resume=True)
+    # what does not define the run may change
+    resumed = MultitaskTrainer(_config(tiny_t5, tmp_path, progress=True, save_every=2), examples=examples,
+                               store=store).train(resume=True)
+    assert resumed.step == 6
+
+
+def test_a_fresh_run_rebuilds_training_examples_left_from_other_inputs(tiny_bert, mini_kilt, data, tmp_path):
+    """A run killed before its first checkpoint leaves its caches; a new run on other data must not use them."""
+    out = tmp_path / "run"
+    stale = TrainingExample("nq", "stale", "a query of another data set", (0,), (1,), ("no-page",))
+    write_training_examples(out / "training_examples.jsonl", {"nq": [stale]})
+    assert main(["train", "--model-name-or-path", str(tiny_bert), "--data-dir", str(mini_kilt), "--tasks", "nq",
+                 "--method", "single", "--steps", "1", "--per-task-batch-size", "2", "--n-negatives", "1",
+                 "--progress", "false", "--output-dir", str(out)]) == 0
+    used = read_training_examples(out / "training_examples.jsonl")
+    assert [e.qid for e in used["nq"]] == [e.qid for e in data[1]["nq"]]
 
 
 def test_log_and_final_model(tiny_t5, data, tmp_path):

@@ -20,7 +20,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Batc
 
 from ..models import own_memory
 from .base import Reranker, group_size
-from ..checkpointing import atomic_directory
+from kilt.io import atomic_directory
 
 CONFIG_NAME = "mtr_reranker.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -407,7 +407,7 @@ class LLMReranker(Reranker):
         """Write the trained parameters (safetensors) and mtr_reranker.json; never the LM itself."""
         from safetensors.torch import save_file
 
-        from ..checkpointing import atomic_directory
+        from kilt.io import atomic_directory
 
         with atomic_directory(path) as tmp:
             state = self._module_state()

@@ -14,7 +14,6 @@ import json
 import logging
 import random
 import re
-import shutil
 import time
 import warnings
 from collections.abc import Mapping
@@ -29,8 +28,7 @@ from tqdm.auto import tqdm
 from kilt.io import KiltExample, KiltFormatError, atomic_write, iter_jsonl
 from kilt.passages import Passage, PassageStore
 
-from ..checkpointing import FINAL_NAME, LOG_NAME, STATE_NAME, atomic_directory, latest_checkpoint, read_log, \
-    rng_state, set_rng_state
+from ..training_loop import FINAL_NAME, TrainingLoop, read_log
 from ..pipeline import default_passage_text
 from ..retriever import Hit
 from .base import Reranker
@@ -337,17 +335,6 @@ def _usable_examples(examples: Sequence[RerankExample], config: RerankTrainConfi
     return usable
 
 
-def _accelerator(mixed_precision: str):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") not in (None, mixed_precision):
-        # accelerate fixes the precision per process; a later stage may ask for another
-        AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision)
-
-
 def _trainable_named(reranker: Reranker) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in reranker.named_parameters() if p.requires_grad}
 
@@ -371,119 +358,55 @@ def train_reranker(reranker: Reranker, examples: Sequence[RerankExample], config
     Returns {"step", "loss" (last step's), "losses" (every step's, resumed ones included),
     "reranker_path" (the final `save_pretrained` folder), "seconds" (this call)}.
     """
-    from accelerate.utils import set_seed
-    from transformers import get_scheduler
-
     started = time.perf_counter()
-    if not config.output_dir:
-        raise ValueError("RerankTrainConfig.output_dir is required (checkpoints and the log go there)")
-    output_dir = Path(config.output_dir)
-    log_path = output_dir / LOG_NAME
     loss_fn = loss if loss is not None else make_loss(config.loss, **config.loss_options)
     examples = _usable_examples(examples, config, loss_fn)
     named = _trainable_named(reranker)
     if not named:
         raise ValueError(f"{type(reranker).__name__} has no trainable parameters")
-    checkpoint = latest_checkpoint(output_dir) if output_dir.is_dir() else None
-    if checkpoint is not None and not resume:
-        raise FileExistsError(f"{output_dir}: holds a training run ({checkpoint.name}); "
-                              "pass resume=True to continue it, or choose another output_dir")
-
-    accelerator = _accelerator(config.mixed_precision)
-    set_seed(config.seed)
+    loop = TrainingLoop(config, resume=resume, desc=f"train {reranker.method or 'reranker'}",
+                        settings={"reranker": reranker.method or type(reranker).__name__,
+                                  "loss": loss_fn.name or type(loss_fn).__name__})
+    accelerator = loop.start()
     reranker.to(accelerator.device)
-    state = None
-    if checkpoint is not None:
-        state = torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
-        _load_trainable(named, state, checkpoint)
-        if checkpoint.name == FINAL_NAME:
-            losses = [row["loss"] for row in read_log(log_path)]
-            log.info("%s: already trained (%d steps); loaded its weights", output_dir, state["step"])
-            return {"step": int(state["step"]), "loss": losses[-1] if losses else None, "losses": losses,
-                    "reranker_path": str(checkpoint / "reranker"), "seconds": time.perf_counter() - started}
-
-    optimizer = torch.optim.AdamW(list(named.values()), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = get_scheduler(config.scheduler, optimizer, num_warmup_steps=config.warmup_steps,
-                              num_training_steps=config.steps)
-    # stepped here once per global step, so the scheduler is not handed to accelerate
-    optimizer = accelerator.prepare(optimizer)
-    step = 0
-    if state is not None:
-        step = int(state["step"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if accelerator.scaler is not None and state["scaler"]:
-            accelerator.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        log.info("%s: resuming at step %d", output_dir, step)
-    history = [row for row in read_log(log_path) if row["step"] <= step]
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(log_path) as f:  # drops the steps logged after the checkpoint
-            f.writelines(json.dumps(row) + "\n" for row in history)
-
-    def save(folder: Path) -> None:
-        if accelerator.is_main_process:
-            with atomic_directory(folder) as tmp:
-                reranker.save_pretrained(tmp / "reranker")
-                torch.save({
-                    "step": step,
-                    "trainable": {name: p.detach().cpu() for name, p in named.items()},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else {},
-                    "rng": rng_state(),
-                    "config": dataclasses.asdict(config),
-                }, tmp / STATE_NAME)
-            for old in output_dir.glob("checkpoint-*"):
-                if old != folder:
-                    shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
+    final_path = loop.output_dir / FINAL_NAME / "reranker"
+    if loop.state is not None:
+        _load_trainable(named, loop.state, loop.checkpoint)
+    if loop.finished:
+        losses = [row["loss"] for row in read_log(loop.log_path)]
+        log.info("%s: already trained (%d steps); loaded its weights", loop.output_dir, loop.step)
+        return {"step": loop.step, "loss": losses[-1] if losses else None, "losses": losses,
+                "reranker_path": str(final_path), "seconds": time.perf_counter() - started}
 
     sampler = _GroupSampler(examples, config, accelerator.num_processes, accelerator.process_index)
     params = list(named.values())
+
+    def step(index: int) -> dict[str, Any]:
+        batch = sampler.batch(index)
+        with accelerator.autocast():
+            value = loss_fn(reranker.score(batch.queries, batch.passages), batch)
+        if not torch.isfinite(value):
+            raise FloatingPointError(f"step {index + 1}: the {loss_fn.name or 'training'} loss is {value.item()}")
+        accelerator.backward(value)
+        if accelerator.num_processes > 1:
+            for param in params:
+                if param.grad is not None:
+                    param.grad = accelerator.reduce(param.grad, reduction="mean")
+        return {"loss": accelerator.reduce(value.detach(), reduction="mean").item()}
+
+    def save(folder: Path) -> dict[str, Any]:
+        reranker.save_pretrained(folder / "reranker")
+        return {"trainable": {name: p.detach().cpu() for name, p in named.items()}}
+
     was_training = reranker.training
     reranker.train()
-    bar = tqdm(total=config.steps, initial=step, desc=f"train {reranker.method or 'reranker'}", unit="step",
-               disable=not config.progress or not accelerator.is_main_process)
-    log_file = open(log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
     try:
-        while step < config.steps:
-            batch = sampler.batch(step)
-            with accelerator.autocast():
-                value = loss_fn(reranker.score(batch.queries, batch.passages), batch)
-            if not torch.isfinite(value):
-                raise FloatingPointError(f"step {step + 1}: the {loss_fn.name or 'training'} loss is {value.item()}")
-            accelerator.backward(value)
-            if accelerator.num_processes > 1:
-                for param in params:
-                    if param.grad is not None:
-                        param.grad = accelerator.reduce(param.grad, reduction="mean")
-            row = {"step": step + 1, "loss": accelerator.reduce(value.detach(), reduction="mean").item()}
-            if config.max_grad_norm > 0:
-                row["grad_norm"] = float(accelerator.clip_grad_norm_(params, config.max_grad_norm))
-            row["lr"] = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            history.append(row)
-            if log_file is not None:
-                log_file.write(json.dumps(row) + "\n")
-                log_file.flush()
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}")
-            if config.save_every and step % config.save_every == 0 and step < config.steps:
-                save(output_dir / f"checkpoint-{step:07d}")
-        save(output_dir / FINAL_NAME)
+        history = loop.run(step, params, save, schedule=config.scheduler)
     finally:
-        if log_file is not None:
-            log_file.close()
-        bar.close()
         reranker.train(was_training)
     losses = [row["loss"] for row in history]
-    return {"step": step, "loss": losses[-1], "losses": losses,
-            "reranker_path": str(output_dir / FINAL_NAME / "reranker"), "seconds": time.perf_counter() - started}
+    return {"step": loop.step, "loss": losses[-1], "losses": losses, "reranker_path": str(final_path),
+            "seconds": time.perf_counter() - started}
 
 
 def train_stages(reranker: Reranker, stages: Sequence[tuple[str, Sequence[RerankExample], RerankTrainConfig]],

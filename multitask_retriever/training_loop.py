@@ -1,0 +1,275 @@
+"""The training loop both trainers share (dual encoder, rerankers), on `accelerate`.
+
+A run lives in `config.output_dir`: `checkpoint-<step>/` folders written atomically every
+`save_every` steps, `final/` at the end, and `train_log.jsonl` with one row per step. A
+resumed run restores weights, optimiser, scheduler, AMP scaler, RNG and the caller's own
+state, so it continues exactly as if never stopped; it refuses settings other than the
+checkpoint's. The caller supplies the step (forward and backward) and its own state:
+
+    loop = TrainingLoop(config, resume=True, desc="train naive")
+    accelerator = loop.start()                      # seeded; build the model after this
+    ...load own state from loop.checkpoint / loop.state when resuming...
+    history = loop.run(step_fn, params, save=lambda folder: {...})
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from kilt.io import atomic_write, iter_jsonl
+
+from kilt.io import atomic_directory, remove_orphans_in
+
+log = logging.getLogger("mtr.train")
+
+STATE_NAME = "trainer_state.pt"
+LOG_NAME = "train_log.jsonl"
+FINAL_NAME = "final"
+#: config fields a resumed run may change; every other field defines the run
+NOT_RUN_SETTINGS = frozenset({"output_dir", "progress", "save_every"})
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
+
+
+class LoopConfig(Protocol):
+    """The fields of a trainer config (a dataclass) that the loop reads."""
+
+    output_dir: str
+    steps: int
+    save_every: int
+    seed: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    max_grad_norm: float
+    mixed_precision: str
+    progress: bool
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (every device): call before any random draw of a run."""
+    from accelerate.utils import set_seed
+
+    set_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy and torch (and CUDA) random states, for exact resume."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved."""
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The final folder if the run finished, else the checkpoint with the highest step."""
+    if (output_dir / FINAL_NAME / STATE_NAME).is_file():
+        return output_dir / FINAL_NAME
+    found = [(int(m.group(1)), p) for p in output_dir.glob("checkpoint-*")
+             if (m := _CHECKPOINT.search(p.name)) and (p / STATE_NAME).is_file()]
+    return max(found)[1] if found else None
+
+
+def read_log(path: Path) -> list[dict]:
+    """Rows of a training log; a line cut short by a crash is ignored."""
+    return [row for _, row in iter_jsonl(path, skip_invalid=True)] if path.is_file() else []
+
+
+def run_settings(config: Any, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What defines a run: the config's fields but `NOT_RUN_SETTINGS`, plus the caller's `extra`."""
+    fields = config if isinstance(config, Mapping) else dataclasses.asdict(config)
+    return {**{k: v for k, v in fields.items() if k not in NOT_RUN_SETTINGS}, **(extra or {})}
+
+
+def _check_settings(saved: Mapping[str, Any], now: Mapping[str, Any], checkpoint: Path) -> None:
+    absent = "(unset)"
+    differ = [k for k in sorted({*saved, *now}) if saved.get(k, absent) != now.get(k, absent)]
+    if differ:
+        changes = "; ".join(f"{k}: {saved.get(k, absent)!r} -> {now.get(k, absent)!r}" for k in differ)
+        raise ValueError(f"{checkpoint}: cannot resume with other settings than the run's ({changes}); "
+                         "use the run's settings or another output_dir")
+
+
+def _accelerator(mixed_precision: str):
+    """An Accelerator; unused parameters (e.g. BERT's pooler) are allowed under DDP."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") not in (None, mixed_precision):
+        AcceleratorState._reset_state()  # accelerate fixes the precision per process
+    return Accelerator(mixed_precision=mixed_precision,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+class TrainingLoop:
+    """One run in `config.output_dir` (see the module doc).
+
+    On construction: leftovers of an interrupted save are removed and the latest checkpoint
+    is found; without `resume` an existing run is a FileExistsError, with it the
+    checkpoint's settings (`run_settings(config, settings)`) must equal this call's.
+    `state` is the checkpoint's saved state (with the caller's entries), `finished` whether
+    the run already ended.
+    """
+
+    def __init__(self, config: LoopConfig, resume: bool = False, desc: str = "train",
+                 settings: Mapping[str, Any] | None = None):
+        if not config.output_dir:
+            raise ValueError(f"{type(config).__name__}.output_dir is required (checkpoints and the log go there)")
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self.desc = desc
+        self.settings = run_settings(config, settings)
+        self.checkpoint = self._latest_checkpoint()
+        if self.checkpoint is not None and not resume:
+            raise FileExistsError(f"{self.output_dir}: holds a training run ({self.checkpoint.name}); pass "
+                                  "resume=True (mtr ... --resume) to continue it, or choose another output_dir")
+        self.state: dict[str, Any] | None = None
+        if self.checkpoint is not None:
+            self.state = torch.load(self.checkpoint / STATE_NAME, map_location="cpu", weights_only=False)
+            if "settings" in self.state:
+                _check_settings(self.state["settings"], self.settings, self.checkpoint)
+            else:  # written before runs recorded their settings: the config is what there is
+                _check_settings(run_settings(self.state["config"]), run_settings(config), self.checkpoint)
+        self.step = int(self.state["step"]) if self.state is not None else 0
+        self.accelerator = None
+
+    def _latest_checkpoint(self) -> Path | None:
+        """The checkpoint to resume from, after the main process removed the temporary
+        folders of an interrupted save."""
+        from accelerate import PartialState
+
+        if not self.output_dir.is_dir():
+            return None
+        processes = PartialState()
+        with processes.main_process_first():
+            if processes.is_main_process:
+                remove_orphans_in(self.output_dir)
+            return latest_checkpoint(self.output_dir)
+
+    @property
+    def finished(self) -> bool:
+        return self.checkpoint is not None and self.checkpoint.name == FINAL_NAME
+
+    @property
+    def log_path(self) -> Path:
+        return self.output_dir / LOG_NAME
+
+    def history(self) -> list[dict]:
+        """The logged rows up to the checkpoint's step."""
+        return [row for row in read_log(self.log_path) if row["step"] <= self.step]
+
+    def start(self):
+        """Create the Accelerator and seed every RNG with `config.seed`; returns the Accelerator."""
+        self.accelerator = _accelerator(self.config.mixed_precision)
+        seed_everything(self.config.seed)
+        return self.accelerator
+
+    def run(self, step_fn: Callable[[int], dict[str, Any]], params: Sequence[torch.nn.Parameter],
+            save: Callable[[Path], Mapping[str, Any]], schedule: str = "linear",
+            stop_after: int | None = None) -> list[dict]:
+        """Train from `self.step` to `config.steps` (or `stop_after`, which ends with a checkpoint
+        as an interruption would); returns the log rows of the whole run.
+
+        `step_fn(step)` leaves the gradients of `params` in place and returns its log values;
+        the loop clips them, steps AdamW and the `schedule` (a transformers scheduler name) and
+        logs {"step", **values, "grad_norm", "lr"}. `save(folder)` writes the caller's files
+        into a checkpoint folder and returns its entries of the saved state.
+        """
+        from transformers import get_scheduler
+
+        cfg, accelerator, out = self.config, self.accelerator, self.output_dir
+        if accelerator is None:
+            raise RuntimeError("call start() before run()")
+        params = list(params)
+        optimizer = accelerator.prepare(torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
+        # stepped once per global step here, so it is not handed to accelerate
+        scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
+                                  num_training_steps=cfg.steps)
+        if self.state is not None:
+            optimizer.load_state_dict(self.state["optimizer"])
+            scheduler.load_state_dict(self.state["scheduler"])
+            if accelerator.scaler is not None and self.state["scaler"]:
+                accelerator.scaler.load_state_dict(self.state["scaler"])
+            set_rng_state(self.state["rng"])  # last: nothing may draw between here and the first step
+            log.info("%s: resuming at step %d", out, self.step)
+        history = self.history()
+        if accelerator.is_main_process:
+            out.mkdir(parents=True, exist_ok=True)
+            with atomic_write(self.log_path) as f:  # drops steps logged after the checkpoint
+                f.writelines(json.dumps(row) + "\n" for row in history)
+
+        def checkpoint(folder: Path, final: bool = False) -> None:
+            if accelerator.is_main_process:
+                with atomic_directory(folder) as tmp:
+                    state = {"step": self.step, "config": dataclasses.asdict(cfg), "settings": self.settings,
+                             **save(tmp)}
+                    if not final:
+                        state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                     scaler=accelerator.scaler.state_dict() if accelerator.scaler else {},
+                                     rng=rng_state())
+                    torch.save(state, tmp / STATE_NAME)
+                for old in out.glob("checkpoint-*"):
+                    if old != folder:
+                        shutil.rmtree(old, ignore_errors=True)
+            accelerator.wait_for_everyone()
+
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, unit="step",
+                   disable=not cfg.progress or not accelerator.is_main_process)
+        log_file = open(self.log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
+        try:
+            while self.step < cfg.steps and (stop_after is None or self.step < stop_after):
+                row = {"step": self.step + 1, **step_fn(self.step)}
+                if cfg.max_grad_norm > 0:
+                    row["grad_norm"] = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
+                row["lr"] = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                history.append(row)
+                if log_file is not None:
+                    log_file.write(json.dumps(row) + "\n")
+                    log_file.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+                if self.step < cfg.steps and ((cfg.save_every and self.step % cfg.save_every == 0)
+                                              or self.step == stop_after):
+                    checkpoint(self.folder)
+            if self.step >= cfg.steps:
+                checkpoint(self.folder, final=True)
+        finally:
+            if log_file is not None:
+                log_file.close()
+            bar.close()
+        return history
+
+    @property
+    def folder(self) -> Path:
+        """The checkpoint folder of the current step (`final/` once the run has ended)."""
+        return self.output_dir / (FINAL_NAME if self.step >= self.config.steps else f"checkpoint-{self.step:07d}")
