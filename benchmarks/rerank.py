@@ -9,6 +9,7 @@ Each method runs in its own subprocess (so peak RSS is its own); modules are unt
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -23,7 +24,8 @@ METHODS = ["zero-shot", "qpeft-a", "qpeft-r", "idspam", "prompt-tuning", "lora",
 
 
 def _inputs(n_queries: int, n_passages: int) -> list[tuple[str, list[str]]]:
-    """Deterministic queries with `n_passages` ~100-word passages each, from the mini KILT."""
+    """Deterministic queries with `n_passages` ~100-word passages each, from the mini KILT
+    (its queries repeat, with other passages, beyond the ten it has)."""
     from kilt.io import read_task_file
     from kilt.passages import iter_passage_file, write_passages
 
@@ -31,25 +33,26 @@ def _inputs(n_queries: int, n_passages: int) -> list[tuple[str, list[str]]]:
     tmp = Path(os.environ.get("TMPDIR", "/tmp")) / "mtr-bench-passages.jsonl"
     write_passages(root / "knowledge_source.jsonl", tmp, words=100)
     passages = [f"{p.title}\n{p.text}" for p in iter_passage_file(tmp)]
-    queries = [e.input for e in read_task_file(root / "nq-dev-kilt.jsonl")][:n_queries]
+    queries = list(itertools.islice(itertools.cycle(e.input for e in read_task_file(root / "nq-dev-kilt.jsonl")),
+                                    n_queries))
     return [(q, [passages[(i * 7 + j) % len(passages)] for j in range(n_passages)]) for i, q in enumerate(queries)]
 
 
-def _start(method: str) -> str:
-    """The cross-encoder starts from the packaged MiniLM; LLM methods use the packaged SmolLM2."""
+def _start(method: str, llm: str = "") -> str:
+    """The cross-encoder starts from the packaged MiniLM; LLM methods use `llm` (empty: the packaged SmolLM2)."""
     from multitask_retriever.models import packaged_minilm_path
 
-    return str(packaged_minilm_path()) if method == "cross-encoder" else ""
+    return str(packaged_minilm_path()) if method == "cross-encoder" else llm
 
 
-def run_one(method: str, n_queries: int, n_passages: int, device: str) -> dict:
+def run_one(method: str, n_queries: int, n_passages: int, device: str, llm: str = "") -> dict:
     import torch
 
     from multitask_retriever.rerank import make_reranker
 
     torch.manual_seed(0)
     started = time.perf_counter()
-    reranker = make_reranker(method, _start(method)).to(device)
+    reranker = make_reranker(method, _start(method, llm)).to(device)
     load_s = time.perf_counter() - started
     inputs = _inputs(n_queries, n_passages)
     reranker.rerank(*inputs[0])  # warm-up

@@ -6,12 +6,17 @@ L2-normalised when the checkpoint ships a Normalize module, as all-MiniLM-L6-v2 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import itertools
 import json
+import os
 import string
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +36,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 _ENCODER_ONLY_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
 # texts tokenised, length-sorted and encoded together: bounds memory on corpus shards
 _SORT_WINDOW_BATCHES = 64
+# a smaller first window, so that the model starts soon and the next window is tokenised meanwhile
+_FIRST_WINDOW_BATCHES = 4
+# threads tokenising ahead of a CUDA model (one beside a CPU model, which uses every core)
+_CUDA_TOKENIZE_THREADS = 4
 
 
 def _default_query_prompts() -> dict[str, str]:
@@ -88,8 +97,9 @@ class EncoderConfig:
                 "the prompt itself is never cut"})
     passage_truncation_side: str = field(default="right", metadata={"help": "which end of a long passage is cut"})
     dtype: str = field(default="auto", metadata={
-        "help": "inference compute dtype (autocast): auto = bfloat16 on CUDA when supported, else float16 on "
-                "CUDA, float32 elsewhere; or float32 | bfloat16 | float16. Weights stay as loaded"})
+        "help": "inference compute dtype: auto = bfloat16 on CUDA when supported, else float16 on "
+                "CUDA, float32 elsewhere; or float32 | bfloat16 | float16. A half type encodes with half-"
+                "precision weights; the loaded float32 weights are restored afterwards"})
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
@@ -332,34 +342,58 @@ class DualEncoder(nn.Module):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
 
+    def _inference_tokenizer(self, max_length: int, side: str) -> "_InferenceTokenizer":
+        """The private tokenizer copy `_encode` uses for this length and side (made once, kept)."""
+        cache = self.__dict__.setdefault("_inference_tokenizers", {})
+        made = cache.get((max_length, side))
+        if made is None or made.source is not self.tokenizer or made.vocab_size != len(self.tokenizer):
+            made = cache[(max_length, side)] = _InferenceTokenizer(self.tokenizer, max_length, side)
+        return made
+
     def _encode(self, texts: list[str], max_length: int, side: str, batch_size: int, progress: bool,
                 dtype: npt.DTypeLike, desc: str) -> np.ndarray:
-        """Embed texts in length-sorted batches (longest first) and return rows in input order."""
+        """Embed texts in length-sorted batches (longest first) and return rows in input order.
+
+        Texts go in windows of `batch_size` x _SORT_WINDOW_BATCHES (the first one smaller);
+        threads tokenise the next window while the model embeds this one. A batch holds at most
+        `batch_size` x (the window's longest text) tokens, so shorter texts come in larger
+        batches. On CUDA, batches are copied from pinned memory without waiting; a
+        half-precision compute dtype runs on half-precision weights.
+        """
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float16):
             raise ValueError(f"dtype must be float32 or float16, got {dtype}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         out = np.empty((len(texts), self.dim), dtype=dtype)
-        compute = self._compute_dtype()
+        if not texts:
+            return out
+        tokenize = self._inference_tokenizer(max_length, side)
+        device = self.device
+        threads = min(_CUDA_TOKENIZE_THREADS, os.cpu_count() or 1) if device.type == "cuda" else 1
+        out_dtype = torch.float16 if dtype == np.float16 else torch.float32
+        first = batch_size * _FIRST_WINDOW_BATCHES
+        bounds = [0, *range(first, len(texts), batch_size * _SORT_WINDOW_BATCHES), len(texts)]
+        windows = list(zip(bounds[:-1], bounds[1:]))
         was_training = self.training
         self.eval()
         try:
-            with torch.inference_mode(), \
-                    torch.autocast(self.device.type, dtype=compute, enabled=compute != torch.float32), \
+            with ThreadPoolExecutor(threads, thread_name_prefix="mtr-tokenize") as pool, \
+                    _weights_in(self.backbone, self._compute_dtype()), torch.inference_mode(), \
                     tqdm(total=len(texts), desc=desc, unit="text", disable=not progress) as bar:
-                window = batch_size * _SORT_WINDOW_BATCHES
-                for w in range(0, len(texts), window):
-                    features = self._tokenize(texts[w : w + window], max_length, side, padding=False)
-                    ids, masks = features["input_ids"], features["attention_mask"]
-                    order = sorted(range(len(ids)), key=lambda j: -len(ids[j]))
-                    for b in range(0, len(order), batch_size):
-                        rows = order[b : b + batch_size]
-                        batch = self.tokenizer.pad(
-                            {"input_ids": [ids[j] for j in rows], "attention_mask": [masks[j] for j in rows]},
-                            padding_side="right", return_tensors="pt")
-                        out[[w + j for j in rows]] = self.embed(batch).float().cpu().numpy()
-                        bar.update(len(rows))
+                ahead = _tokenize_ahead(pool, tokenize, texts[: windows[0][1]], threads)
+                for i, (start, _) in enumerate(windows):
+                    flat, lengths = _joined(ahead)
+                    if i + 1 < len(windows):
+                        ahead = _tokenize_ahead(pool, tokenize, texts[slice(*windows[i + 1])], threads)
+                    rows, vectors = [], []
+                    for batch_rows, ids, mask in _token_batches(flat, lengths, batch_size,
+                                                                self.tokenizer.pad_token_id):
+                        batch = {"input_ids": _to_device(ids, device), "attention_mask": _to_device(mask, device)}
+                        vectors.append(self.embed(batch).to(out_dtype))
+                        rows.append(batch_rows)
+                        bar.update(len(batch_rows))
+                    out[start + np.concatenate(rows)] = torch.cat(vectors).cpu().numpy()
         finally:
             self.train(was_training)
         return out
@@ -376,6 +410,96 @@ class DualEncoder(nn.Module):
         texts = [self.format_passage(*_title_text(p, i)) for i, p in enumerate(passages)]
         return self._encode(texts, self.config.passage_max_length, self.config.passage_truncation_side,
                             batch_size, progress, dtype, "Encoding passages")
+
+
+class _InferenceTokenizer:
+    """A private copy of a fast tokenizer's backend that truncates at one length and side, unpadded.
+
+    Nothing changes it once made, so threads may tokenise with it at once (calls through
+    transformers reset the shared backend's truncation and padding every time).
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, side: str) -> None:
+        self.source, self.vocab_size = tokenizer, len(tokenizer)
+        backend = copy.deepcopy(tokenizer.backend_tokenizer)
+        backend.no_padding()
+        backend.enable_truncation(max_length, direction=side)
+        backend.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
+        self._backend = backend
+
+    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(the texts' token ids, special tokens included, concatenated; the token count of each text)."""
+        encode = getattr(self._backend, "encode_batch_fast", None) or self._backend.encode_batch  # fast: no offsets
+        ids = [encoding.ids for encoding in encode(list(texts))]
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum())), lengths
+
+
+def _tokenize_ahead(pool: ThreadPoolExecutor, tokenize: _InferenceTokenizer, texts: list[str],
+                    pieces: int) -> list[Future]:
+    """Tokenisation of `texts` started in `pieces` parts on `pool`."""
+    step = -(-len(texts) // pieces)
+    return [pool.submit(tokenize, texts[i : i + step]) for i in range(0, len(texts), step)]
+
+
+def _joined(parts: list[Future]) -> tuple[np.ndarray, np.ndarray]:
+    done = [part.result() for part in parts]
+    return np.concatenate([ids for ids, _ in done]), np.concatenate([lengths for _, lengths in done])
+
+
+def _token_batches(ids: np.ndarray, lengths: np.ndarray, batch_size: int,
+                   pad_id: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(rows, input_ids, attention_mask) batches of right-padded texts, longest first.
+
+    `ids` are the texts' tokens concatenated, `lengths` their counts. A batch holds at most
+    `batch_size` x (the longest text) tokens, padding included.
+    """
+    offsets = np.cumsum(lengths) - lengths
+    order = np.argsort(-lengths, kind="stable")
+    budget = batch_size * max(1, int(lengths[order[0]]))
+    at = 0
+    while at < len(order):
+        width = max(1, int(lengths[order[at]]))
+        rows = order[at : at + budget // width]
+        mask = np.arange(width) < lengths[rows, None]
+        batch = np.full(mask.shape, pad_id, dtype=np.int64)
+        batch[mask] = ids[(offsets[rows, None] + np.arange(width))[mask]]
+        yield rows, batch, mask.astype(np.int64)
+        at += len(rows)
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """`array` as a tensor on `device`; to CUDA through pinned memory, without waiting for the copy."""
+    tensor = torch.from_numpy(array)
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+@contextmanager
+def _weights_in(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
+    """Run `model` with its float32 weights in `dtype` (no-op for float32), then restore them exactly.
+
+    The modules transformers keeps in float32 for float16 (`_keep_in_fp32_modules`, e.g. T5's
+    `wo`, which overflows otherwise) stay in float32; the models' code casts around them.
+    """
+    if dtype == torch.float32:
+        yield
+        return
+    keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    if dtype == torch.float16:
+        keep |= set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    saved: dict[nn.Parameter, torch.Tensor] = {}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dtype == torch.float32 and keep.isdisjoint(name.split(".")):
+                saved[param] = param.data
+                param.data = param.data.to(dtype)
+    try:
+        yield
+    finally:
+        for param, data in saved.items():
+            param.data = data
 
 
 def _check_queries(texts: Sequence[str]) -> list[str]:

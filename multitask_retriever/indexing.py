@@ -220,7 +220,8 @@ class IndexConfig:
         "help": "PQ subquantisers, must divide dim; unset: about dim/8"})
     pq_bits: int = field(default=8, metadata={"help": "bits per PQ code"})
     train_size: int = field(default=300_000, metadata={"help": "most vectors sampled to train IVF / PQ"})
-    gpu_float16: bool = field(default=False, metadata={"help": "store vectors as float16 on GPU"})
+    gpu_float16: bool = field(default=True, metadata={
+        "help": "store vectors as float16 on GPU (faiss-gpu; exact torch search re-scores its top k in float32)"})
 
     def __post_init__(self) -> None:
         for name, allowed in (("index_type", INDEX_TYPES), ("metric", ("ip",)), ("device", DEVICES),
@@ -335,7 +336,12 @@ class _FaissSearcher:
 
 
 class _TorchSearcher:
-    """Exact inner-product search by chunked matmul + top-k (CPU, or CUDA without faiss-gpu)."""
+    """Exact inner-product search by matmul + top-k, in query batches sized to the memory at hand.
+
+    On CUDA the vectors are kept in float16 by default (`IndexConfig.gpu_float16`); the top k
+    found by half-precision scores are then re-scored in float32, so rankings equal float32
+    search except between scores that tie within half precision.
+    """
 
     def __init__(self, dim: int, device: str, float16: bool):
         self.dim = dim
@@ -358,22 +364,67 @@ class _TorchSearcher:
     def add(self, vectors: np.ndarray) -> None:
         self.chunks.append(torch.tensor(vectors, dtype=self.dtype, device=self.device))  # a copy: callers may reuse the array
 
+    def _memory_budget(self) -> int:
+        """Bytes one query batch may take: half the free CUDA memory (torch's cached blocks
+        included), or a fixed share on CPU."""
+        if self.device.type == "cuda":
+            cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+            return (torch.cuda.mem_get_info(self.device)[0] + cached) // 2
+        return _TORCH_SCORE_ELEMENTS * 4
+
+    def _batch_shape(self, n_queries: int, k: int) -> tuple[int, int]:
+        """(queries per batch, stored vectors per matmul) that fit the memory budget."""
+        size = torch.empty((), dtype=self.dtype).element_size()
+        per_score = 2 * size  # the scores and top-k's working copy
+        per_query = self.dim * (4 + size) + k * (2 * per_score + 16)
+        if self.dtype != torch.float32:
+            per_query += k * self.dim * (size + 4)  # the candidates re-scored in float32
+        budget = self._memory_budget()
+        longest = max((len(c) for c in self.chunks), default=1)
+        rows = max(1, min(longest, (budget - per_query) // per_score))
+        return max(1, min(n_queries, budget // (rows * per_score + per_query))), rows
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        q = torch.from_numpy(queries).to(self.device, self.dtype)
-        best_scores = torch.full((len(q), k), -math.inf, device=self.device)
+        scores = np.empty((len(queries), k), dtype=np.float32)
+        positions = np.empty((len(queries), k), dtype=np.int64)
+        batch, rows = self._batch_shape(len(queries), k)
+        for start in range(0, len(queries), batch):
+            q = torch.from_numpy(queries[start : start + batch]).to(self.device)
+            top, pos = self._search_batch(q, k, rows)
+            scores[start : start + len(q)], positions[start : start + len(q)] = top.cpu().numpy(), pos.cpu().numpy()
+        return scores, positions
+
+    def _search_batch(self, q32: torch.Tensor, k: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k (float32 scores, positions) of float32 queries on the device, best first."""
+        q = q32.to(self.dtype)
+        best_scores = torch.full((len(q), k), -math.inf, dtype=self.dtype, device=self.device)
         best_pos = torch.full((len(q), k), -1, dtype=torch.int64, device=self.device)
-        rows = max(1, _TORCH_SCORE_ELEMENTS // max(1, len(q)))
         offset = 0
         for chunk in self.chunks:
             for start in range(0, len(chunk), rows):
-                scores = (q @ chunk[start : start + rows].T).float()
+                scores = q @ chunk[start : start + rows].T
                 top, pos = scores.topk(min(k, scores.shape[1]), dim=1)
                 merged = torch.cat([best_scores, top], dim=1)
                 order = merged.topk(k, dim=1).indices
                 best_scores = merged.gather(1, order)
                 best_pos = torch.cat([best_pos, pos + offset + start], dim=1).gather(1, order)
             offset += len(chunk)
-        return best_scores.cpu().numpy(), best_pos.cpu().numpy()
+        if self.dtype == torch.float32:
+            return best_scores, best_pos
+        exact = self._rescore(q32, best_pos)
+        order = exact.argsort(dim=1, descending=True, stable=True)
+        return exact.gather(1, order), best_pos.gather(1, order)
+
+    def _rescore(self, q32: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """float32 inner products of the queries with the stored vectors at `positions` (-inf at -1)."""
+        vectors = torch.zeros((*positions.shape, self.dim), dtype=self.dtype, device=self.device)
+        offset = 0
+        for chunk in self.chunks:
+            inside = (positions >= offset) & (positions < offset + len(chunk))
+            vectors[inside] = chunk[positions[inside] - offset]
+            offset += len(chunk)
+        exact = torch.einsum("qd,qkd->qk", q32, vectors.float())
+        return exact.masked_fill(positions < 0, -math.inf)
 
     def cpu_index(self) -> faiss.Index:
         index = faiss.IndexFlatIP(self.dim)

@@ -146,6 +146,82 @@ def test_batches_are_length_sorted_and_padded_to_their_longest(request, monkeypa
     assert widths == [8, 3]  # [CLS] + 6 words + [SEP], then [CLS] + 1 word + [SEP]
 
 
+def test_token_budget_batches_short_texts_together_and_keep_input_order(request, monkeypatch):
+    enc = _load(request, "tiny_bert", None)
+    texts = [" ".join(["w"] * n) for n in (12, 1, 6, 1, 2, 11, 1)]  # 14, 3, 8, 3, 4, 13, 3 tokens
+    shapes = []
+    embed = enc.embed
+    monkeypatch.setattr(enc, "embed", lambda batch: shapes.append(tuple(batch["input_ids"].shape)) or embed(batch))
+    batched = enc.encode_queries(texts, batch_size=2)  # at most 2 x 14 tokens per batch
+    assert shapes == [(2, 14), (3, 8), (2, 3)]
+    monkeypatch.setattr(enc, "embed", embed)
+    alone = np.stack([enc.encode_queries([t])[0] for t in texts])
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+
+
+def test_rows_keep_input_order_across_tokenisation_windows(request, monkeypatch):
+    from multitask_retriever import encoder as module
+
+    enc = _load(request, "tiny_bert", None)
+    texts = [" ".join(["w"] * n) for n in (12, 1, 6, 1, 2, 11, 1)]
+    alone = np.stack([enc.encode_queries([t])[0] for t in texts])
+    monkeypatch.setattr(module, "_FIRST_WINDOW_BATCHES", 1)
+    monkeypatch.setattr(module, "_SORT_WINDOW_BATCHES", 2)
+    tokenized = []
+    call = module._InferenceTokenizer.__call__
+    monkeypatch.setattr(module._InferenceTokenizer, "__call__", lambda self, t: tokenized.append(len(t)) or call(self, t))
+    np.testing.assert_allclose(enc.encode_queries(texts, batch_size=2), alone, atol=1e-5)
+    assert tokenized == [2, 4, 1]  # windows of 1 batch, then 2 batches, of 2 texts
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_encoding_tokenises_as_the_tokenizer_without_changing_its_settings(request, side):
+    enc = _load(request, "tiny_bert", None)
+    texts = ["a b c", LONG, "nq: who wrote hamlet"]
+    backend = enc.tokenizer.backend_tokenizer
+    settings = (backend.truncation, backend.padding)
+    ids, lengths = enc._inference_tokenizer(9, side)(texts)
+    assert (backend.truncation, backend.padding) == settings
+    enc.tokenizer.truncation_side = side
+    expected = enc.tokenizer(texts, truncation=True, max_length=9)["input_ids"]
+    assert [row.tolist() for row in np.split(ids, np.cumsum(lengths)[:-1])] == expected
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_t5"])
+def test_half_precision_encodes_with_half_weights_and_restores_them(request, monkeypatch, fixture):
+    enc = _load(request, fixture, None, dtype="bfloat16")
+    weights = {name: p.detach().clone() for name, p in enc.backbone.named_parameters()}
+    seen = set()
+    embed = enc.embed
+    monkeypatch.setattr(enc, "embed", lambda batch: seen.update(p.dtype for p in enc.backbone.parameters())
+                        or embed(batch))
+    half = enc.encode_queries(QUERIES, task="nq")
+    assert seen == {torch.bfloat16}
+    after = dict(enc.backbone.named_parameters())
+    assert all(after[name].dtype == torch.float32 and torch.equal(after[name], w) for name, w in weights.items())
+    monkeypatch.setattr(enc, "embed", embed)
+    enc.config = dataclasses.replace(enc.config, dtype="float32")
+    full = enc.encode_queries(QUERIES, task="nq")
+    cosine = (half * full).sum(1) / (np.linalg.norm(half, axis=1) * np.linalg.norm(full, axis=1))
+    assert cosine.min() > 0.99
+
+
+def test_float16_keeps_the_modules_transformers_keeps_in_float32(request, monkeypatch):
+    enc = _load(request, "tiny_t5", None, dtype="float16")
+    seen = {}
+    embed = enc.embed
+    monkeypatch.setattr(enc, "embed", lambda batch: seen.update(
+        (name.split(".")[-2], p.dtype) for name, p in enc.backbone.named_parameters()) or embed(batch))
+    assert np.isfinite(enc.encode_queries(QUERIES[:2], task="nq")).all()
+    assert (seen["wo"], seen["wi"], seen["q"]) == (torch.float32, torch.float16, torch.float16)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_t5"])
+def test_backbones_use_sdpa_attention_where_transformers_has_it(request, fixture):
+    backbone = _load(request, fixture, None).backbone
+    assert backbone.config._attn_implementation == ("sdpa" if type(backbone)._supports_sdpa else "eager")
+
+
 def test_progress_bar_can_be_shown(encoder, capsys):
     encoder.encode_queries(QUERIES, task="nq", progress=True)
     assert "Encoding queries" in capsys.readouterr().err

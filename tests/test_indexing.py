@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from multitask_retriever import indexing
 from multitask_retriever.encoder import DualEncoder
@@ -131,7 +132,7 @@ def test_float16_vectors_are_indexed(vectors, queries):
 
 
 def test_torch_backend_equals_faiss_flat(vectors, queries, monkeypatch):
-    monkeypatch.setattr(indexing, "_TORCH_SCORE_ELEMENTS", 20 * 64)  # 64 passages per matmul chunk
+    monkeypatch.setattr(indexing, "_TORCH_SCORE_ELEMENTS", 20 * 64)  # one query and 568 passages per matmul
     faiss_scores, faiss_ids = Index.build(vectors, IndexConfig(device="cpu")).search(queries, 10)
     torch_index = Index.build(vectors, IndexConfig(backend="torch", device="cpu"))
     assert not torch_index.on_gpu
@@ -143,6 +144,50 @@ def test_torch_backend_equals_faiss_flat(vectors, queries, monkeypatch):
 def test_torch_backend_pads_missing_results(vectors, queries):
     scores, ids = Index.build(vectors[:3], IndexConfig(backend="torch", device="cpu")).search(queries[:1], 5)
     assert (ids[0, 3:] == -1).all() and np.isneginf(scores[0, 3:]).all()
+
+
+def test_torch_backend_sizes_query_batches_to_its_memory_budget(vectors, queries, monkeypatch):
+    index = Index.build(vectors, IndexConfig(backend="torch", device="cpu"))
+    searcher = index._searcher
+    monkeypatch.setattr(searcher, "_memory_budget", lambda: 1000 * 8 * 6 + 6 * (32 * 8 + 10 * 32))
+    assert searcher._batch_shape(20, 10) == (6, 1000)  # 6 queries against all 1000 vectors at once
+    monkeypatch.setattr(searcher, "_memory_budget", lambda: 300 * 8 + 32 * 8 + 10 * 32)
+    assert searcher._batch_shape(20, 10) == (1, 300)  # too little room for one query: fewer vectors
+    scores, ids = index.search(queries, 10)
+    want_scores, want_ids = brute_force(vectors, queries, 10)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+
+
+def _half_precision_searcher(vectors: np.ndarray) -> "indexing._TorchSearcher":
+    """The torch backend as CUDA runs it by default (float16 vectors), here on CPU."""
+    searcher = indexing._TorchSearcher(vectors.shape[1], "cpu", float16=True)
+    assert searcher.dtype == torch.float32  # float16 applies on CUDA only ...
+    searcher.dtype = torch.float16  # ... but the code path is the same on CPU
+    searcher.add(vectors)
+    return searcher
+
+
+def test_half_precision_search_ranks_as_float32_except_near_ties(clustered):
+    data, queries = clustered
+    scores, ids = _half_precision_searcher(data).search(queries, 10)
+    exact = queries.astype(np.float64) @ data.T.astype(np.float64)
+    _, want_ids = brute_force(data, queries, 10)
+    # re-scored in float32: the inner products with the float16-rounded vectors
+    rounded = queries.astype(np.float64) @ data.T.astype(np.float16).astype(np.float64)
+    assert scores.dtype == np.float32 and (np.diff(scores, axis=1) <= 0).all()
+    np.testing.assert_allclose(scores, np.take_along_axis(rounded, ids, 1), rtol=1e-6, atol=1e-4)
+    # a rank differs only where the two passages' exact scores lie within half precision's error
+    near = 2 ** -9 * (np.abs(queries) @ np.abs(data).T).max(1, keepdims=True)
+    gap = np.abs(np.take_along_axis(exact, ids, 1) - np.take_along_axis(exact, want_ids, 1))
+    assert (gap <= near).all()
+    assert (ids == want_ids).mean() > 0.9
+
+
+def test_half_precision_search_pads_missing_results(vectors, queries):
+    scores, ids = _half_precision_searcher(vectors[:3]).search(queries[:2], 5)
+    assert (ids[:, 3:] == -1).all() and np.isneginf(scores[:, 3:]).all()
+    assert sorted(ids[0, :3]) == [0, 1, 2]
 
 
 APPROXIMATE = {
