@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     from sentence_transformers import SentenceTransformer
 
     from multitask_retriever.encoder import DualEncoder
-    from multitask_retriever.indexing import encode_corpus
+    from multitask_retriever.encoding import encode_corpus
     from multitask_retriever.models import packaged_minilm_path
 
     model = str(args.model or packaged_minilm_path())

@@ -87,7 +87,7 @@ def baseline() -> int:
 # --------------------------------------------------------------------------- workers (child processes)
 def worker_encode(args) -> dict:
     from multitask_retriever.encoder import DualEncoder
-    from multitask_retriever.indexing import encode_corpus
+    from multitask_retriever.encoding import encode_corpus
 
     encoder = DualEncoder.from_pretrained(args.model)
     encoder.encode_passages([("warm", "up " * 200)] * 4)  # allocator and kernels set up before the baseline
@@ -173,7 +173,7 @@ def write_shards(folder: Path, n: int, dim: int, shard_size: int) -> Path:
     """A shard folder as encode_corpus writes it, holding random vectors."""
     import numpy as np
 
-    from multitask_retriever.indexing import MANIFEST_NAME, shard_paths
+    from multitask_retriever.encoding import MANIFEST_NAME, shard_paths
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

@@ -1,25 +1,46 @@
-"""BM25 baseline over passages (bm25s, English Snowball stemmer, English stopwords), with
-page-level rankings and KILT prediction files."""
+"""BM25 over a passage file (bm25s, English Snowball stemmer, English stopwords): passage hits
+and page-level rankings.
+
+bm25s runs on its numpy backend, and is imported with jax hidden: bm25s.selection imports jax
+when it is installed, and jax then claims most of a GPU's memory.
+"""
 from __future__ import annotations
 
 import json
-from array import array
+import sys
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from itertools import islice
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
-import bm25s
-import numpy as np
 import Stemmer
-from bm25s.tokenization import Tokenized, Tokenizer
 from tqdm.auto import tqdm
 
-from .io import atomic_directory, iter_task_file, write_predictions
-from .passages import Passage, page_ranking
+from .hits import Hit, read_hits
+from .io import atomic_directory
+from .passages import PassageStore, iter_passage_file, page_ranking
+
+
+@contextmanager
+def _jax_hidden() -> Iterator[None]:
+    """Make `import jax` fail inside the block, unless jax is imported already."""
+    hide = "jax" not in sys.modules
+    if hide:
+        sys.modules["jax"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if hide and sys.modules.get("jax", 0) is None:
+            del sys.modules["jax"]
+
+
+with _jax_hidden():
+    import bm25s
+    from bm25s.tokenization import Tokenized, Tokenizer
 
 CONFIG_FILE = "kilt_bm25.json"
-PASSAGES_FILE = "kilt_passages.npy"
+#: bm25s scoring and top-k selection backend: numpy needs neither numba nor jax
+BACKEND = "numpy"
 
 
 @dataclass(frozen=True)
@@ -35,66 +56,49 @@ class BM25Config:
     pages_depth: int = 4
 
 
-class _DocPages:
-    """Page id of each indexed document, by document position."""
-
-    def __init__(self, pages: np.ndarray):
-        self.pages = pages
-
-    def page_id(self, pid: int) -> str:
-        return self.pages[pid].decode("utf-8")
-
-
 class BM25Retriever:
-    """Sparse retriever: passage text is the page title followed by the passage words."""
+    """BM25 over the passages of a `PassageStore`, each indexed as its page title followed by its
+    words; a `SearchBackend` whose hits are read from the store."""
 
-    def __init__(self, model: bm25s.BM25, passages: np.ndarray, config: BM25Config):
+    def __init__(self, model: bm25s.BM25, store: PassageStore, config: BM25Config):
+        if model.scores["num_docs"] != len(store):
+            raise ValueError(f"the BM25 index holds {model.scores['num_docs']} passages but {store.path} has "
+                             f"{len(store)}: index and passage file do not belong together")
         self.model = model
+        self.store = store
         self.config = config
-        self._ids = passages["id"]
-        self._pages = _DocPages(passages["page"])
         self._stemmer = Stemmer.Stemmer(config.stemmer)
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self.store)
 
     @classmethod
-    def build(cls, passages: Iterable[Passage], config: BM25Config | None = None,
+    def build(cls, store: PassageStore, config: BM25Config | None = None,
               progress: bool = False) -> "BM25Retriever":
-        """Index ``passages`` in one streaming pass; only token ids are kept, not text
-        (bm25s holds all documents' token ids in memory while indexing)."""
+        """Index the store's passage file in one streaming pass; only token ids are kept, not
+        text (bm25s holds all documents' token ids in memory while indexing)."""
         config = config or BM25Config()
-        ids = array("q")
-        pages: list[bytes] = []  # consecutive passages of a page share one bytes object
-
-        def texts() -> Iterator[str]:
-            for p in tqdm(passages, desc="BM25 tokenizing", unit=" passages", disable=not progress):
-                ids.append(p.id)
-                page = p.wikipedia_id.encode("utf-8")
-                pages.append(pages[-1] if pages and pages[-1] == page else page)
-                yield f"{p.title} {p.text}"
-
+        texts = (f"{p.title} {p.text}" for p in tqdm(iter_passage_file(store.path), total=len(store),
+                                                     desc="BM25 tokenizing", unit=" passages",
+                                                     disable=not progress))
         tokenizer = Tokenizer(stemmer=Stemmer.Stemmer(config.stemmer), stopwords=config.stopwords)
-        token_ids = list(tokenizer.streaming_tokenize(texts()))
+        token_ids = list(tokenizer.streaming_tokenize(texts))
         if not token_ids:
-            raise ValueError("BM25Retriever.build: no passages to index")
-        model = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
+            raise ValueError(f"{store.path}: no passages to index")
+        model = bm25s.BM25(k1=config.k1, b=config.b, method=config.method, backend=BACKEND)
         model.index(Tokenized(ids=token_ids, vocab=tokenizer.get_vocab_dict()), show_progress=progress)
-        width = max(len(p) for p in pages)
-        table = np.empty(len(ids), dtype=[("id", np.int64), ("page", f"S{width}")])
-        table["id"] = np.frombuffer(ids, dtype=np.int64)
-        table["page"] = pages
-        return cls(model, table, config)
+        return cls(model, store, config)
 
-    def search(self, queries: Sequence[str], k: int) -> list[list[tuple[int, float]]]:
-        """Top-``k`` (passage id, score) per query, best first.
+    def search(self, queries: Sequence[str], task: str | None = None, k: int = 100) -> list[list[Hit]]:
+        """Top-``k`` passage hits per query, best first; ``task`` is ignored (BM25 has no prompts).
 
         Passages sharing no term with the query (score 0) are left out, so a query may get
         fewer than ``k`` hits, or none.
         """
-        return [[(int(self._ids[d]), s) for d, s in ranked] for ranked in self._search_docs(queries, k)]
+        return [read_hits(self.store, [pid for pid, _ in ranked], [score for _, score in ranked])
+                for ranked in self._search_docs(queries, k)]
 
-    def search_pages(self, queries: Sequence[str], k: int) -> list[list[str]]:
+    def search_pages(self, queries: Sequence[str], task: str | None = None, k: int = 100) -> list[list[str]]:
         """Top-``k`` distinct pages per query, each ranked by its best passage.
 
         Asks for ``pages_depth * k`` passages, and for more (doubling) for the queries whose
@@ -103,17 +107,18 @@ class BM25Retriever:
         depth = self.config.pages_depth * k
         queries = list(queries)
         ranked = self._search_docs(queries, depth)
-        pages = [page_ranking((d for d, _ in r), self._pages, k) for r in ranked]
+        pages = [page_ranking((d for d, _ in r), self.store, k) for r in ranked]
         todo = [i for i, r in enumerate(ranked) if len(pages[i]) < k and len(r) == depth]
         while todo and depth < len(self):
             depth *= 2
             for i, r in zip(todo, self._search_docs([queries[i] for i in todo], depth)):
-                pages[i] = page_ranking((d for d, _ in r), self._pages, k)
+                pages[i] = page_ranking((d for d, _ in r), self.store, k)
                 ranked[i] = r
             todo = [i for i in todo if len(pages[i]) < k and len(ranked[i]) == min(depth, len(self))]
         return pages
 
     def _search_docs(self, queries: Sequence[str], k: int) -> list[list[tuple[int, float]]]:
+        """(passage id, score) per query, best first: a document's position is its passage id."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if isinstance(queries, str):
@@ -122,7 +127,8 @@ class BM25Retriever:
             return []
         tokens = bm25s.tokenize(list(queries), stopwords=self.config.stopwords, stemmer=self._stemmer,
                                 return_ids=False, show_progress=False)
-        docs, scores = self.model.retrieve(tokens, k=min(k, len(self)), show_progress=False)
+        docs, scores = self.model.retrieve(tokens, k=min(k, len(self)), show_progress=False,
+                                           backend_selection=BACKEND)
         return [[(int(d), float(s)) for d, s in zip(row_d, row_s) if s > 0]
                 for row_d, row_s in zip(docs, scores)]
 
@@ -130,33 +136,15 @@ class BM25Retriever:
         """Write the index to directory ``path``, replacing it only once complete."""
         with atomic_directory(path) as tmp:
             self.model.save(tmp, show_progress=False)
-            table = np.empty(len(self), dtype=[("id", np.int64), ("page", self._pages.pages.dtype)])
-            table["id"], table["page"] = self._ids, self._pages.pages
-            np.save(tmp / PASSAGES_FILE, table)
             (tmp / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=1))
 
     @classmethod
-    def load(cls, path: str | Path, mmap: bool = False) -> "BM25Retriever":
-        """Load an index written by :meth:`save`; ``mmap`` leaves the score matrix on disk."""
+    def load(cls, path: str | Path, store: PassageStore, mmap: bool = False) -> "BM25Retriever":
+        """Load an index written by :meth:`save` over ``store``'s passage file; ``mmap`` leaves
+        the score matrix on disk."""
         path = Path(path)
-        if not (path / CONFIG_FILE).is_file() or not (path / PASSAGES_FILE).is_file():
-            raise FileNotFoundError(f"{path} is not a saved BM25Retriever (no {CONFIG_FILE} / {PASSAGES_FILE})")
+        if not (path / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{path} is not a saved BM25Retriever (no {CONFIG_FILE})")
         config = BM25Config(**json.loads((path / CONFIG_FILE).read_text()))
-        model = bm25s.BM25.load(path, mmap=mmap, show_progress=False)
-        return cls(model, np.load(path / PASSAGES_FILE), config)
-
-
-def bm25_predictions(retriever: BM25Retriever, task_file: str | Path, out_path: str | Path,
-                     k: int = 100, batch_size: int = 256, progress: bool = False) -> int:
-    """Write a KILT prediction file ranking ``k`` pages for every query of ``task_file``.
-
-    Returns the number of queries written.
-    """
-    def predictions() -> Iterator[tuple[str, list[str]]]:
-        examples = iter(tqdm(iter_task_file(task_file), desc=f"BM25 {Path(task_file).name}",
-                             unit=" queries", disable=not progress))
-        while batch := list(islice(examples, batch_size)):
-            ranked = retriever.search_pages([e.input for e in batch], k)
-            yield from ((e.id, pages) for e, pages in zip(batch, ranked))
-
-    return write_predictions(out_path, predictions())
+        model = bm25s.BM25.load(path, mmap=mmap, show_progress=False, backend=BACKEND)
+        return cls(model, store, config)

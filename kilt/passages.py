@@ -21,7 +21,7 @@ from typing import Iterable, Iterator, Protocol, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .io import KiltFormatError, Page, atomic_write, iter_pages
+from .io import KiltFormatError, Page, Provenance, atomic_write, iter_pages
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,15 @@ class Passage:
     text: str
     start_paragraph_id: int
     end_paragraph_id: int
+
+    def holds(self, provenance: Provenance) -> bool:
+        """Whether this passage is on `provenance`'s page and shares a paragraph with its span
+        (never for provenance that names no paragraph)."""
+        start = provenance.start_paragraph_id
+        if start is None or provenance.wikipedia_id != self.wikipedia_id:
+            return False
+        end = start if provenance.end_paragraph_id is None else provenance.end_paragraph_id
+        return self.start_paragraph_id <= end and start <= self.end_paragraph_id
 
 
 def chunk_page(page: Page, words: int = 100, first_id: int = 0) -> list[Passage]:
@@ -173,6 +182,38 @@ class PassageStore:
         """The wikipedia_id of passage ``pid``'s page, without reading the passage file."""
         self._check(pid)
         return self._pages[int(pid)].decode("utf-8")
+
+    def page_ranges(self, pages: Iterable[str], chunk: int = 1 << 20) -> dict[str, range]:
+        """Passage ids of each of `pages` held here (a page's passages are consecutive); pages
+        not here are left out. One vectorised pass over the page column, `chunk` rows at a time."""
+        width = self._pages.dtype.itemsize
+        wanted = np.array([p for p in {page.encode("utf-8") for page in pages} if len(p) <= width],
+                          dtype=self._pages.dtype)
+        found: dict[str, range] = {}
+        if not len(wanted):
+            return found
+        run: tuple[bytes, int, int] | None = None  # (page, first id, last id) of the run being read
+        for first in range(0, len(self), chunk):
+            block = self._pages[first:min(first + chunk, len(self))]
+            for offset in np.flatnonzero(np.isin(block, wanted)):
+                pid, page = first + int(offset), bytes(block[offset])
+                if run is not None and run[0] == page and run[2] == pid - 1:
+                    run = (page, run[1], pid)
+                    continue
+                if run is not None:
+                    found[run[0].decode("utf-8")] = range(run[1], run[2] + 1)
+                run = (page, pid, pid)
+        if run is not None:
+            found[run[0].decode("utf-8")] = range(run[1], run[2] + 1)
+        return found
+
+    def provenance_passage(self, provenance: Iterable[Provenance], page: range) -> Passage | None:
+        """The first passage of `page` (passage ids, e.g. from `page_ranges`) that holds one of
+        `provenance`'s paragraph spans (`Passage.holds`); None when none does."""
+        provenance = [p for p in provenance if p.start_paragraph_id is not None]
+        if not provenance:
+            return None
+        return next((p for p in self.get_many(list(page)) if any(p.holds(prov) for prov in provenance)), None)
 
     def _check(self, pid: int) -> None:
         if not 0 <= pid < len(self):

@@ -39,14 +39,15 @@ def _chunk(args) -> None:
 
 @command("bm25")
 def _bm25(args) -> None:
-    from kilt.bm25 import BM25Retriever, bm25_predictions
-    from kilt.passages import iter_passage_file
+    from kilt.bm25 import BM25Retriever
+    from kilt.passages import PassageStore
+    from kilt.predict import predict_file
 
-    retriever = BM25Retriever.build(iter_passage_file(args.passages))
+    retriever = BM25Retriever.build(PassageStore(args.passages))
     out_dir = Path(args.out_dir)
     for task_file in args.task_files:
         out = out_dir / Path(task_file).name.replace("-kilt.jsonl", "-bm25.jsonl")
-        n = bm25_predictions(retriever, task_file, out, k=args.k)
+        n = predict_file(lambda queries, task: retriever.search_pages(queries, k=args.k), task_file, out)
         print(f"{task_file}: {n} predictions -> {out}")
 
 
@@ -71,7 +72,7 @@ def _evaluate(args) -> int:
 @command("encode")
 def _encode(args) -> None:
     from .encoder import DualEncoder
-    from .indexing import encode_corpus
+    from .encoding import encode_corpus
 
     encoder = DualEncoder.from_pretrained(args.encoder).to(_device(args.device))
     out = encode_corpus(encoder, args.passages, args.out_dir, shard_size=args.shard_size,
@@ -155,19 +156,9 @@ def _first_stage(args):
 
         return load_retriever(args.encoder, args.index, args.passages, device=_device(args.device))
     from kilt.bm25 import BM25Retriever
-    from kilt.passages import PassageStore, iter_passage_file
+    from kilt.passages import PassageStore
 
-    from .retriever import Hit
-
-    store, bm25 = PassageStore(args.passages), BM25Retriever.build(iter_passage_file(args.passages))
-
-    class _BM25Hits:
-        def search(self, queries, task=None, k=100):
-            rows = bm25.search(list(queries), k=k)
-            return [[Hit(pid, score, p.wikipedia_id, p.title, p.text)
-                     for (pid, score), p in zip(row, store.get_many([pid for pid, _ in row]))] for row in rows]
-
-    return _BM25Hits()
+    return BM25Retriever.build(PassageStore(args.passages))
 
 
 @command("train-reranker")
@@ -178,8 +169,8 @@ def _train_reranker(args) -> None:
     from .data import task_train_files
     from .rerank import make_reranker
     from .rerank.llm_scoring import ListwiseQueryLikelihood
-    from .rerank.train import (RerankTrainConfig, attach_teacher_scores, examples_from_candidates,
-                               read_teacher_file, train_reranker, train_stages)
+    from .rerank.examples import attach_teacher_scores, examples_from_candidates, read_teacher_file
+    from .rerank.train import RerankTrainConfig, train_reranker, train_stages
     from .training_loop import seed_everything
 
     files = task_train_files(args.data_dir, args.tasks.split(",") if args.tasks else (), "train")

@@ -17,12 +17,13 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from kilt.hits import SearchBackend
 from kilt.io import KiltExample, KiltFormatError, atomic_write, iter_jsonl, read_task_file
 from kilt.passages import Passage, PassageStore, write_passages
 from kilt.tasks import find_task_files, get_task
@@ -71,43 +72,12 @@ def task_train_files(data_dir: str | Path, tasks: Sequence[str] = (), split: str
     return {t: found[t][split] for t in tasks}
 
 
-def page_passage_ranges(store: PassageStore, pages: Iterable[str], chunk: int = 1 << 20) -> dict[str, range]:
-    """Passage-id range of each of `pages` found in `store` (a page's passages are contiguous).
-
-    One chunked pass over the store's page column; pages absent from the store are left out.
-    """
-    wanted = set(pages)
-    found: dict[str, range] = {}
-    n = len(store)
-    column = getattr(store, "_pages", None)  # memory-mapped page ids; PassageStore has no public view
-    previous, start = None, 0
-    for first in range(0, n, chunk):
-        if column is not None:
-            block = [p.decode("utf-8") for p in column[first:min(first + chunk, n)]]
-        else:
-            block = [store.page_id(i) for i in range(first, min(first + chunk, n))]
-        for offset, page in enumerate(block):
-            if page != previous:
-                if previous in wanted:
-                    found[previous] = range(start, first + offset)
-                previous, start = page, first + offset
-    if previous in wanted:
-        found[previous] = range(start, n)
-    return found
-
-
-def _overlaps(passage: Passage, start: int | None, end: int | None) -> bool:
-    if start is None:
-        return False
-    end = start if end is None else end
-    return passage.start_paragraph_id <= end and start <= passage.end_paragraph_id
-
-
 def positive_passages(example: KiltExample, store: PassageStore, ranges: Mapping[str, range]) -> list[int]:
     """Positive passage ids of `example`, one per provenance entry (deduplicated, in order).
 
-    For each provenance page: the passage holding the provenance paragraph span, else the
-    first passage containing an answer string (case-insensitive), else the first passage.
+    For each provenance page (its passage ids in `ranges`, from `PassageStore.page_ranges`): the
+    passage holding the provenance paragraph span, else the first passage containing an answer
+    string (case-insensitive), else the first passage.
     """
     answers = [a.lower() for a in example.answers if len(a.strip()) > 1]
     chosen: list[int] = []
@@ -116,48 +86,27 @@ def positive_passages(example: KiltExample, store: PassageStore, ranges: Mapping
             span = ranges.get(prov.wikipedia_id)
             if span is None:
                 continue
-            passages = store.get_many(list(span))
-            pick = next((p.id for p in passages if _overlaps(p, prov.start_paragraph_id, prov.end_paragraph_id)),
-                        None)
-            if pick is None:
-                pick = next((p.id for p in passages if any(a in p.text.lower() for a in answers)), span[0])
+            held = store.provenance_passage([prov], span)
+            if held is not None:
+                pick = held.id
+            else:
+                pick = next((p.id for p in store.get_many(list(span)) if any(a in p.text.lower() for a in answers)),
+                            span[0])
             if pick not in chosen:
                 chosen.append(pick)
     return chosen
 
 
 # --------------------------------------------------------------------------- negatives
-class SearchBackend(Protocol):
-    """Anything with `search(queries, task=, k=) -> list[list[Hit]]` (Retriever, BM25Backend)."""
-
-    def search(self, queries: Sequence[str], task: str | None = None, k: int = 100) -> list: ...
-
-
-def ranked_passage_ids(backend: Any, queries: Sequence[str], task: str, k: int) -> list[list[int]]:
-    """Top-`k` passage ids per query from a BM25Retriever or a Hit-returning search backend."""
-    from kilt.bm25 import BM25Retriever
-
-    if isinstance(backend, BM25Retriever):
-        return [[pid for pid, _ in ranked] for ranked in backend.search(list(queries), k=k)]
-    return [[int(h.passage_id) for h in hits] for hits in backend.search(list(queries), task=task, k=k)]
-
-
-def bm25_backend(store: PassageStore, progress: bool = False):
-    """A BM25 index over the store's passage file (the default hard-negative source)."""
-    from kilt.bm25 import BM25Retriever
-    from kilt.passages import iter_passage_file
-
-    return BM25Retriever.build(iter_passage_file(store.path), progress=progress)
-
-
-def build_training_examples(task_files: Mapping[str, str | Path], store: PassageStore, negatives: Any = "bm25",
+def build_training_examples(task_files: Mapping[str, str | Path], store: PassageStore,
+                            negatives: str | SearchBackend = "bm25",
                             depth: int = DEFAULT_DEPTH, keep: int = DEFAULT_KEEP, max_queries: int = 0,
                             batch_size: int = 256, progress: bool = True) -> dict[str, list[TrainingExample]]:
     """Training examples per task from KILT task files.
 
     `negatives`: "bm25" (build a BM25 index over the passages), "none" (random negatives
-    only, drawn per batch), or a search backend (`ranked_passage_ids`) such as a BM25Retriever
-    or a dense `Retriever` (ANCE-style rounds). Hard negatives are the top-`depth` hits on
+    only, drawn per batch), or a search backend such as a `BM25Retriever` or a dense
+    `Retriever` (ANCE-style rounds). Hard negatives are the top-`depth` hits on
     no gold page, at most `keep`. Queries none of whose gold pages are in `store` are skipped
     (counted in a warning); a file left with no usable query is an error naming it.
     """
@@ -168,11 +117,14 @@ def build_training_examples(task_files: Mapping[str, str | Path], store: Passage
     for task, path in files.items():
         examples = read_task_file(path)  # KiltFormatError naming the file when empty
         kilt_examples[task] = examples[:max_queries] if max_queries else examples
-    ranges = page_passage_ranges(store, {p for ex in kilt_examples.values() for e in ex for p in e.gold_pages})
+    ranges = store.page_ranges({p for ex in kilt_examples.values() for e in ex for p in e.gold_pages})
+    backend: SearchBackend | None
     if isinstance(negatives, str):
         if negatives not in ("bm25", "none"):
             raise ValueError(f"negatives must be 'bm25', 'none' or a search backend, got {negatives!r}")
-        backend = bm25_backend(store, progress=progress) if negatives == "bm25" else None
+        from kilt.bm25 import BM25Retriever
+
+        backend = BM25Retriever.build(store, progress=progress) if negatives == "bm25" else None
     else:
         backend = negatives
     out: dict[str, list[TrainingExample]] = {}
@@ -191,11 +143,12 @@ def build_training_examples(task_files: Mapping[str, str | Path], store: Passage
         for start in tqdm(range(0, len(usable), batch_size), desc=f"negatives {task}", unit="batch",
                           disable=not progress or backend is None):
             chunk = usable[start:start + batch_size]
-            ranked = (ranked_passage_ids(backend, [e.input for e, _ in chunk], task, depth)
+            ranked = (backend.search([e.input for e, _ in chunk], task=task, k=depth)
                       if backend is not None else [[] for _ in chunk])
-            for (example, positives), ids in zip(chunk, ranked):
+            for (example, positives), hits in zip(chunk, ranked):
                 gold = set(example.gold_pages)
-                hard = [pid for pid in dict.fromkeys(ids) if store.page_id(pid) not in gold][:keep]
+                hard = [pid for pid in dict.fromkeys(h.passage_id for h in hits)
+                        if store.page_id(pid) not in gold][:keep]
                 task_out.append(TrainingExample(task, example.id, example.input, tuple(positives), tuple(hard),
                                                 tuple(example.gold_pages)))
         out[task] = task_out

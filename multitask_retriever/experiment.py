@@ -274,15 +274,15 @@ class Experiment:
         return self._retrievers[name]
 
     def _bm25(self):
-        from .sparse import BM25Backend
+        from kilt.bm25 import BM25Retriever
 
         store = self.passages()
         folder = self.work / "bm25"
         key = _key(passages=self._passages_key())
         with self._stage("bm25-index"):
             if self._cached(folder, key):
-                return BM25Backend.load(folder / "index", store)
-            backend = BM25Backend.build(store)
+                return BM25Retriever.load(folder / "index", store)
+            backend = BM25Retriever.build(store)
             backend.save(folder / "index")
             self._finish(folder, key)
             return backend
@@ -368,7 +368,8 @@ class Experiment:
     def _dense(self, name: str):
         """Encode the passages with system `name`'s encoder, build a flat index, and search it."""
         from .encoder import DualEncoder
-        from .indexing import Index, IndexConfig, encode_corpus
+        from .encoding import encode_corpus
+        from .indexing import Index, IndexConfig
         from .retriever import Retriever
 
         store = self.passages()
@@ -422,20 +423,10 @@ class Experiment:
     def _write_predictions(self, search, task: str, gold: Path, out: Path, rerank=None) -> None:
         from .pipeline import Pipeline
 
-        pipe = Pipeline(search, rerank)
-        examples = self.dev_examples(task)
-        if rerank is not None and self.config.rerank_queries:
-            examples = examples[: self.config.rerank_queries]
-        predictions = []
-        batch = 64
-        for i in range(0, len(examples), batch):
-            chunk = examples[i : i + batch]
-            results = pipe([e.input for e in chunk], task=task, k=self.config.k,
-                           rerank_k=self.config.rerank_k if rerank is not None else 0)
-            predictions.extend((e.id, r.pages) for e, r in zip(chunk, results))
-        from kilt.io import write_predictions
-
-        write_predictions(out, predictions)
+        Pipeline(search, rerank).predict(gold, out, task=task, k=self.config.k,
+                                         rerank_k=self.config.rerank_k if rerank is not None else 0,
+                                         max_queries=self.config.rerank_queries if rerank is not None else 0,
+                                         progress=self.progress)
 
     def system(self, name: str) -> SystemResult:
         if name in self._results:
@@ -532,7 +523,7 @@ class Experiment:
                 return self._load_reranker("cross-encoder", folder / "train" / "final" / "reranker")
             reranker = previous if previous is not None else self._new_reranker("cross-encoder", start)
             if teacher is not None:
-                from .rerank.train import attach_teacher_scores, read_teacher_file
+                from .rerank.examples import attach_teacher_scores, read_teacher_file
 
                 examples = attach_teacher_scores(self._teacher_examples(retriever_name), read_teacher_file(teacher))
             else:
@@ -556,7 +547,7 @@ class Experiment:
     def _teacher_scores(self, retriever_name: str) -> Path:
         """The teacher's scores of the retriever's candidates for up to `teacher_queries` train
         queries per task (a `{"qid", "pid", "score"}` file, cached under teachers/)."""
-        from .rerank.train import write_teacher_file
+        from .rerank.examples import write_teacher_file
 
         name = self.config.teacher
         teacher = self._reranker(name, retriever_name)
@@ -612,7 +603,7 @@ class Experiment:
     def _rerank_examples(self, retriever_name: str, per_task: int = 0):
         """Contrastive examples: each train query's gold passage vs the retriever's other top
         candidates (the first `per_task` train queries of each task when given)."""
-        from .rerank.train import examples_from_candidates
+        from .rerank.examples import examples_from_candidates
 
         search = self.retriever(retriever_name)
         examples = []

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol, Sequence, overload
+from typing import Callable, Sequence, overload
 
 from tqdm.auto import tqdm
 
-from kilt.io import read_task_file, write_predictions
-from kilt.tasks import parse_task_filename
+from kilt.hits import Hit, SearchBackend
+from kilt.predict import predict_file
 
-from .rerank.base import Reranker
-from .retriever import Hit
-
-
-class SearchBackend(Protocol):
-    """Anything that returns passage hits per query (our dense `Retriever`, BM25, ...)."""
-
-    def search(self, queries: Sequence[str], task: str | None = None, k: int = 100) -> list[list[Hit]]: ...
-
-
-def default_passage_text(hit: Hit) -> str:
-    """What the reranker reads of a passage: its page title, then its text."""
-    return f"{hit.title}\n{hit.text}" if hit.title else hit.text
+from .rerank.base import Reranker, default_passage_text
 
 
 @dataclass
@@ -82,18 +70,11 @@ class Pipeline:
         result.rerank_scores = [scores[i] for i in order]
 
     def predict(self, task_file: str | Path, out_path: str | Path, task: str | None = None, k: int = 100,
-                rerank_k: int = 20, batch_size: int = 64, progress: bool = True) -> int:
-        """Run every query of a KILT task file and write a KILT prediction file; returns the count."""
-        if task is None:
-            parsed = parse_task_filename(Path(task_file).name)
-            task = parsed[0] if parsed else None
-        examples = read_task_file(task_file)
-        predictions: list[tuple[str, list[str]]] = []
-        bar = tqdm(total=len(examples), desc=f"pipeline {task or ''}".strip(), unit="query", disable=not progress)
-        for start in range(0, len(examples), batch_size):
-            chunk = examples[start : start + batch_size]
-            results = self([e.input for e in chunk], task=task, k=k, rerank_k=rerank_k)
-            predictions.extend((e.id, r.pages) for e, r in zip(chunk, results))
-            bar.update(len(chunk))
-        bar.close()
-        return write_predictions(out_path, predictions)
+                rerank_k: int = 20, batch_size: int = 64, max_queries: int = 0, progress: bool = True) -> int:
+        """Run the first `max_queries` (0 = all) queries of a KILT task file and write a KILT
+        prediction file; `task` defaults to the file name's. Returns the count."""
+        def rank_pages(queries: list[str], task: str | None) -> list[list[str]]:
+            return [result.pages for result in self(queries, task=task, k=k, rerank_k=rerank_k)]
+
+        return predict_file(rank_pages, task_file, out_path, task=task, batch_size=batch_size,
+                            max_queries=max_queries, progress=progress)

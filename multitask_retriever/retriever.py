@@ -2,31 +2,18 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from kilt.io import read_task_file, write_predictions
+from kilt.hits import Hit, read_hits
 from kilt.passages import PassageStore, page_ranking
-from kilt.tasks import parse_task_filename
+from kilt.predict import predict_file
 
 from .indexing import Index
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One retrieved passage and its score (higher is better)."""
-
-    passage_id: int
-    score: float
-    wikipedia_id: str
-    title: str
-    text: str
 
 
 def _check_queries(queries: Sequence[str]) -> list[str]:
@@ -64,13 +51,8 @@ class Retriever:
         if not queries:
             return []
         scores, ids = self._search(queries, task, k)
-        results = []
-        for row_scores, row_ids in zip(scores, ids):
-            found = row_ids >= 0
-            passages = self.passages.get_many(row_ids[found].tolist())
-            results.append([Hit(p.id, float(s), p.wikipedia_id, p.title, p.text)
-                            for p, s in zip(passages, row_scores[found])])
-        return results
+        return [read_hits(self.passages, row_ids[row_ids >= 0].tolist(), row_scores[row_ids >= 0].tolist())
+                for row_scores, row_ids in zip(scores, ids)]
 
     def search_pages(self, queries: Sequence[str], task: str | None = None, k: int = 100,
                      passages_per_page_factor: int = 4) -> list[list[str]]:
@@ -91,21 +73,8 @@ class Retriever:
 
         `task` (the query prompt) defaults to the task named by the file. Returns the count.
         """
-        task_file = Path(task_file)
-        if task is None:
-            parsed = parse_task_filename(task_file.name)
-            if parsed is None:
-                raise ValueError(f"{task_file}: cannot tell the task from the file name; pass task=")
-            task = parsed[0]
-        examples = read_task_file(task_file)
-        predictions: list[tuple[str, list[str]]] = []
-        with tqdm(total=len(examples), desc=f"retrieving {task}", unit="query", disable=not progress) as bar:
-            for start in range(0, len(examples), batch_size):
-                chunk = examples[start : start + batch_size]
-                pages = self.search_pages([e.input for e in chunk], task=task, k=k)
-                predictions.extend((e.id, p) for e, p in zip(chunk, pages))
-                bar.update(len(chunk))
-        return write_predictions(out_path, predictions)
+        return predict_file(lambda queries, task: self.search_pages(queries, task=task, k=k), task_file, out_path,
+                            task=task, require_task=True, batch_size=batch_size, progress=progress)
 
 
 def load_retriever(encoder_path: str | Path, index_dir: str | Path, passage_file: str | Path,

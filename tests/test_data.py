@@ -3,20 +3,19 @@ import shutil
 
 import pytest
 
+from kilt.hits import Hit
 from kilt.io import KiltExample, KiltFormatError, Provenance, read_task_file
 from kilt.passages import PassageStore, iter_passage_file, write_passages
 from multitask_retriever.data import (
     MultitaskBatches,
     TrainingExample,
     build_training_examples,
-    page_passage_ranges,
     positive_passages,
     prepare_training_data,
     read_training_examples,
     task_train_files,
     write_training_examples,
 )
-from multitask_retriever.retriever import Hit
 
 AMAZON = "2712547"  # two passages: paragraphs 1-3 and 3-4
 
@@ -71,7 +70,7 @@ def test_extractive_positive_contains_the_answer(examples, store):
 def test_positive_fallbacks_answer_then_first_passage(store):
     first, second = _page(store, AMAZON)
     assert (first.start_paragraph_id, first.end_paragraph_id, second.end_paragraph_id) == (1, 3, 4)
-    ranges = page_passage_ranges(store, [AMAZON])
+    ranges = store.page_ranges([AMAZON])
     assert ranges == {AMAZON: range(first.id, second.id + 1)}
 
     def example(answer, start=None):

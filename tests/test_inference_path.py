@@ -5,6 +5,7 @@ on a tiny T5 and a tiny BERT built from configs (random weights), through the AP
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from kilt.io import read_predictions, read_task_file
 from kilt.passages import PassageStore, iter_passage_file, page_ranking, write_passages
 from multitask_retriever.cli import main as mtr
 from multitask_retriever.encoder import DualEncoder
-from multitask_retriever.indexing import Index, IndexConfig, encode_corpus, read_manifest, shard_paths
+from multitask_retriever.encoding import encode_corpus, read_manifest, shard_paths
+from multitask_retriever.indexing import Index, IndexConfig
 from multitask_retriever.retriever import Retriever, load_retriever
 
 # small-corpus settings: the mini KILT has 94 passages

@@ -12,14 +12,15 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from kilt.bm25 import BM25Retriever
+from kilt.hits import Hit
 from kilt.io import read_task_file
-from kilt.passages import PassageStore, iter_passage_file, write_passages
+from kilt.passages import PassageStore, write_passages
 from multitask_retriever.pipeline import Pipeline
 from multitask_retriever.rerank import METHODS, load_reranker, make_reranker
+from multitask_retriever.rerank.examples import RerankExample, examples_from_candidates
 from multitask_retriever.rerank.llm_scoring import LLMScoringConfig, ListwiseQueryLikelihood
 from multitask_retriever.rerank.peft_baselines import ZeroShotReranker
-from multitask_retriever.rerank.train import RerankExample, RerankTrainConfig, examples_from_candidates, train_reranker
-from multitask_retriever.retriever import Hit
+from multitask_retriever.rerank.train import RerankTrainConfig, train_reranker
 
 QUERY = "who wrote the play hamlet"
 PASSAGES = ["hamlet is a tragedy written by william shakespeare", "the eiffel tower is in paris",
@@ -32,8 +33,9 @@ def build_examples(mini_kilt: Path, tmp: Path) -> list[RerankExample]:
     passages = tmp / "passages.jsonl"
     write_passages(mini_kilt / "knowledge_source.jsonl", passages, words=100)
     train = read_task_file(mini_kilt / "nq-train-kilt.jsonl")
-    hits = BM25Retriever.build(iter_passage_file(passages)).search([e.input for e in train], k=8)
-    return examples_from_candidates(train, hits, PassageStore(passages))
+    store = PassageStore(passages)
+    hits = BM25Retriever.build(store).search([e.input for e in train], k=8)
+    return examples_from_candidates(train, hits, store)
 
 
 def train_config(out: Path, **kw) -> RerankTrainConfig:

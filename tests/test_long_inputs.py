@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from multitask_retriever.rerank import make_reranker
-from multitask_retriever.rerank.train import RerankExample, RerankTrainConfig, train_reranker, write_teacher_file
+from multitask_retriever.rerank.examples import RerankExample, write_teacher_file
+from multitask_retriever.rerank.train import RerankTrainConfig, train_reranker
 
 WORDS = ("the prince of denmark wrote a play about revenge in the castle of elsinore while his uncle "
          "claudius ruled and the ghost of his father walked on the walls at night").split()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kilt.io import KiltFormatError, Page, iter_pages
+from kilt.io import KiltFormatError, Page, Provenance, iter_pages
 from kilt.passages import (Passage, PassageStore, chunk_page, iter_passage_file, iter_passages,
                            page_ranking, write_passages)
 
@@ -197,6 +197,40 @@ def test_page_ranking_keeps_first_hit_of_each_page_and_truncates():
 
 def test_page_ranking_skips_faiss_padding():
     assert page_ranking([-1, 2, -1, 0], _Pages(["a", "b", "c"])) == ["c", "a"]
+
+
+# --------------------------------------------------------------------------- provenance -> passage
+def _passages(path: Path, pages: list[tuple[str, int, int]]) -> PassageStore:
+    """A store of one passage per (page, first paragraph, last paragraph)."""
+    path.write_text("".join(json.dumps(vars(Passage(i, page, "T", f"text {i}", start, end))) + "\n"
+                            for i, (page, start, end) in enumerate(pages)))
+    return PassageStore(path, progress=False)
+
+
+def test_a_passage_holds_provenance_on_its_page_sharing_a_paragraph():
+    passage = Passage(0, "7", "T", "text", 3, 5)
+    assert passage.holds(Provenance("7", start_paragraph_id=5, end_paragraph_id=9))
+    assert passage.holds(Provenance("7", start_paragraph_id=4))  # no end: the start paragraph alone
+    assert not passage.holds(Provenance("7", start_paragraph_id=6, end_paragraph_id=9))
+    assert not passage.holds(Provenance("8", start_paragraph_id=4))  # another page
+    assert not passage.holds(Provenance("7"))  # no paragraph named
+
+
+def test_page_ranges_find_each_pages_consecutive_passages(tmp_path):
+    store = _passages(tmp_path / "p.jsonl", [("1", 1, 2), ("2", 1, 1), ("2", 2, 3), ("2", 3, 3), ("10", 1, 1)])
+    assert store.page_ranges(["2", "10", "absent", "x" * 50]) == {"2": range(1, 4), "10": range(4, 5)}
+    assert store.page_ranges(["2", "1"], chunk=2) == {"1": range(0, 1), "2": range(1, 4)}  # runs across chunks
+    assert store.page_ranges([]) == {}
+
+
+def test_provenance_passage_is_the_pages_first_passage_holding_a_span(tmp_path):
+    store = _passages(tmp_path / "p.jsonl", [("1", 1, 1), ("2", 1, 2), ("2", 2, 4), ("2", 5, 6)])
+    page = store.page_ranges(["2"])["2"]
+    assert store.provenance_passage([Provenance("2", start_paragraph_id=3)], page).id == 2
+    assert store.provenance_passage([Provenance("2", start_paragraph_id=6), Provenance("2", start_paragraph_id=2)],
+                                    page).id == 1  # the first passage holding any of them
+    assert store.provenance_passage([Provenance("2", start_paragraph_id=9)], page) is None
+    assert store.provenance_passage([Provenance("1", start_paragraph_id=1), Provenance("2")], page) is None
 
 
 def _knowledge_source(path: Path, n_pages: int) -> Path:

@@ -12,20 +12,18 @@ import torch
 
 from kilt.bm25 import BM25Retriever
 from kilt.io import KiltExample, KiltFormatError, Provenance, read_task_file
-from kilt.passages import PassageStore, iter_passage_file, write_passages
+from kilt.passages import PassageStore, write_passages
 from multitask_retriever.cli import main
 from multitask_retriever.rerank.cross_encoder import CrossEncoderReranker
-from multitask_retriever.rerank.losses import ListwiseCE
-from multitask_retriever.rerank.train import (
+from multitask_retriever.rerank.examples import (
     RerankExample,
-    RerankTrainConfig,
     attach_teacher_scores,
     examples_from_candidates,
     read_teacher_file,
-    train_reranker,
-    train_stages,
     write_teacher_file,
 )
+from multitask_retriever.rerank.losses import ListwiseCE
+from multitask_retriever.rerank.train import RerankTrainConfig, train_reranker, train_stages
 
 GROUP = 4
 pytestmark = pytest.mark.filterwarnings("ignore:passages longer than max_length")
@@ -49,9 +47,9 @@ def nq_train(mini_kilt):
 
 
 @pytest.fixture(scope="module")
-def examples(nq_train, passage_file, store) -> list[RerankExample]:
+def examples(nq_train, store) -> list[RerankExample]:
     """Contrastive examples from BM25's top 10 for mini_kilt's NQ training queries."""
-    hits = BM25Retriever.build(iter_passage_file(passage_file)).search([e.input for e in nq_train], k=10)
+    hits = BM25Retriever.build(store).search([e.input for e in nq_train], k=10)
     built = examples_from_candidates(nq_train, hits, store)
     assert len(built) >= 4
     return built
@@ -141,8 +139,8 @@ def test_the_provenance_passage_is_found_on_a_retrieved_gold_page(store, two_pas
 def test_without_paragraph_ids_the_best_ranked_gold_passage_is_the_positive(store, two_passage_page):
     first, second, _ = two_passage_page
     other = _off_page(store, store.page_id(first), 2)
-    hits = [(other[0], 3.0), (second, 2.0), (first, 1.0), (other[1], 0.5)]
-    (built,) = examples_from_candidates([_question_on(store, first, None)], [hits], store, num_negatives=1)
+    (built,) = examples_from_candidates([_question_on(store, first, None)], [[other[0], second, first, other[1]]],
+                                        store, num_negatives=1)
     assert built.passage_ids == [str(second), str(other[0])]
 
 

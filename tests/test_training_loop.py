@@ -3,7 +3,6 @@ settings that define a run, leftovers of a killed save."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch

@@ -9,6 +9,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from kilt.hits import Hit
+
+
+def default_passage_text(hit: Hit) -> str:
+    """What a reranker reads of a passage: its page title, then its text."""
+    return f"{hit.title}\n{hit.text}" if hit.title else hit.text
+
 
 def group_size(queries: Sequence[str], passages: Sequence[Sequence[str]]) -> int:
     """The common row length n of a `score` call; unequal rows or counts are ValueErrors."""

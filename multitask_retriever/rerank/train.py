@@ -10,236 +10,24 @@ exactly where it stopped; a finished stage is never redone.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import random
 import re
 import time
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from kilt.io import KiltExample, KiltFormatError, atomic_write, iter_jsonl
-from kilt.passages import Passage, PassageStore
 
 from ..training_loop import FINAL_NAME, TrainingLoop, read_log
-from ..pipeline import default_passage_text
-from ..retriever import Hit
 from .base import Reranker
+from .examples import RerankExample
 from .losses import RerankLoss, make_loss
 
 log = logging.getLogger("mtr.rerank.train")
-
-
-
-# ---------------------------------------------------------------------------- examples
-@dataclass
-class RerankExample:
-    """One training query: its positive, its hard negatives, and optionally a teacher's
-    scores and the passage ids, both aligned with `passages` ([positive, *candidates])."""
-
-    qid: str
-    query: str
-    positive: str
-    candidates: list[str]
-    teacher_scores: list[float] | None = None
-    passage_ids: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        n = 1 + len(self.candidates)
-        if self.teacher_scores is not None and len(self.teacher_scores) != n:
-            raise ValueError(f"query {self.qid}: {len(self.teacher_scores)} teacher scores for {n} passages")
-        if self.passage_ids is not None and len(self.passage_ids) != n:
-            raise ValueError(f"query {self.qid}: {len(self.passage_ids)} passage ids for {n} passages")
-
-    @property
-    def passages(self) -> list[str]:
-        return [self.positive, *self.candidates]
-
-
-def _passage_id(hit: Hit | tuple[int, float] | int) -> int:
-    if isinstance(hit, Hit):
-        return int(hit.passage_id)
-    if isinstance(hit, tuple):
-        return int(hit[0])
-    return int(hit)
-
-
-def _holds_provenance(passage: Passage, spans: list[tuple[str, int | None, int | None]]) -> bool:
-    for wikipedia_id, start, end in spans:
-        if passage.wikipedia_id != wikipedia_id or start is None:
-            continue
-        end = start if end is None else end
-        if passage.start_paragraph_id <= end and start <= passage.end_paragraph_id:
-            return True
-    return False
-
-
-def _page_passages(store: PassageStore, pid: int) -> list[int]:
-    """Ids of every passage of `pid`'s page (passage ids number each page contiguously)."""
-    page = store.page_id(pid)
-    first, last = pid, pid
-    while first > 0 and store.page_id(first - 1) == page:
-        first -= 1
-    while last + 1 < len(store) and store.page_id(last + 1) == page:
-        last += 1
-    return list(range(first, last + 1))
-
-
-def _provenance_passage(store: PassageStore, on_gold: list[int], passages: dict[int, Passage],
-                        spans: list[tuple[str, int | None, int | None]]) -> int | None:
-    """A passage holding a provenance paragraph on a page of `on_gold` (added to `passages`)."""
-    pages_seen = set()
-    for pid in on_gold:
-        if passages[pid].wikipedia_id in pages_seen:
-            continue
-        pages_seen.add(passages[pid].wikipedia_id)
-        page = _page_passages(store, pid)
-        for other, passage in zip(page, store.get_many(page)):
-            if _holds_provenance(passage, spans):
-                passages[other] = passage
-                return other
-    return None
-
-
-def examples_from_candidates(
-    task_examples: Sequence[KiltExample],
-    hits_per_query: Sequence[Sequence[Hit | tuple[int, float] | int]],
-    store: PassageStore,
-    *,
-    num_negatives: int | None = None,
-    passage_text: Callable[[Hit], str] = default_passage_text,
-) -> list[RerankExample]:
-    """Training examples from first-stage candidates (our Retriever's hits or BM25's ids).
-
-    The positive is a passage of a gold page, preferably the one holding a provenance
-    paragraph (looked up on any retrieved gold page); the negatives are the candidates on
-    no gold page, in rank order. Queries with no gold page among their candidates are
-    skipped: the reranker only ever sees retrieved candidates.
-    """
-    if len(task_examples) != len(hits_per_query):
-        raise ValueError(f"{len(task_examples)} examples but {len(hits_per_query)} candidate lists")
-
-    def text(pid: int, passage: Passage) -> str:
-        return passage_text(Hit(passage_id=pid, score=0.0, wikipedia_id=passage.wikipedia_id,
-                                title=passage.title, text=passage.text))
-
-    out: list[RerankExample] = []
-    skipped = 0
-    for example, hits in zip(task_examples, hits_per_query):
-        gold = set(example.gold_pages)
-        pids = list(dict.fromkeys(_passage_id(h) for h in hits))
-        passages = dict(zip(pids, store.get_many(pids)))
-        on_gold = [pid for pid in pids if passages[pid].wikipedia_id in gold]
-        if not on_gold:
-            skipped += 1
-            continue
-        spans = [(p.wikipedia_id, p.start_paragraph_id, p.end_paragraph_id)
-                 for group in example.evidence for p in group]
-        positive = next((pid for pid in on_gold if _holds_provenance(passages[pid], spans)), None)
-        if positive is None and any(start is not None for _, start, _ in spans):
-            positive = _provenance_passage(store, on_gold, passages, spans)
-        if positive is None:
-            positive = on_gold[0]
-        negatives = [pid for pid in pids if passages[pid].wikipedia_id not in gold][:num_negatives]
-        out.append(RerankExample(
-            qid=example.id, query=example.input, positive=text(positive, passages[positive]),
-            candidates=[text(pid, passages[pid]) for pid in negatives],
-            passage_ids=[str(pid) for pid in (positive, *negatives)],
-        ))
-    if skipped:
-        log.info("skipped %d of %d queries with no gold page among their candidates", skipped, len(task_examples))
-    return out
-
-
-# ---------------------------------------------------------------------------- teachers
-def read_teacher_file(path: str | Path) -> dict[str, dict[str, float]]:
-    """Teacher scores per query and passage id from JSONL lines `{"qid", "pid", "score"}`
-    or ranked lists `{"qid", "ranking": [pid, ...]}` (best first; rank r scores -r)."""
-    path = Path(path)
-    teacher: dict[str, dict[str, float]] = {}
-    ranked: set[str] = set()
-    for line, row in iter_jsonl(path):
-        def fail(what: str) -> KiltFormatError:
-            return KiltFormatError(f"{path}:{line}: {what}")
-
-        if not isinstance(row, dict) or "qid" not in row:
-            raise fail('expected an object with "qid" and either "pid" and "score" or "ranking"')
-        qid = str(row["qid"])
-        if qid in ranked:
-            raise fail(f"query {qid} already has a ranking")
-        if "ranking" in row:
-            ranking = row["ranking"]
-            if qid in teacher:
-                raise fail(f"query {qid} already has scores")
-            if not isinstance(ranking, list) or not ranking:
-                raise fail('"ranking" must be a non-empty list of passage ids')
-            ids = [str(pid) for pid in ranking]
-            if len(set(ids)) != len(ids):
-                raise fail(f"query {qid}: the ranking repeats a passage id")
-            teacher[qid] = {pid: -float(rank) for rank, pid in enumerate(ids, start=1)}
-            ranked.add(qid)
-        elif "pid" in row and "score" in row:
-            score = row["score"]
-            if isinstance(score, bool) or not isinstance(score, (int, float)) or not np.isfinite(score):
-                raise fail(f'"score" must be a finite number, got {score!r}')
-            scores = teacher.setdefault(qid, {})
-            pid = str(row["pid"])
-            if pid in scores:
-                raise fail(f"query {qid}, passage {pid}: scored twice")
-            scores[pid] = float(score)
-        else:
-            raise fail('expected "pid" and "score", or "ranking"')
-    return teacher
-
-
-def attach_teacher_scores(examples: Sequence[RerankExample],
-                          teacher: Mapping[str, Mapping[str, float]]) -> list[RerankExample]:
-    """Copies of `examples` carrying the teacher's score of each of their passages.
-
-    Queries the teacher did not score are dropped; a passage missing from a scored query
-    (e.g. below a teacher's top-k ranking) scores below every passage the teacher scored.
-    """
-    out, dropped = [], 0
-    for example in examples:
-        if example.passage_ids is None:
-            raise ValueError(f"query {example.qid}: teacher scores need passage ids")
-        scores = teacher.get(example.qid)
-        if scores is None:
-            dropped += 1
-            continue
-        known = [scores[pid] for pid in example.passage_ids if pid in scores]
-        if not known:
-            raise ValueError(f"query {example.qid}: the teacher scores none of its passages "
-                             f"{example.passage_ids[:5]}...; do the passage ids match?")
-        floor = min(scores.values()) - 1.0
-        out.append(dataclasses.replace(
-            example, teacher_scores=[scores.get(pid, floor) for pid in example.passage_ids]))
-    if dropped:
-        warnings.warn(f"dropped {dropped} of {len(examples)} queries the teacher did not score", stacklevel=2)
-    return out
-
-
-def write_teacher_file(reranker: Reranker, examples: Sequence[RerankExample], path: str | Path,
-                       batch_size: int = 32, progress: bool = True) -> int:
-    """Score every example's passages with `reranker` and write `{"qid", "pid", "score"}`
-    lines (atomically), so any of our rerankers can teach another; returns the line count."""
-    lines = 0
-    with atomic_write(path) as f:
-        for example in tqdm(examples, desc="teacher", unit="query", disable=not progress):
-            if example.passage_ids is None:
-                raise ValueError(f"query {example.qid}: writing teacher scores needs passage ids")
-            scores = reranker.rerank(example.query, example.passages, batch_size=batch_size)
-            for pid, score in zip(example.passage_ids, scores):
-                f.write(json.dumps({"qid": example.qid, "pid": pid, "score": score}) + "\n")
-                lines += 1
-    return lines
 
 
 # ---------------------------------------------------------------------------- training

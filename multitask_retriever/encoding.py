@@ -1,0 +1,176 @@
+"""Sharded, resumable corpus encoding: a passage file -> vector shards for `Index.from_shards`.
+
+Shards are the unit of work and of crash safety: `shard-00007.ids.npy` (int64 passage ids)
+and then `shard-00007.npy` (vectors) are each written atomically, and a shard counts as
+finished only once its vectors file exists. `manifest.json` records what the shards were
+encoded from, so a resumed or extended run cannot mix encoders or passage files.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+from accelerate import PartialState
+from tqdm.auto import tqdm
+
+from kilt.io import atomic_write, read_json_object, write_json
+from kilt.passages import Passage, iter_passage_file
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_NAME = "manifest.json"
+_FORMAT = 1
+_ENCODE_CHUNK_BATCHES = 16  # batches handed to the encoder per call (it length-sorts within a call)
+
+
+def shard_paths(out_dir: str | Path, shard: int) -> tuple[Path, Path]:
+    """(vectors, ids) file paths of shard number `shard`."""
+    stem = Path(out_dir) / f"shard-{shard:05d}"
+    return stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + ".ids.npy")
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    """Write `array` as a .npy file atomically."""
+    with atomic_write(path, mode="wb") as f:
+        np.save(f, array)
+
+
+def _encoder_name(encoder: Any) -> str:
+    config = getattr(encoder, "config", None)
+    return str(getattr(config, "model_name_or_path", type(encoder).__name__))
+
+
+def _shards(passages: Iterable[Passage], shard_size: int) -> Iterator[list[Passage]]:
+    shard: list[Passage] = []
+    for passage in passages:
+        shard.append(passage)
+        if len(shard) == shard_size:
+            yield shard
+            shard = []
+    if shard:
+        yield shard
+
+
+def _check_finished_shard(out_dir: Path, shard: int, passages: Sequence[Passage], dim: int,
+                          dtype: np.dtype, passage_file: Path) -> None:
+    """A finished shard must hold exactly these passages' ids and one vector of `dim` each."""
+    vectors_path, ids_path = shard_paths(out_dir, shard)
+    if not ids_path.is_file():
+        raise ValueError(f"{ids_path}: missing although {vectors_path.name} exists; "
+                         f"delete {vectors_path} to re-encode the shard")
+    ids = np.load(ids_path)
+    if not np.array_equal(ids, [p.id for p in passages]):
+        raise ValueError(f"{ids_path}: its passage ids differ from shard {shard} of {passage_file}; "
+                         f"encode again with overwrite=True")
+    vectors = np.load(vectors_path, mmap_mode="r")
+    if vectors.shape != (len(passages), dim) or vectors.dtype != dtype:
+        raise ValueError(f"{vectors_path}: shape {vectors.shape} {vectors.dtype}, expected "
+                         f"({len(passages)}, {dim}) {dtype}; encode again with overwrite=True")
+
+
+def _encode_shard(encoder: Any, passages: list[Passage], batch_size: int, dtype: np.dtype,
+                  bar: tqdm) -> np.ndarray:
+    vectors = np.empty((len(passages), encoder.dim), dtype=dtype)
+    step = batch_size * _ENCODE_CHUNK_BATCHES
+    for start in range(0, len(passages), step):
+        chunk = passages[start : start + step]
+        vectors[start : start + len(chunk)] = encoder.encode_passages(chunk, batch_size=batch_size)
+        bar.update(len(chunk))
+    return vectors
+
+
+def encode_corpus(encoder: Any, passage_file: str | Path, out_dir: str | Path, shard_size: int = 100_000,
+                  batch_size: int = 128, dtype: str = "float32", max_shards: int | None = None,
+                  overwrite: bool = False, progress: bool = True) -> Path:
+    """Encode a passage file into vector shards in `out_dir`, skipping shards already finished.
+
+    Under `accelerate launch`, process p of n encodes the shards i with i % n == p.
+    `max_shards` stops each process after encoding that many shards (a later call resumes).
+    `manifest.json` gets `complete: true` once every shard exists. Memory holds one shard's
+    passages and vectors. Returns `out_dir`.
+    """
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError(f"shard_size and batch_size must be positive, got {shard_size} and {batch_size}")
+    if max_shards is not None and max_shards < 0:
+        raise ValueError(f"max_shards must be >= 0, got {max_shards}")
+    np_dtype = np.dtype(dtype)
+    if np_dtype not in (np.float32, np.float16):
+        raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
+    passage_file, out_dir = Path(passage_file), Path(out_dir)
+    if not passage_file.is_file():
+        raise FileNotFoundError(f"{passage_file}: passage file not found")
+    stat = passage_file.stat()
+    settings = {"encoder": _encoder_name(encoder), "dim": int(encoder.dim), "dtype": np_dtype.name,
+                "shard_size": shard_size, "passage_file_bytes": stat.st_size,
+                "passage_file_mtime_ns": stat.st_mtime_ns}
+    manifest_path = out_dir / MANIFEST_NAME
+    state = PartialState()
+
+    if manifest_path.exists() and not overwrite:
+        previous = read_json_object(manifest_path)
+        changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+        if changed:
+            details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise ValueError(f"{manifest_path}: shards were encoded with other settings ({details}); "
+                             f"use another folder or overwrite=True")
+    state.wait_for_everyone()  # all processes have checked before the main one changes anything
+    if state.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            manifest_path.unlink(missing_ok=True)
+            for old in out_dir.glob("shard-*.npy"):
+                old.unlink()
+        if not manifest_path.exists():
+            write_json(manifest_path, {"format": _FORMAT, **settings, "passage_file": str(passage_file),
+                                        "num_passages": None, "num_shards": None, "complete": False})
+    state.wait_for_everyone()
+
+    encoded, num_passages, num_shards, stopped = 0, 0, 0, False
+    with tqdm(desc=f"encoding {passage_file.name}", unit=" passages", unit_scale=True,
+              disable=not progress or not state.is_local_main_process) as bar:
+        for shard, passages in enumerate(_shards(iter_passage_file(passage_file), shard_size)):
+            num_passages += len(passages)
+            num_shards = shard + 1
+            if shard % state.num_processes != state.process_index:
+                continue
+            vectors_path, ids_path = shard_paths(out_dir, shard)
+            if vectors_path.exists():
+                _check_finished_shard(out_dir, shard, passages, settings["dim"], np_dtype, passage_file)
+                continue
+            if max_shards is not None and encoded >= max_shards:
+                stopped = True
+                break
+            vectors = _encode_shard(encoder, passages, batch_size, np_dtype, bar)
+            save_npy(ids_path, np.array([p.id for p in passages], dtype=np.int64))
+            save_npy(vectors_path, vectors)  # last: its presence marks the shard finished
+            encoded += 1
+    if num_shards == 0 and not stopped:
+        raise ValueError(f"{passage_file}: no passages")
+
+    state.wait_for_everyone()
+    if state.is_main_process and not stopped:
+        missing = [i for i in range(num_shards) if not shard_paths(out_dir, i)[0].exists()]
+        if missing:
+            logger.info("%s: %d of %d shards finished; run again to encode the rest",
+                        out_dir, num_shards - len(missing), num_shards)
+        else:
+            write_json(manifest_path, {"format": _FORMAT, **settings, "passage_file": str(passage_file),
+                                        "num_passages": num_passages, "num_shards": num_shards,
+                                        "complete": True})
+    return out_dir
+
+
+def read_manifest(shard_dir: str | Path, require_complete: bool = True) -> dict[str, Any]:
+    """The manifest of an encoded shard folder; ValueError if unfinished (when required)."""
+    path = Path(shard_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no shard manifest (not a folder written by encode_corpus?)")
+    manifest = read_json_object(path)
+    for key in ("dim", "encoder", "complete"):
+        if key not in manifest:
+            raise ValueError(f"{path}: manifest lacks {key!r}")
+    if require_complete and not manifest["complete"]:
+        raise ValueError(f"{path}: encoding is not finished; run encode_corpus again to resume it")
+    return manifest
