@@ -23,10 +23,10 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BatchEncoding, Pr
 from transformers.utils import cached_file
 
 from .checkpointing import atomic_directory
+from .devices import autocast, check_dtype_name
 
 CONFIG_NAME = "mtr_encoder.json"
 POOLINGS = ("auto", "mean", "cls", "first_decoder")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # encoder-decoder families whose encoder stack loads on its own (for mean / cls pooling)
 _ENCODER_ONLY_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
 # texts tokenised, length-sorted and encoded together: bounds memory on corpus shards
@@ -94,8 +94,7 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be 'auto' or one of {tuple(DTYPES)}, got {self.dtype!r}")
+        check_dtype_name(self.dtype)
         for name in ("query_truncation_side", "passage_truncation_side"):
             if getattr(self, name) not in ("left", "right"):
                 raise ValueError(f"{name} must be 'left' or 'right', got {getattr(self, name)!r}")
@@ -325,13 +324,6 @@ class DualEncoder(nn.Module):
         """Same as `embed`; lets DDP / accelerate wrappers call the model directly."""
         return self.embed(batch)
 
-    def _compute_dtype(self) -> torch.dtype:
-        if self.config.dtype != "auto":
-            return DTYPES[self.config.dtype]
-        if self.device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-
     def _encode(self, texts: list[str], max_length: int, side: str, batch_size: int, progress: bool,
                 dtype: npt.DTypeLike, desc: str) -> np.ndarray:
         """Embed texts in length-sorted batches (longest first) and return rows in input order."""
@@ -341,12 +333,10 @@ class DualEncoder(nn.Module):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         out = np.empty((len(texts), self.dim), dtype=dtype)
-        compute = self._compute_dtype()
         was_training = self.training
         self.eval()
         try:
-            with torch.inference_mode(), \
-                    torch.autocast(self.device.type, dtype=compute, enabled=compute != torch.float32), \
+            with torch.inference_mode(), autocast(self.device, self.config.dtype), \
                     tqdm(total=len(texts), desc=desc, unit="text", disable=not progress) as bar:
                 window = batch_size * _SORT_WINDOW_BATCHES
                 for w in range(0, len(texts), window):

@@ -29,6 +29,8 @@ from tqdm.auto import tqdm
 from kilt.io import atomic_write
 from kilt.passages import Passage, iter_passage_file
 
+from .devices import resolve_device
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
@@ -292,14 +294,12 @@ def _set_search_params(index: faiss.Index, config: IndexConfig) -> None:
 
 def _placement(config: IndexConfig) -> tuple[str, str]:
     """(backend, device) to search on: ("faiss", "cpu" | "gpu") or ("torch", "cpu" | "cuda")."""
-    faiss_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    cuda = torch.cuda.is_available()
-    if config.device == "cuda" and not cuda:
-        raise ValueError("device='cuda' but torch sees no CUDA device")
+    device = resolve_device(config.device)
     if config.backend == "torch":
-        return "torch", "cuda" if cuda and config.device != "cpu" else "cpu"
-    if config.device == "cpu" or not cuda:
+        return "torch", device
+    if device == "cpu":
         return "faiss", "cpu"
+    faiss_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     if config.index_type == "hnsw":
         if config.device == "cuda":
             raise ValueError("faiss has no GPU HNSW; use device='cpu' (or 'auto') for an hnsw index")

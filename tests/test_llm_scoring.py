@@ -16,7 +16,8 @@ from kilt.io import read_task_file
 from kilt.passages import PassageStore, iter_passage_file, write_passages
 from multitask_retriever.pipeline import Pipeline
 from multitask_retriever.rerank import METHODS, load_reranker, make_reranker
-from multitask_retriever.rerank.llm_scoring import LLMScoringConfig, ListwiseQueryLikelihood
+from multitask_retriever.rerank.llm_scoring import LLMScoringConfig
+from multitask_retriever.rerank.losses import ListwiseQueryLikelihood
 from multitask_retriever.rerank.peft_baselines import ZeroShotReranker
 from multitask_retriever.rerank.train import RerankExample, RerankTrainConfig, examples_from_candidates, train_reranker
 from multitask_retriever.retriever import Hit

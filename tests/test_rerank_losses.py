@@ -115,3 +115,13 @@ def test_make_loss_passes_options_and_rejects_unknown_names():
         make_loss("hinge")
     with pytest.raises(ValueError, match="temperature must be positive"):
         make_loss("kl", temperature=0.0)
+
+
+def test_every_rerankers_training_loss_is_registered():
+    from multitask_retriever.rerank import METHODS, reranker_class
+    from multitask_retriever.rerank.losses import LOSSES, ListwiseQueryLikelihood
+
+    assert {m: reranker_class(m).training_loss for m in METHODS} == {
+        **{m: "lce+ql" for m in METHODS if m != "cross-encoder"}, "cross-encoder": "lce"}
+    assert all(name in LOSSES for name in ("lce", "lce+ql"))
+    assert isinstance(make_loss("lce+ql", ql_weight=0.5), ListwiseQueryLikelihood)

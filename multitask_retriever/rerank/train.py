@@ -34,7 +34,7 @@ from ..checkpointing import FINAL_NAME, LOG_NAME, STATE_NAME, atomic_directory, 
 from ..pipeline import default_passage_text
 from ..retriever import Hit
 from .base import Reranker
-from .losses import RerankLoss, make_loss
+from .losses import LOSSES, RerankLoss, make_loss
 
 log = logging.getLogger("mtr.rerank.train")
 
@@ -249,7 +249,7 @@ def write_teacher_file(reranker: Reranker, examples: Sequence[RerankExample], pa
 class RerankTrainConfig:
     """One reranker training stage (the CLI's `mtr train-reranker` flags)."""
 
-    loss: str = field(default="lce", metadata={"help": "lce | margin-mse | kl | ranknet | query-likelihood"})
+    loss: str = field(default="lce", metadata={"help": " | ".join(LOSSES)})
     loss_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "e.g. {temperature: 2.0} for kl"})
     lr: float = 3e-5
     weight_decay: float = 0.01
