@@ -106,14 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
 
     from sentence_transformers import SentenceTransformer
 
+    from multitask_retriever.devices import resolve_device, resolve_dtype
     from multitask_retriever.encoder import DualEncoder
     from multitask_retriever.encoding import encode_corpus
     from multitask_retriever.models import packaged_minilm_path
 
+    device = resolve_device(args.device)
     model = str(args.model or packaged_minilm_path())
     passages = real_passages(args.knowledge_source, args.passages)
     encoder = DualEncoder.from_pretrained(model, passage_max_length=args.max_length).to(device)
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     st = SentenceTransformer(model, device=device)
     st.max_seq_length = args.max_length
     if device == "cuda":  # same compute dtype on both sides (DualEncoder autocasts to bf16/fp16)
-        st = st.to(encoder._compute_dtype())
+        st = st.to(resolve_dtype(encoder.config.dtype, device))
     lengths = [len(ids) for ids in encoder.tokenizer(texts, truncation=True, max_length=args.max_length)["input_ids"]]
     print(f"{len(passages)} passages, tokens mean {statistics.mean(lengths):.1f} min {min(lengths)} "
           f"max {max(lengths)}, device {device}, torch threads {torch.get_num_threads()}", flush=True)
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "setup": {"model": model, "passages": len(passages), "source": str(args.knowledge_source),
                   "batch_size": args.batch_size, "max_length": args.max_length, "repeats": args.repeats,
                   "tokens_mean": statistics.mean(lengths), "tokens_min": min(lengths), "tokens_max": max(lengths),
-                  "compute_dtype": str(encoder._compute_dtype()).removeprefix("torch."),
+                  "compute_dtype": str(resolve_dtype(encoder.config.dtype, device)).removeprefix("torch."),
                   "note": "real weights; timings include tokenisation; variants interleaved, medians reported"},
         "results": results,
         "ratio_dual_encoder_vs_sentence_transformers": ratio,

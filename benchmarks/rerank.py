@@ -38,13 +38,6 @@ def _inputs(n_queries: int, n_passages: int) -> list[tuple[str, list[str]]]:
     return [(q, [passages[(i * 7 + j) % len(passages)] for j in range(n_passages)]) for i, q in enumerate(queries)]
 
 
-def _start(method: str, llm: str = "") -> str:
-    """The cross-encoder starts from the packaged MiniLM; LLM methods use `llm` (empty: the packaged SmolLM2)."""
-    from multitask_retriever.models import packaged_minilm_path
-
-    return str(packaged_minilm_path()) if method == "cross-encoder" else llm
-
-
 def run_one(method: str, n_queries: int, n_passages: int, device: str, llm: str = "") -> dict:
     import torch
 
@@ -52,7 +45,7 @@ def run_one(method: str, n_queries: int, n_passages: int, device: str, llm: str 
 
     torch.manual_seed(0)
     started = time.perf_counter()
-    reranker = make_reranker(method, _start(method, llm)).to(device)
+    reranker = make_reranker(method, "" if method == "cross-encoder" else llm).to(device)
     load_s = time.perf_counter() - started
     inputs = _inputs(n_queries, n_passages)
     reranker.rerank(*inputs[0])  # warm-up
@@ -92,7 +85,7 @@ def run_interleaved(methods: list[str], n_queries: int, n_passages: int, rounds:
         if method == "cross-encoder":
             from multitask_retriever.rerank import make_reranker
 
-            rerankers[method] = make_reranker(method, _start(method)).to(device)
+            rerankers[method] = make_reranker(method).to(device)
             continue
         cls = reranker_class(method)
         model = copy.deepcopy(lm) if method == "lora" else lm
@@ -134,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time all methods in one process, alternating, for N rounds")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    import torch
+    from multitask_retriever.devices import resolve_device
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     if args.one:
         print(json.dumps(run_one(args.one, args.queries, args.passages, device)))
         return 0

@@ -11,6 +11,7 @@ Subcommands import their heavy modules (models, FAISS) only when they run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -71,10 +72,11 @@ def _evaluate(args) -> int:
 # --------------------------------------------------------------------------- inference path
 @command("encode")
 def _encode(args) -> None:
+    from .devices import resolve_device
     from .encoder import DualEncoder
     from .encoding import encode_corpus
 
-    encoder = DualEncoder.from_pretrained(args.encoder).to(_device(args.device))
+    encoder = DualEncoder.from_pretrained(args.encoder).to(resolve_device(args.device))
     out = encode_corpus(encoder, args.passages, args.out_dir, shard_size=args.shard_size,
                         batch_size=args.batch_size)
     print(f"encoded shards in {out}")
@@ -96,7 +98,7 @@ def _retrieve(args) -> None:
 
     overrides = {name: getattr(args, name) for name in ("nprobe", "hnsw_ef_search", "backend")
                  if getattr(args, name) is not None}
-    retriever = load_retriever(args.encoder, args.index, args.passages, device=_device(args.device), **overrides)
+    retriever = load_retriever(args.encoder, args.index, args.passages, device=args.device, **overrides)
     n = retriever.predict(args.queries, args.out, task=args.task, k=args.k)
     print(f"{args.queries}: {n} predictions -> {args.out}")
 
@@ -107,7 +109,7 @@ def _train(args) -> None:
     from .config import config_from_args, load_config_file
     from .trainer import MultitaskTrainer, TrainConfig
 
-    cfg = config_from_args(TrainConfig, args, load_config_file(args.config) if args.config else None)
+    cfg = config_from_args(TrainConfig, args, [load_config_file(path) for path in args.config])
     result = MultitaskTrainer(cfg).train(resume=args.resume)
     print(f"trained {cfg.method} for {result.step} steps; model: {result.model_path}")
 
@@ -124,7 +126,7 @@ def _mine_negatives(args) -> None:
             raise ValueError("--encoder needs --index (an index of that encoder's passage vectors)")
         from .retriever import load_retriever
 
-        backend = load_retriever(args.encoder, args.index, args.passages, device=_device(args.device))
+        backend = load_retriever(args.encoder, args.index, args.passages, device=args.device)
     files = task_train_files(args.data_dir, args.tasks.split(",") if args.tasks else (), args.split)
     examples = build_training_examples(files, PassageStore(args.passages), backend, depth=args.depth,
                                        keep=args.keep, max_queries=args.max_queries)
@@ -154,7 +156,7 @@ def _first_stage(args):
             raise ValueError("--encoder needs --index (an index of that encoder's passage vectors)")
         from .retriever import load_retriever
 
-        return load_retriever(args.encoder, args.index, args.passages, device=_device(args.device))
+        return load_retriever(args.encoder, args.index, args.passages, device=args.device)
     from kilt.bm25 import BM25Retriever
     from kilt.passages import PassageStore
 
@@ -166,13 +168,15 @@ def _train_reranker(args) -> None:
     from kilt.io import read_task_file
     from kilt.passages import PassageStore
 
+    from .config import config_from_args
     from .data import task_train_files
     from .rerank import make_reranker
-    from .rerank.llm_scoring import ListwiseQueryLikelihood
     from .rerank.examples import attach_teacher_scores, examples_from_candidates, read_teacher_file
     from .rerank.train import RerankTrainConfig, train_reranker, train_stages
     from .training_loop import seed_everything
 
+    if not args.output_dir:
+        raise ValueError("--output-dir is required (checkpoints, log and final reranker)")
     files = task_train_files(args.data_dir, args.tasks.split(",") if args.tasks else (), "train")
     backend, store = _first_stage(args), PassageStore(args.passages)
     examples = []
@@ -181,18 +185,10 @@ def _train_reranker(args) -> None:
         hits = backend.search([e.input for e in queries], task=task, k=args.depth)
         examples += examples_from_candidates(queries, hits, store, num_negatives=args.num_negatives)
     print(f"{len(examples)} training queries with a retrieved gold passage")
-    options = _option_values(args.option)
-    model = args.model if args.method == "cross-encoder" else args.llm
-    seed_everything(args.seed)  # a new head or module is drawn from the global RNG
-    reranker = make_reranker(args.method, model or "", **options)
+    seed_everything(config_from_args(RerankTrainConfig, args).seed)  # a new head or module is drawn from it
+    reranker = make_reranker(args.method, args.model, **_option_values(args.option))
     print(f"{args.method}: {reranker.num_trainable_parameters():,} trainable parameters")
-    config = RerankTrainConfig(loss="lce", lr=args.lr, steps=args.steps, batch_size=args.batch_size,
-                               group_size=args.group_size, mixed_precision=args.mixed_precision,
-                               seed=args.seed, output_dir=args.output_dir, save_every=args.save_every)
-    if args.method != "cross-encoder":
-        result = train_reranker(reranker, examples, config, loss=ListwiseQueryLikelihood(), resume=args.resume)
-        print(f"trained {result['step']} steps (last loss {result['loss']:.4f}); reranker: {result['reranker_path']}")
-        return
+    config = config_from_args(RerankTrainConfig, args, loss=args.loss or reranker.training_loss)
     stages = []
     for name in args.stages.split(","):
         if name == "contrastive":
@@ -201,20 +197,26 @@ def _train_reranker(args) -> None:
             if not args.teacher:
                 raise ValueError("the distill stage needs --teacher (a teacher score or ranking file)")
             teacher = attach_teacher_scores(examples, read_teacher_file(args.teacher))
-            stages.append((name, teacher, RerankTrainConfig(**{**vars(config), "loss": args.distill_loss})))
+            stages.append((name, teacher, dataclasses.replace(config, loss=args.distill_loss)))
         else:
             raise ValueError(f"unknown stage {name!r}; known: contrastive, distill")
-    results = train_stages(reranker, stages, args.output_dir, resume=args.resume)
+    if len(stages) == 1:
+        _, stage_examples, stage_config = stages[0]
+        result = train_reranker(reranker, stage_examples, stage_config, resume=args.resume)
+        print(f"trained {result['step']} steps (last loss {result['loss']:.4f}); reranker: {result['reranker_path']}")
+        return
+    results = train_stages(reranker, stages, config.output_dir, resume=args.resume)
     last = list(results.values())[-1]
     print(f"trained stages {', '.join(results)}; reranker: {last['reranker_path']}")
 
 
 @command("pipeline")
 def _pipeline(args) -> None:
+    from .devices import resolve_device
     from .pipeline import Pipeline
     from .rerank import load_reranker
 
-    reranker = load_reranker(args.reranker).to(_device(args.device)) if args.reranker else None
+    reranker = load_reranker(args.reranker).to(resolve_device(args.device)) if args.reranker else None
     pipe = Pipeline(_first_stage(args), reranker)
     n = pipe.predict(args.queries, args.out, task=args.task, k=args.k, rerank_k=args.rerank_k if reranker else 0)
     print(f"{args.queries}: {n} predictions -> {args.out}")
@@ -226,7 +228,7 @@ def _benchmark_quality(args) -> None:
     from .config import config_from_args, load_config_file
     from .experiment import Experiment, ExperimentConfig, markdown_table, write_report
 
-    cfg = config_from_args(ExperimentConfig, args, load_config_file(args.config) if args.config else None,
+    cfg = config_from_args(ExperimentConfig, args, [load_config_file(path) for path in args.config],
                            data_dir=args.data_dir)
     doc = Experiment(cfg, progress=not args.quiet).run()
     paths = write_report(doc, args.out)
@@ -235,14 +237,6 @@ def _benchmark_quality(args) -> None:
 
 
 # --------------------------------------------------------------------------- parser
-def _device(name: str) -> str:
-    if name == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .config import add_config_arguments
 
@@ -300,15 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", required=True, help="KILT prediction file to write")
         p.add_argument("--task", default=None, help="task prompt [from the file name]")
         p.add_argument("--k", type=int, default=100)
-        p.add_argument("--device", default="auto")
+        p.add_argument("--device", default="auto",
+                       help="auto | cpu | cuda: where the encoder runs and the index searches")
         p.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query [as the index was saved]")
         p.add_argument("--hnsw-ef-search", type=int, default=None, help="HNSW search beam width [as saved]")
         p.add_argument("--backend", default=None, help="faiss | torch: search with another backend [as saved]")
 
-    from .trainer import TrainConfig
+    from .trainer import TrainConfig, methods
 
-    p = sub.add_parser("train", help="train the dual encoder on KILT tasks (naive, taco, pcgrad, cgd, single)")
-    p.add_argument("--config", default=None, help="YAML/JSON with TrainConfig fields (flags override it)")
+    p = sub.add_parser("train", help=f"train the dual encoder on KILT tasks ({', '.join(methods())})")
+    p.add_argument("--config", action="append", default=[], metavar="FILE",
+                   help="YAML/JSON with TrainConfig fields; repeatable, later files and flags override earlier")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint")
     add_config_arguments(p, TrainConfig)
 
@@ -329,34 +325,32 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--passages", required=True, help="passage file from `mtr chunk`")
         p.add_argument("--encoder", default=None, help="DualEncoder folder for dense candidates [BM25]")
         p.add_argument("--index", default=None, help="folder written by `mtr index` for --encoder")
-        p.add_argument("--device", default="auto")
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda: the encoder, its index and the reranker")
 
-    p = sub.add_parser("train-reranker", help="train a reranker (qpeft-a, qpeft-r, idspam, prompt-tuning, "
-                                              "lora, cross-encoder) on retrieved candidates")
-    p.add_argument("--method", required=True,
-                   choices=["qpeft-a", "qpeft-r", "idspam", "prompt-tuning", "lora", "cross-encoder"])
+    from .rerank import METHODS
+    from .rerank.losses import LOSSES, distill_losses
+    from .rerank.train import RerankTrainConfig
+
+    p = sub.add_parser("train-reranker", help=f"train a reranker ({', '.join(METHODS)}) on retrieved candidates")
+    p.add_argument("--method", required=True, choices=list(METHODS))
     p.add_argument("--data-dir", required=True, help="KILT folder with <task>-train-kilt.jsonl files")
-    p.add_argument("--output-dir", required=True, help="checkpoints, log and final reranker")
     first_stage_arguments(p)
     p.add_argument("--tasks", default="", help="comma-separated task names [all with a train file]")
-    p.add_argument("--llm", default="", help="LM for LLM methods [packaged SmolLM2-135M]")
-    p.add_argument("--model", default="", help="encoder or cross-encoder for --method cross-encoder")
+    p.add_argument("--model", "--llm", default="", help="start model: the LM of an LLM method [packaged "
+                   "SmolLM2-135M] or the cross-encoder's encoder [packaged all-MiniLM-L6-v2]")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method config field, e.g. num_clues=8 or layer=6 (repeatable)")
-    p.add_argument("--stages", default="contrastive", help="cross-encoder: contrastive,distill in order")
+    p.add_argument("--stages", default="contrastive", help="contrastive,distill in order; one stage trains in "
+                   "--output-dir, several each in --output-dir/<i>-<stage>")
     p.add_argument("--teacher", default=None, help="teacher scores/rankings JSONL for the distill stage")
-    p.add_argument("--distill-loss", default="ranknet", help="ranknet | kl | margin-mse")
+    p.add_argument("--distill-loss", default="ranknet", choices=distill_losses(), help="the distill stage's loss")
     p.add_argument("--depth", type=int, default=30, help="candidates retrieved per query [30]")
     p.add_argument("--num-negatives", type=int, default=None, help="hard negatives kept per query [all]")
     p.add_argument("--max-queries", type=int, default=0, help="cap on training queries per task (0 = all)")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--group-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--mixed-precision", default="no", help="no | fp16 | bf16")
-    p.add_argument("--save-every", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+    add_config_arguments(p, RerankTrainConfig, skip={"loss"})
+    p.add_argument("--loss", default=None, choices=list(LOSSES),
+                   help="the contrastive stage's loss [the method's own: Reranker.training_loss]")
 
     p = sub.add_parser("pipeline", help="retrieve, rerank the top rerank-k, write KILT predictions")
     first_stage_arguments(p)
@@ -372,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark-quality", help="build and score every system on a KILT folder")
     p.add_argument("data_dir", help="folder with knowledge_source.jsonl[.gz] and <task>-{train,dev}-kilt.jsonl")
     p.add_argument("--out", required=True, help="result JSON (a .md table and a .png chart go beside it)")
-    p.add_argument("--config", default=None, help="YAML/JSON with ExperimentConfig fields")
+    p.add_argument("--config", action="append", default=[], metavar="FILE",
+                   help="YAML/JSON with ExperimentConfig fields; repeatable, later files and flags override "
+                        "earlier (the committed CPU runs: scripts/configs/cpu.yaml, then the run's file)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_arguments(p, ExperimentConfig, skip={"data_dir"})
     return parser

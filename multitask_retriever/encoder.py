@@ -29,9 +29,10 @@ from transformers.utils import cached_file
 
 from kilt.io import atomic_directory
 
+from .devices import check_dtype_name, resolve_dtype
+
 CONFIG_NAME = "mtr_encoder.json"
 POOLINGS = ("auto", "mean", "cls", "first_decoder")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # encoder-decoder families whose encoder stack loads on its own (for mean / cls pooling)
 _ENCODER_ONLY_CLASSES = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5EncoderModel"}
 # texts tokenised, length-sorted and encoded together: bounds memory on corpus shards
@@ -104,8 +105,7 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be 'auto' or one of {tuple(DTYPES)}, got {self.dtype!r}")
+        check_dtype_name(self.dtype)
         for name in ("query_truncation_side", "passage_truncation_side"):
             if getattr(self, name) not in ("left", "right"):
                 raise ValueError(f"{name} must be 'left' or 'right', got {getattr(self, name)!r}")
@@ -335,13 +335,6 @@ class DualEncoder(nn.Module):
         """Same as `embed`; lets DDP / accelerate wrappers call the model directly."""
         return self.embed(batch)
 
-    def _compute_dtype(self) -> torch.dtype:
-        if self.config.dtype != "auto":
-            return DTYPES[self.config.dtype]
-        if self.device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-
     def _inference_tokenizer(self, max_length: int, side: str) -> "_InferenceTokenizer":
         """The private tokenizer copy `_encode` uses for this length and side (made once, kept)."""
         cache = self.__dict__.setdefault("_inference_tokenizers", {})
@@ -379,7 +372,7 @@ class DualEncoder(nn.Module):
         self.eval()
         try:
             with ThreadPoolExecutor(threads, thread_name_prefix="mtr-tokenize") as pool, \
-                    _weights_in(self.backbone, self._compute_dtype()), torch.inference_mode(), \
+                    _weights_in(self.backbone, resolve_dtype(self.config.dtype, device)), torch.inference_mode(), \
                     tqdm(total=len(texts), desc=desc, unit="text", disable=not progress) as bar:
                 ahead = _tokenize_ahead(pool, tokenize, texts[: windows[0][1]], threads)
                 for i, (start, _) in enumerate(windows):

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from kilt.io import atomic_directory, read_json_object, write_json
 
+from .devices import resolve_device
 from .encoding import MANIFEST_NAME, read_manifest, save_npy, shard_paths
 
 INDEX_FILE = "index.faiss"
@@ -117,14 +118,12 @@ def _set_search_params(index: faiss.Index, config: IndexConfig) -> None:
 
 def _placement(config: IndexConfig) -> tuple[str, str]:
     """(backend, device) to search on: ("faiss", "cpu" | "gpu") or ("torch", "cpu" | "cuda")."""
-    faiss_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    cuda = torch.cuda.is_available()
-    if config.device == "cuda" and not cuda:
-        raise ValueError("device='cuda' but torch sees no CUDA device")
+    device = resolve_device(config.device)
     if config.backend == "torch":
-        return "torch", "cuda" if cuda and config.device != "cpu" else "cpu"
-    if config.device == "cpu" or not cuda:
+        return "torch", device
+    if device == "cpu":
         return "faiss", "cpu"
+    faiss_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     if config.index_type == "hnsw":
         if config.device == "cuda":
             raise ValueError("faiss has no GPU HNSW; use device='cpu' (or 'auto') for an hnsw index")

@@ -81,13 +81,17 @@ def load_retriever(encoder_path: str | Path, index_dir: str | Path, passage_file
                    device: str | None = None, progress: bool = True, **index_overrides: Any) -> Retriever:
     """A Retriever from a saved DualEncoder, an `Index.save` folder and the passage file.
 
-    `device` places the encoder; `index_overrides` are `Index.load` search settings.
+    `device` (auto | cpu | cuda) places the encoder and the index search (unset: the encoder
+    stays on the CPU and the index searches as saved); `index_overrides` are `Index.load`
+    search settings.
     """
+    from .devices import resolve_device
     from .encoder import DualEncoder
 
     encoder = DualEncoder.from_pretrained(encoder_path)
     if device is not None:
-        encoder.to(device)
+        encoder.to(resolve_device(device))
+        index_overrides = {"device": device, **index_overrides}
     index = Index.load(index_dir, expected_dim=encoder.dim, **index_overrides)
     if index.encoder_name not in (None, encoder.config.model_name_or_path):
         logger.warning("%s was built from vectors of %s; queries are encoded by %s",

@@ -8,11 +8,13 @@ pass, and one combined gradient is written back for the optimiser step.
     optimizer.step()
 
 Every method (``naive``, ``taco``, ``pcgrad``, ``cgd``) implements :class:`GradientCombiner`,
-so the trainer and any user loop treat them alike.
+so the trainer and any user loop treat them alike. :class:`TacoConfig` holds TACO's settings
+as the trainer, the CLI and the experiment runner share them.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -22,13 +24,16 @@ from torch import nn
 class GradientCombiner(ABC):
     """Reads each task's ``p.grad`` (``observe``) and writes one combined gradient (``apply``)."""
 
-    def __init__(self, params: Iterable[nn.Parameter], num_tasks: int):
+    def __init__(self, params: Iterable[nn.Parameter], num_tasks: int, seed: int = 0):
+        """`seed` seeds the combiners that draw random numbers (PCGrad's task order, TACO's
+        median sample); deterministic ones keep it unused."""
         self.params = [p for p in params if p.requires_grad]
         if not self.params:
             raise ValueError("no trainable parameters to combine gradients for")
         if num_tasks < 1:
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
         self.num_tasks = num_tasks
+        self.seed = seed
         self.steps = 0
         self._observed: set[int] = set()
         self._losses: dict[int, float] = {}
@@ -84,8 +89,8 @@ class GradientCombiner(ABC):
 class NaiveSum(GradientCombiner):
     """Plain multitask training: g = sum_t g_t / K, streamed (one gradient copy)."""
 
-    def __init__(self, params: Iterable[nn.Parameter], num_tasks: int):
-        super().__init__(params, num_tasks)
+    def __init__(self, params: Iterable[nn.Parameter], num_tasks: int, seed: int = 0):
+        super().__init__(params, num_tasks, seed)
         self._sum: list[torch.Tensor] | None = None
 
     def _observe(self, task: int, grads: list[torch.Tensor]) -> None:
@@ -158,6 +163,41 @@ def _weight_stats(w: torch.Tensor) -> tuple[float, float, float]:
 
 # ----------------------------------------------------------------------------- TACO
 
+MEDIANS = ("nonzero", "all")
+
+
+def _check_taco(beta: float, tau: float, warmup_steps: int, median: str, median_name: str) -> None:
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"beta must be in [0, 1), got {beta}")
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if median not in MEDIANS:
+        raise ValueError(f"{median_name} must be 'nonzero' or 'all', got {median!r}")
+
+
+@dataclass
+class TacoConfig:
+    """TACO's settings: the ``taco`` section of TrainConfig and ExperimentConfig (flags ``--taco-*``)."""
+
+    beta: float = field(default=0.999, metadata={"help": "EMA decay of the per-entry task importances"})
+    tau: float = field(default=2.0, metadata={"help": "softmax temperature of the task weights"})
+    warmup_steps: int = field(default=0, metadata={"help": "first steps with plain averaged gradients"})
+    exact: bool = field(default=False, metadata={"help": "TACO's dense K x P update to the letter"})
+    median: str = field(default="nonzero", metadata={
+        "help": "importance normaliser: median of the non-zero importances (nonzero), or of all "
+                "entries as the official code (all; 0 where most entries get no gradient)"})
+
+    def __post_init__(self) -> None:
+        _check_taco(self.beta, self.tau, self.warmup_steps, self.median, "median")
+
+    def combiner_options(self) -> dict[str, Any]:
+        """The TaskSpecialization keyword arguments these settings stand for."""
+        return {"beta": self.beta, "tau": self.tau, "warmup_steps": self.warmup_steps, "exact": self.exact,
+                "median_over": self.median}
+
+
 class TaskSpecialization(GradientCombiner):
     """TACO (Zhang et al., TACL 2023): each parameter entry weights the tasks by how much it
     matters to them, w_t = softmax_t(E_t / tau), E_t the EMA of median-normalised |theta * g_t|.
@@ -211,19 +251,12 @@ class TaskSpecialization(GradientCombiner):
                  tau: float = 2.0, warmup_steps: int = 0, exact: bool = False,
                  ema_dtype: torch.dtype = torch.float32, median_sample: int | None = 1 << 16,
                  seed: int = 0, official_scale: bool = False, median_over: str = "nonzero"):
-        super().__init__(params, num_tasks)
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"beta must be in [0, 1), got {beta}")
-        if tau <= 0:
-            raise ValueError(f"tau must be > 0, got {tau}")
-        if warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        super().__init__(params, num_tasks, seed)
+        _check_taco(beta, tau, warmup_steps, median_over, "median_over")
         if ema_dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"ema_dtype must be torch.float32 or torch.bfloat16, got {ema_dtype}")
         if exact and ema_dtype != torch.float32:
             raise ValueError("exact=True keeps its EMAs in float32")
-        if median_over not in ("nonzero", "all"):
-            raise ValueError(f"median_over must be 'nonzero' or 'all', got {median_over!r}")
         self.median_over = median_over
         self.beta, self.tau, self.warmup_steps = beta, tau, warmup_steps
         self.exact, self.ema_dtype, self.official_scale = exact, ema_dtype, official_scale
@@ -419,8 +452,8 @@ def _held_tensors(obj: Any, skip: list[nn.Parameter]) -> Iterator[torch.Tensor]:
 class _FlatRows(GradientCombiner):
     """Keeps the K task gradients as rows of a K x P float32 matrix (what PCGrad and CGD need)."""
 
-    def __init__(self, params: Iterable[nn.Parameter], num_tasks: int):
-        super().__init__(params, num_tasks)
+    def __init__(self, params: Iterable[nn.Parameter], num_tasks: int, seed: int = 0):
+        super().__init__(params, num_tasks, seed)
         self._rows = torch.zeros(num_tasks, sum(p.numel() for p in self.params), device=self.params[0].device)
 
     def _observe(self, task: int, grads: list[torch.Tensor]) -> None:
@@ -449,7 +482,7 @@ class PCGrad(_FlatRows):
     """
 
     def __init__(self, params: Iterable[nn.Parameter], num_tasks: int, seed: int = 0):
-        super().__init__(params, num_tasks)
+        super().__init__(params, num_tasks, seed)
         self._rng = torch.Generator().manual_seed(seed)
 
     def _combine_rows(self, rows: torch.Tensor) -> torch.Tensor:
@@ -483,8 +516,8 @@ class CGD(_FlatRows):
     """
 
     def __init__(self, params: Iterable[nn.Parameter], num_tasks: int, beta: float = 0.25,
-                 tau: float = 100.0, normalize: bool = True):
-        super().__init__(params, num_tasks)
+                 tau: float = 100.0, normalize: bool = True, seed: int = 0):
+        super().__init__(params, num_tasks, seed)
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau}")
         self.beta, self.tau, self.normalize = beta, tau, normalize

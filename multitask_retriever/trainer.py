@@ -11,7 +11,6 @@ model, the combiner state and the data position. Multi-GPU/multi-node:
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import time
@@ -33,6 +32,7 @@ from .data import (
     prepare_training_data,
 )
 from .losses import ContrastiveLoss
+from .specialization import COMBINERS, TacoConfig
 from .training_loop import TrainingLoop, read_log
 
 log = logging.getLogger("mtr.train")
@@ -41,8 +41,6 @@ log = logging.getLogger("mtr.train")
 
 def methods() -> list[str]:
     """Training methods: every registered gradient combiner, and "single" (one task)."""
-    from .specialization import COMBINERS
-
     return [*COMBINERS, "single"]
 
 MODEL_DIR = "model"
@@ -85,13 +83,7 @@ class TrainConfig:
     seed: int = 42
     output_dir: str = field(default="", metadata={"help": "checkpoints, final model, train_log.jsonl"})
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only the final one)"})
-    taco_beta: float = 0.999
-    taco_tau: float = 2.0
-    taco_warmup_steps: int = 0
-    taco_exact: bool = field(default=False, metadata={"help": "TACO's dense K x P update to the letter"})
-    taco_median: str = field(default="nonzero", metadata={
-        "help": "importance normaliser: median of the non-zero importances (nonzero), or of all "
-                "entries as the official code (all; 0 where most entries get no gradient)"})
+    taco: TacoConfig = field(default_factory=TacoConfig, metadata={"help": "TACO's settings (method taco)"})
     combiner_options: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "extra make_combiner options (pcgrad / cgd)"})
     diagnostics_depth: int = field(default=4, metadata={
@@ -106,7 +98,7 @@ class TrainConfig:
         for name in ("steps", "per_task_batch_size", "query_max_length", "passage_max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("n_negatives", "warmup_steps", "save_every", "max_train_queries", "taco_warmup_steps"):
+        for name in ("n_negatives", "warmup_steps", "save_every", "max_train_queries"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0:
@@ -119,19 +111,10 @@ class TrainConfig:
         return "naive" if self.method == "single" else self.method
 
     def combiner_kwargs(self) -> dict[str, Any]:
-        """Options passed to `make_combiner`: TACO's from the taco_* fields, the run's seed to
-        combiners that take one (PCGrad's task order), then `combiner_options`."""
-        from .specialization import COMBINERS
-
-        if self.method == "single":
-            return {}
-        options: dict[str, Any] = {}
-        if self.method == "taco":
-            options = {"beta": self.taco_beta, "tau": self.taco_tau, "warmup_steps": self.taco_warmup_steps,
-                       "exact": self.taco_exact, "median_over": self.taco_median}
-        if "seed" in inspect.signature(COMBINERS[self.method]).parameters:
-            options["seed"] = self.seed
-        return {**options, **self.combiner_options}
+        """Options passed to `make_combiner`: the run's seed, TACO's settings for taco, then
+        `combiner_options`."""
+        taco = self.taco.combiner_options() if self.method == "taco" else {}
+        return {"seed": self.seed, **taco, **self.combiner_options}
 
 
 @dataclass

@@ -15,12 +15,12 @@ case "${1:-}" in
             ../shared/realkilt/knowledge_source.jsonl "$SLICE" --queries 100000 --distractors 4000 --seed 0
         if [ "$mode" = --slice ]; then
             exec mtr benchmark-quality "$SLICE" --out benchmarks/results/quality-realkilt-slice.json \
-                --config scripts/configs/quality-realkilt-slice.yaml "$@"
+                --config scripts/configs/cpu.yaml --config scripts/configs/quality-realkilt-slice.yaml "$@"
         fi
         exec mtr benchmark-quality "$SLICE" --out benchmarks/results/rerankers-realkilt-slice.json \
-            --config scripts/configs/rerankers-realkilt-slice.yaml "$@"
+            --config scripts/configs/cpu.yaml --config scripts/configs/rerankers-realkilt-slice.yaml "$@"
         ;;
 esac
 DATA="${1:-../shared/realkilt}"; shift || true
 exec mtr benchmark-quality "$DATA" --out benchmarks/results/quality-realkilt.json \
-    --config scripts/configs/quality-realkilt.yaml "$@"
+    --config scripts/configs/cpu.yaml --config scripts/configs/quality-realkilt.yaml "$@"

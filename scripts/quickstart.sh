@@ -30,7 +30,8 @@ done
 
 echo "== bundled miniature KILT (tests/fixtures/mini_kilt, hand-written: a smoke run, not a quality claim) =="
 mtr benchmark-quality tests/fixtures/mini_kilt --out runs/quickstart/mini_kilt.json \
-    --work-dir runs/quickstart/mini_kilt --config scripts/configs/quickstart-mini.yaml "${EXTRA[@]}"
+    --work-dir runs/quickstart/mini_kilt --config scripts/configs/cpu.yaml \
+    --config scripts/configs/quickstart-mini.yaml "${EXTRA[@]}"
 
 if [ "$REAL" = 1 ] && [ -z "$DATA" ]; then
     [ -d ../shared/realkilt ] || { echo "quickstart: --real needs ../shared/realkilt" >&2; exit 2; }
@@ -42,7 +43,7 @@ if [ -n "$DATA" ]; then
     echo
     echo "== real KILT data: $DATA =="
     mtr benchmark-quality "$DATA" --out runs/quickstart/real.json --work-dir "runs/quickstart/work-$(basename "$DATA")" \
-        --config scripts/configs/quickstart-real.yaml "${EXTRA[@]}"
+        --config scripts/configs/cpu.yaml --config scripts/configs/quickstart-real.yaml "${EXTRA[@]}"
 else
     echo
     echo "(real data: add --real for a slice of ../shared/realkilt, or --data DIR for any KILT folder;"

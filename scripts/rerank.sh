@@ -2,7 +2,9 @@
 # Train a reranker on retrieved candidates and run retrieve-then-rerank on a KILT dev file.
 #   scripts/rerank.sh [METHOD] [DATA_DIR] [OUT_DIR]
 # METHOD: qpeft-a (default) | qpeft-r | idspam | prompt-tuning | lora | cross-encoder
-# The LLM is $MTR_LLM (a Hugging Face name or folder) or, when unset, the packaged SmolLM2-135M.
+# The LLM is $MTR_LLM (a Hugging Face name or folder) or, when unset, the packaged SmolLM2-135M;
+# the cross-encoder starts from $MODEL_PATH or the packaged all-MiniLM-L6-v2. LR sets the learning
+# rate (default: 1e-3 for an LLM method's small module, RerankTrainConfig's for the cross-encoder).
 # Candidates come from BM25 unless ENCODER and INDEX name a trained dual encoder and its index.
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 METHOD="${1:-qpeft-a}"
@@ -14,8 +16,8 @@ mkdir -p "$OUT"
 [ -f "$OUT/passages.jsonl" ] || mtr chunk "$DATA/knowledge_source.jsonl" "$OUT/passages.jsonl"
 FIRST=(--passages "$OUT/passages.jsonl")
 if [ -n "${ENCODER:-}" ]; then FIRST+=(--encoder "$ENCODER" --index "$INDEX"); fi
-MODEL=(--llm "${MTR_LLM:-}")
-if [ "$METHOD" = cross-encoder ]; then MODEL=(--model "${MODEL_PATH:?set MODEL_PATH to an encoder for the cross-encoder}"); fi
+MODEL=(--model "${MTR_LLM:-}" --lr "${LR:-1e-3}")
+if [ "$METHOD" = cross-encoder ]; then MODEL=(--model "${MODEL_PATH:-}" ${LR:+--lr "$LR"}); fi
 mtr train-reranker --method "$METHOD" --data-dir "$DATA" --output-dir "$OUT/train" "${FIRST[@]}" "${MODEL[@]}" \
     --steps "$STEPS" --resume
 mtr pipeline "${FIRST[@]}" --reranker "$OUT/train/final/reranker" \

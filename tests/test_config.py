@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from multitask_retriever.config import add_config_arguments, config_from_args, load_config_file
+from multitask_retriever.config import add_config_arguments, config_from_args, flat_fields, load_config_file
 
 
 @dataclass
@@ -54,3 +54,43 @@ def test_bad_config_file_names_file(tmp_path):
         load_config_file(bad)
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         load_config_file(tmp_path / "missing.yaml")
+
+
+@dataclass
+class Section:
+    """A nested section."""
+
+    beta: float = 0.5
+    exact: bool = False
+
+
+@dataclass
+class WithSection:
+    steps: int = 1
+    taco: Section = field(default_factory=Section)
+
+
+def test_a_section_is_flat_on_the_command_line_and_nested_or_flat_in_a_file():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, WithSection)
+    args = parser.parse_args(["--taco-exact", "true"])
+    assert config_from_args(WithSection, args, {"taco": {"beta": 0.9}, "steps": 3}) == \
+        WithSection(steps=3, taco=Section(beta=0.9, exact=True))
+    assert config_from_args(WithSection, None, {"taco_beta": 0.7}) == WithSection(taco=Section(beta=0.7))
+
+
+def test_later_config_files_override_earlier_ones_field_by_field():
+    files = [{"steps": 2, "taco": {"beta": 0.1, "exact": True}}, {"steps": 5, "taco_beta": 0.2}]
+    assert config_from_args(WithSection, None, files) == WithSection(steps=5, taco=Section(beta=0.2, exact=True))
+
+
+def test_unknown_section_keys_are_named():
+    for values in ({"taco": {"betta": 1}}, {"taco_betta": 1}):
+        with pytest.raises(ValueError, match="unknown Section field 'betta'; known: beta, exact"):
+            config_from_args(WithSection, None, values)
+    with pytest.raises(ValueError, match="WithSection section 'taco' must be a mapping of Section fields"):
+        config_from_args(WithSection, None, {"taco": 3})
+
+
+def test_flat_fields_spell_sections_as_their_flags():
+    assert flat_fields(WithSection(taco=Section(beta=0.3))) == {"steps": 1, "taco_beta": 0.3, "taco_exact": False}

@@ -153,3 +153,12 @@ def test_from_pretrained_rejects_another_method_and_unknown_options(tiny_bert, t
 def test_config_leaves_room_for_the_passage():
     with pytest.raises(ValueError, match="must leave room for a passage"):
         CrossEncoderConfig(max_length=32, max_query_length=30)
+
+
+def test_make_reranker_starts_a_cross_encoder_from_the_packaged_minilm_by_default():
+    from multitask_retriever.models import packaged_minilm_path
+    from multitask_retriever.rerank import make_reranker
+
+    reranker = make_reranker("cross-encoder", max_length=64, max_query_length=16)
+    assert isinstance(reranker, CrossEncoderReranker)
+    assert reranker.config.model_name_or_path == str(packaged_minilm_path())

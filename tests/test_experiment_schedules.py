@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 import multitask_retriever.rerank.train as rerank_train
 from multitask_retriever.experiment import Experiment, ExperimentConfig, cross_encoder_schedule

@@ -2,7 +2,6 @@
 the tests and the quickstart rely on."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

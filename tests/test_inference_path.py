@@ -219,3 +219,14 @@ def test_packaged_minilm_retrieves_the_mini_kilt(passage_file, mini_kilt, tmp_pa
     scores = evaluate(mini_kilt / "nq-dev-kilt.jsonl", out, ks=(1, 10))
     assert scores["Rprec"] >= 0.6  # measured 0.80 (82 pages, 10 queries; chance is about 0.01)
     assert scores["recall@10"] >= 0.9
+
+
+def test_mtr_retrieve_device_places_the_index_too(tiny_bert, passage_file, mini_kilt, tmp_path):
+    """--device cpu searches on the CPU even where the index was saved to search on a GPU."""
+    index = _encode_and_index(tiny_bert, passage_file, tmp_path)
+    meta = json.loads((index / "index_meta.json").read_text())
+    meta["config"]["device"] = "cuda"
+    (index / "index_meta.json").write_text(json.dumps(meta))
+    assert _retrieve(tiny_bert, index, passage_file, mini_kilt / "nq-dev-kilt.jsonl", tmp_path / "p.jsonl") == 0
+    loaded = load_retriever(tiny_bert, index, passage_file, device="cpu", progress=False)
+    assert loaded.index.config.device == "cpu" and not loaded.index.on_gpu

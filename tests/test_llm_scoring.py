@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,8 @@ from kilt.passages import PassageStore, write_passages
 from multitask_retriever.pipeline import Pipeline
 from multitask_retriever.rerank import METHODS, load_reranker, make_reranker
 from multitask_retriever.rerank.examples import RerankExample, examples_from_candidates
-from multitask_retriever.rerank.llm_scoring import LLMScoringConfig, ListwiseQueryLikelihood
+from multitask_retriever.rerank.llm_scoring import LLMScoringConfig
+from multitask_retriever.rerank.losses import ListwiseQueryLikelihood
 from multitask_retriever.rerank.peft_baselines import ZeroShotReranker
 from multitask_retriever.rerank.train import RerankTrainConfig, train_reranker
 

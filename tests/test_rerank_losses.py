@@ -133,3 +133,13 @@ def test_ql_hinge_margin_widens_every_hinge():
     assert make_loss("ql+hinge", margin=1.0)(scores, _batch(None)).item() == pytest.approx(3.125, abs=1e-6)
     with pytest.raises(ValueError, match="at least one negative"):
         make_loss("ql+hinge")(scores[:, :1], _batch(None))
+
+
+def test_every_rerankers_training_loss_is_registered():
+    from multitask_retriever.rerank import METHODS, reranker_class
+    from multitask_retriever.rerank.losses import LOSSES, ListwiseQueryLikelihood
+
+    assert {m: reranker_class(m).training_loss for m in METHODS} == {
+        **{m: "lce+ql" for m in METHODS if m != "cross-encoder"}, "cross-encoder": "lce"}
+    assert all(name in LOSSES for name in ("lce", "lce+ql"))
+    assert isinstance(make_loss("lce+ql", ql_weight=0.5), ListwiseQueryLikelihood)

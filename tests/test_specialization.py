@@ -13,6 +13,7 @@ from multitask_retriever.specialization import (
     COMBINERS,
     NaiveSum,
     PCGrad,
+    TacoConfig,
     TaskSpecialization,
     make_combiner,
 )
@@ -434,3 +435,27 @@ def test_a_zero_median_hands_each_parameter_to_one_task_from_the_first_step(medi
 def test_taco_median_over_must_be_known():
     with pytest.raises(ValueError, match="median_over must be 'nonzero' or 'all'"):
         TaskSpecialization(tiny_model().parameters(), K, median_over="mean")
+
+
+# ----------------------------------------------------------------------------- TacoConfig
+
+def test_the_taco_section_becomes_the_combiners_options_with_the_runs_seed():
+    from multitask_retriever.trainer import TrainConfig
+
+    config = TrainConfig(method="taco", taco=TacoConfig(beta=0.9, median="all"), seed=3, output_dir="x")
+    assert config.combiner_kwargs() == {"seed": 3, "beta": 0.9, "tau": 2.0, "warmup_steps": 0, "exact": False,
+                                        "median_over": "all"}
+    assert TrainConfig(method="pcgrad", seed=3, taco=TacoConfig(beta=0.9)).combiner_kwargs() == {"seed": 3}
+
+
+@pytest.mark.parametrize("method", sorted(COMBINERS))
+def test_every_combiner_takes_the_runs_seed(method):
+    assert make_combiner(method, tiny_model().parameters(), K, seed=7).seed == 7
+
+
+@pytest.mark.parametrize("field, value, message", [("beta", 1.0, "beta must be in"), ("tau", 0.0, "tau must be > 0"),
+                                                   ("warmup_steps", -1, "warmup_steps must be >= 0"),
+                                                   ("median", "mean", "median must be 'nonzero' or 'all'")])
+def test_bad_taco_settings_are_named(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TacoConfig(**{field: value})

@@ -14,7 +14,7 @@ from multitask_retriever.data import (MultitaskBatches, TrainingExample, build_t
                                       read_training_examples, task_train_files, write_training_examples)
 from multitask_retriever.encoder import DualEncoder
 from multitask_retriever.losses import ContrastiveLoss
-from multitask_retriever.specialization import COMBINERS
+from multitask_retriever.specialization import COMBINERS, TacoConfig
 from multitask_retriever.trainer import MultitaskTrainer, TrainConfig
 
 TASKS = ["nq", "fever", "wow"]
@@ -32,7 +32,7 @@ def data(mini_kilt, tmp_path_factory):
 def _config(model, out, **changes):
     values = dict(model_name_or_path=str(model), tasks=TASKS, per_task_batch_size=4, n_negatives=1, lr=2e-3,
                   steps=6, warmup_steps=1, query_max_length=32, passage_max_length=64, seed=5,
-                  output_dir=str(out), progress=False, taco_warmup_steps=2)
+                  output_dir=str(out), progress=False, taco=TacoConfig(warmup_steps=2))
     values.update(changes)
     return TrainConfig(**values)
 
@@ -92,18 +92,18 @@ RESUMABLE = [(m, False) for m in sorted(COMBINERS)] + ([("taco", True)] if "taco
 def test_resume_is_exact(method, exact, tiny_t5, data, tmp_path):
     """6 steps straight == 3 steps, stop, resume, 3 steps (weights, log, combiner state)."""
     store, examples = data
-    straight = MultitaskTrainer(_config(tiny_t5, tmp_path / "a", method=method, taco_exact=exact),
-                                examples=examples, store=store).train()
-    stopped = MultitaskTrainer(_config(tiny_t5, tmp_path / "b", method=method, taco_exact=exact),
-                               examples=examples, store=store).train(stop_after=3)
+
+    def config(run):
+        return _config(tiny_t5, tmp_path / run, method=method, taco=TacoConfig(warmup_steps=2, exact=exact))
+
+    straight = MultitaskTrainer(config("a"), examples=examples, store=store).train()
+    stopped = MultitaskTrainer(config("b"), examples=examples, store=store).train(stop_after=3)
     assert stopped.step == 3 and stopped.model_path.endswith("checkpoint-0000003/model")
     state = torch.load(tmp_path / "b" / "checkpoint-0000003" / "trainer_state.pt", weights_only=False)
     assert state["step"] == 3 and state["combiner"]["steps"] == 3 and state["data"]["seed"] == 5
     with pytest.raises(FileExistsError, match="resume"):
-        MultitaskTrainer(_config(tiny_t5, tmp_path / "b", method=method, taco_exact=exact), examples=examples,
-                         store=store).train()
-    resumed = MultitaskTrainer(_config(tiny_t5, tmp_path / "b", method=method, taco_exact=exact),
-                               examples=examples, store=store).train(resume=True)
+        MultitaskTrainer(config("b"), examples=examples, store=store).train()
+    resumed = MultitaskTrainer(config("b"), examples=examples, store=store).train(resume=True)
     assert resumed.step == 6 and resumed.losses == straight.losses
     a, b = DualEncoder.from_pretrained(straight.model_path), DualEncoder.from_pretrained(resumed.model_path)
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
@@ -112,7 +112,7 @@ def test_resume_is_exact(method, exact, tiny_t5, data, tmp_path):
     finals = [torch.load(tmp_path / run / "final" / "trainer_state.pt", weights_only=False) for run in "ab"]
     _assert_same_state(finals[0]["combiner"], finals[1]["combiner"])
     assert finals[1]["combiner"]["steps"] == 6
-    again = MultitaskTrainer(_config(tiny_t5, tmp_path / "b", method=method, taco_exact=exact)).train(resume=True)
+    again = MultitaskTrainer(config("b")).train(resume=True)
     assert again.model_path == resumed.model_path and again.losses == resumed.losses  # finished: no training
 
 

@@ -1,6 +1,6 @@
 """Rerankers behind one interface (`Reranker`): LLM-based (Q-PEFT, ID-SPAM, PEFT baselines) and cross-encoders.
 
-`make_reranker(method, llm_or_model_path, **options)` builds a fresh one by name and
+`make_reranker(method, model, **options)` builds a fresh one by name and
 `load_reranker(path)` reloads a saved one by the method in its mtr_reranker.json.
 Modules are imported only when a method is asked for.
 """
@@ -29,20 +29,15 @@ def reranker_class(method: str) -> type:
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
-def make_reranker(method: str, llm_or_model_path: str | Path = "", **options: Any):
-    """A fresh reranker: LLM methods over `llm_or_model_path` (empty: the packaged SmolLM2),
-    the cross-encoder from that model folder; `options` are the method's config fields."""
-    cls = reranker_class(method)
-    if method == "cross-encoder":
-        if not str(llm_or_model_path):
-            raise ValueError("the cross-encoder needs a model name or folder")
-        return cls.from_pretrained(llm_or_model_path, **options)
-    return cls.create(str(llm_or_model_path), **options)
+def make_reranker(method: str, model: str | Path = "", **options: Any):
+    """A fresh reranker over the start model `model`: the LM of an LLM method or the
+    cross-encoder's encoder (empty: the packaged default); `options` are its config fields."""
+    return reranker_class(method).create(str(model), **options)
 
 
 def load_reranker(path: str | Path, **overrides: Any):
     """Reload a reranker saved with `save_pretrained`, whatever its method."""
-    from .llm_scoring import read_reranker_meta
+    from .base import read_reranker_meta
 
     return reranker_class(read_reranker_meta(path)["method"]).from_pretrained(path, **overrides)
 

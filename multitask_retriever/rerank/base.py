@@ -1,10 +1,13 @@
 """The one interface every reranker implements, so the Pipeline and the training loop
-treat Q-PEFT, ID-SPAM, PEFT baselines and cross-encoders alike."""
+treat Q-PEFT, ID-SPAM, PEFT baselines and cross-encoders alike, and the metadata file
+(mtr_reranker.json) every saved reranker carries."""
 from __future__ import annotations
 
+import dataclasses
+import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Sequence
+from typing import Any, ClassVar, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -27,11 +30,45 @@ def group_size(queries: Sequence[str], passages: Sequence[Sequence[str]]) -> int
     return sizes.pop() if sizes else 0
 
 
+CONFIG_NAME = "mtr_reranker.json"
+C = TypeVar("C")
+
+
+def read_reranker_meta(path: str | Path, method: str | None = None) -> dict[str, Any]:
+    """mtr_reranker.json of a saved reranker folder, checked to name a method (`method` when given)."""
+    file = Path(path) / CONFIG_NAME
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: no {CONFIG_NAME} (not a saved reranker)")
+    meta = json.loads(file.read_text(encoding="utf-8"))
+    if not isinstance(meta, dict) or not isinstance(meta.get("method"), str):
+        raise ValueError(f"{file}: expected a JSON object with a \"method\"")
+    if method is not None and meta["method"] != method:
+        raise ValueError(f"{file}: not a {method} checkpoint (method: {meta['method']!r})")
+    return meta
+
+
+def write_reranker_meta(folder: Path, method: str, config: Any, **extra: Any) -> None:
+    """mtr_reranker.json: the method, its config dataclass and `extra` entries."""
+    meta = {"method": method, "config": dataclasses.asdict(config), **extra}
+    (Path(folder) / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def make_config(config_class: type[C], values: dict[str, Any]) -> C:
+    """`config_class(**values)`; unknown names are a TypeError listing the known fields."""
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = set(values) - known
+    if unknown:
+        raise TypeError(f"unknown {config_class.__name__} fields {sorted(unknown)}; known: {', '.join(sorted(known))}")
+    return config_class(**values)
+
+
 class Reranker(nn.Module, ABC):
     """Scores (query, passage) pairs; higher is more relevant."""
 
     #: registry name, e.g. "qpeft-a" or "cross-encoder"; saved with the checkpoint
-    method: str = ""
+    method: ClassVar[str] = ""
+    #: the rerank loss (rerank/losses.py LOSSES) a contrastive training stage uses
+    training_loss: ClassVar[str] = "lce"
 
     @abstractmethod
     def score(self, queries: Sequence[str], passages: Sequence[Sequence[str]]) -> torch.Tensor:
@@ -67,6 +104,12 @@ class Reranker(nn.Module, ABC):
     @abstractmethod
     def save_pretrained(self, path: str | Path) -> None:
         """Write only what was trained plus what is needed to rebuild the rest."""
+
+    @classmethod
+    @abstractmethod
+    def create(cls, model: str = "", **options: Any) -> "Reranker":
+        """A fresh reranker over the start model `model` (empty: the packaged default) with
+        config fields `options`."""
 
     @classmethod
     @abstractmethod

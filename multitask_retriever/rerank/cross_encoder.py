@@ -7,10 +7,7 @@ ELECTRA) gets a freshly initialised head, drawn from torch's global RNG.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,12 +15,11 @@ from typing import Any, Sequence
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BatchEncoding
 
-from ..models import own_memory
-from .base import Reranker, group_size
 from kilt.io import atomic_directory
 
-CONFIG_NAME = "mtr_reranker.json"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from ..devices import DTYPES, autocast, check_dtype_name
+from ..models import own_memory, packaged_minilm_path
+from .base import CONFIG_NAME, Reranker, group_size, make_config, read_reranker_meta, write_reranker_meta
 
 
 @dataclass
@@ -37,16 +33,14 @@ class CrossEncoderConfig:
     freeze_position_embeddings: bool = field(default=True, metadata={
         "help": "keep position embeddings fixed in training, as Pezzuti et al. do"})
     inference_dtype: str = field(default="auto", metadata={
-        "help": "autocast dtype for rerank() on GPU: auto (bfloat16 where supported, else float16) | "
+        "help": "autocast dtype of rerank(): auto (bfloat16 or float16 on CUDA, float32 elsewhere) | "
                 + " | ".join(DTYPES)})
 
     def __post_init__(self) -> None:
         if self.max_query_length >= self.max_length - 3:
             raise ValueError(f"max_query_length ({self.max_query_length}) must leave room for a passage "
                              f"within max_length ({self.max_length})")
-        if self.inference_dtype != "auto" and self.inference_dtype not in DTYPES:
-            raise ValueError(f"inference_dtype must be auto or one of {', '.join(DTYPES)}, "
-                             f"got {self.inference_dtype!r}")
+        check_dtype_name(self.inference_dtype, "inference_dtype")
 
 
 class CrossEncoderReranker(Reranker):
@@ -73,26 +67,16 @@ class CrossEncoderReranker(Reranker):
 
     # ------------------------------------------------------------------ loading
     @classmethod
+    def create(cls, model: str = "", **options: Any) -> "CrossEncoderReranker":
+        """A cross-encoder from `model` (empty: the packaged all-MiniLM-L6-v2, with a new head)."""
+        return cls.from_pretrained(model or packaged_minilm_path(), **options)
+
+    @classmethod
     def from_pretrained(cls, path: str | Path, **overrides: Any) -> "CrossEncoderReranker":
         """Load a folder we saved, a trained HF cross-encoder, or a plain encoder (new head)."""
         path = str(path)
-        known = {f.name for f in dataclasses.fields(CrossEncoderConfig)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise TypeError(f"unknown CrossEncoderConfig fields {sorted(unknown)}; known: {', '.join(sorted(known))}")
-        values: dict[str, Any] = {}
-        saved = Path(path) / CONFIG_NAME
-        if saved.is_file():
-            data = json.loads(saved.read_text(encoding="utf-8"))
-            if not isinstance(data, dict) or data.get("method") != cls.method:
-                raise ValueError(f"{saved}: not a {cls.method} checkpoint (method: {data.get('method')!r})"
-                                 if isinstance(data, dict) else f"{saved}: expected a JSON object")
-            values = data.get("config", {})
-            if set(values) - known:
-                raise ValueError(f"{saved}: unknown config fields {sorted(set(values) - known)}")
-        values.update(overrides)
-        values.setdefault("model_name_or_path", path)
-        config = CrossEncoderConfig(**values)
+        saved = read_reranker_meta(path, cls.method).get("config", {}) if (Path(path) / CONFIG_NAME).is_file() else {}
+        config = make_config(CrossEncoderConfig, {"model_name_or_path": path, **saved, **overrides})
         model = own_memory(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1))
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(model, tokenizer, config)
@@ -102,8 +86,7 @@ class CrossEncoderReranker(Reranker):
         with atomic_directory(path) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
-            meta = {"method": self.method, "config": dataclasses.asdict(self.config)}
-            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            write_reranker_meta(tmp, self.method, self.config)
 
     @property
     def device(self) -> torch.device:
@@ -182,12 +165,4 @@ class CrossEncoderReranker(Reranker):
                               max_length=self.config.max_length, **kwargs)
 
     def _autocast(self):
-        device = self.device
-        if device.type != "cuda":
-            return nullcontext()
-        name = self.config.inference_dtype
-        if name == "auto":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
-            dtype = DTYPES[name]
-        return nullcontext() if dtype == torch.float32 else torch.autocast("cuda", dtype=dtype)
+        return autocast(self.device, self.config.inference_dtype)

@@ -10,24 +10,18 @@ every LLM reranker: loading, saving only the trained parameters, and reranking.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .base import Reranker, group_size
-from .losses import RerankLoss, TeacherBatch
+from ..devices import DTYPES, autocast, check_dtype_name
+from .base import Reranker, group_size, make_config, read_reranker_meta, write_reranker_meta
 
-CONFIG_NAME = "mtr_reranker.json"
 WEIGHTS_NAME = "module.safetensors"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SOFT_POSITIONS = ("start", "before_instruction")
 
 
@@ -44,15 +38,14 @@ class LLMScoringConfig:
     reduction: str = field(default="mean", metadata={"help": "mean | sum of the query tokens' log-probs"})
     max_batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per forward pass"})
     inference_dtype: str = field(default="auto", metadata={
-        "help": "autocast dtype on GPU: auto (bfloat16 where supported, else float16) | " + " | ".join(DTYPES)})
+        "help": "autocast dtype: auto (bfloat16 or float16 on CUDA, float32 elsewhere) | " + " | ".join(DTYPES)})
 
     def __post_init__(self) -> None:
         if self.reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be mean or sum, got {self.reduction!r}")
         if min(self.max_passage_tokens, self.max_query_tokens) < 1:
             raise ValueError("max_passage_tokens and max_query_tokens must be at least 1")
-        if self.inference_dtype != "auto" and self.inference_dtype not in DTYPES:
-            raise ValueError(f"inference_dtype must be auto or one of {', '.join(DTYPES)}")
+        check_dtype_name(self.inference_dtype, "inference_dtype")
 
 
 @dataclass
@@ -292,13 +285,8 @@ class LLMScorer(nn.Module):
         return self._reduce(logprobs, mask.float())
 
     def autocast(self):
-        """bf16/fp16 autocast on GPU (per `inference_dtype`), nothing on CPU."""
-        if self.device.type != "cuda":
-            return nullcontext()
-        name = self.config.inference_dtype
-        dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if name == "auto" \
-            else DTYPES[name]
-        return nullcontext() if dtype == torch.float32 else torch.autocast("cuda", dtype=dtype)
+        """Autocast per `inference_dtype` on the LM's device (none for float32, as auto is on CPU)."""
+        return autocast(self.device, self.config.inference_dtype)
 
 
 def _rows(soft: torch.Tensor | Sequence[torch.Tensor] | None, rows: list[int]) -> torch.Tensor | None:
@@ -320,6 +308,7 @@ class LLMReranker(Reranker):
 
     config_class: ClassVar[type] = LLMScoringConfig
     soft_position: ClassVar[str] = "start"
+    training_loss: ClassVar[str] = "lce+ql"
 
     def __init__(self, lm: nn.Module, tokenizer: Any, config: LLMScoringConfig, soft_layer: int | None = None):
         super().__init__()
@@ -336,12 +325,7 @@ class LLMReranker(Reranker):
 
     @classmethod
     def _make_config(cls, values: dict[str, Any]):
-        known = {f.name for f in dataclasses.fields(cls.config_class)}
-        unknown = set(values) - known
-        if unknown:
-            raise TypeError(f"unknown {cls.config_class.__name__} fields {sorted(unknown)}; "
-                            f"known: {', '.join(sorted(known))}")
-        return cls.config_class(**values)
+        return make_config(cls.config_class, values)
 
     @property
     def device(self) -> torch.device:
@@ -413,18 +397,15 @@ class LLMReranker(Reranker):
             state = self._module_state()
             if state:
                 save_file(state, str(tmp / WEIGHTS_NAME))
-            meta = {"method": self.method, "config": dataclasses.asdict(self.config),
-                    "trainable_parameters": self.num_trainable_parameters()}
-            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            write_reranker_meta(tmp, self.method, self.config,
+                                trainable_parameters=self.num_trainable_parameters())
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **overrides: Any) -> "LLMReranker":
         """Rebuild from a saved folder: the LM from `config.llm`, the trained parameters from the folder."""
         from safetensors.torch import load_file
 
-        meta = read_reranker_meta(path)
-        if meta["method"] != cls.method:
-            raise ValueError(f"{path}: a {meta['method']} checkpoint, not {cls.method}")
+        meta = read_reranker_meta(path, cls.method)
         config = cls._make_config({**meta.get("config", {}), **overrides})
         lm, tokenizer = load_lm(config.llm)
         reranker = cls(lm, tokenizer, config)
@@ -439,36 +420,3 @@ class LLMReranker(Reranker):
             for name, value in state.items():
                 params[name].copy_(value)
         return reranker
-
-
-def read_reranker_meta(path: str | Path) -> dict[str, Any]:
-    """mtr_reranker.json of a saved reranker folder, checked to name a method."""
-    file = Path(path) / CONFIG_NAME
-    if not file.is_file():
-        raise FileNotFoundError(f"{path}: no {CONFIG_NAME} (not a saved reranker)")
-    meta = json.loads(file.read_text(encoding="utf-8"))
-    if not isinstance(meta, dict) or not isinstance(meta.get("method"), str):
-        raise ValueError(f"{file}: expected a JSON object with a \"method\"")
-    return meta
-
-
-class ListwiseQueryLikelihood(RerankLoss):
-    """The LLM rerankers' training objective here: softmax cross-entropy of the positive
-    (column 0) over its group, plus `ql_weight` times the negative query log-likelihood given
-    the positive. The project's choice for every LLM method; Q-PEFT's released code pairs the
-    positive's likelihood with a pairwise hinge against negatives instead."""
-
-    name = "lce+ql"
-
-    def __init__(self, ql_weight: float = 1.0, temperature: float = 1.0):
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.ql_weight = ql_weight
-        self.temperature = temperature
-
-    def __call__(self, scores: torch.Tensor, batch: TeacherBatch) -> torch.Tensor:
-        scores = scores.float()
-        target = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
-        lce = F.cross_entropy(scores / self.temperature, target)
-        return lce - self.ql_weight * scores[:, 0].mean()
-

@@ -119,13 +119,39 @@ class QueryLikelihood(RerankLoss):
         return -scores[:, 0].float().mean()
 
 
+class ListwiseQueryLikelihood(RerankLoss):
+    """The LLM rerankers' training objective: softmax cross-entropy of the positive (column 0)
+    over its group, plus `ql_weight` times the negative query log-likelihood given the
+    positive. Q-PEFT's released code pairs the positive's likelihood with a pairwise hinge
+    against negatives instead."""
+
+    name = "lce+ql"
+
+    def __init__(self, ql_weight: float = 1.0, temperature: float = 1.0):
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.ql_weight = ql_weight
+        self.temperature = temperature
+
+    def __call__(self, scores: torch.Tensor, batch: TeacherBatch) -> torch.Tensor:
+        scores = scores.float()
+        target = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+        lce = F.cross_entropy(scores / self.temperature, target)
+        return lce - self.ql_weight * scores[:, 0].mean()
+
+
 LOSSES: dict[str, type[RerankLoss]] = {
-    cls.name: cls for cls in (ListwiseCE, MarginMSE, DistillKL, RankNet, QueryLikelihood)
+    cls.name: cls for cls in (ListwiseCE, MarginMSE, DistillKL, RankNet, QueryLikelihood, ListwiseQueryLikelihood)
 }
 
 
+def distill_losses() -> list[str]:
+    """Names of the losses that learn from teacher scores."""
+    return [name for name, cls in LOSSES.items() if cls.needs_teacher]
+
+
 def make_loss(name: str, **kwargs) -> RerankLoss:
-    """The loss registered as `name` (lce, margin-mse, kl, ranknet, query-likelihood)."""
+    """The loss registered as `name` (lce, margin-mse, kl, ranknet, query-likelihood, lce+ql)."""
     if name not in LOSSES:
         raise ValueError(f"unknown reranker loss {name!r}; known: {', '.join(LOSSES)}")
     return LOSSES[name](**kwargs)

@@ -25,7 +25,7 @@ import torch
 from ..training_loop import FINAL_NAME, TrainingLoop, read_log
 from .base import Reranker
 from .examples import RerankExample
-from .losses import RerankLoss, make_loss
+from .losses import LOSSES, RerankLoss, make_loss
 
 log = logging.getLogger("mtr.rerank.train")
 
@@ -35,7 +35,7 @@ log = logging.getLogger("mtr.rerank.train")
 class RerankTrainConfig:
     """One reranker training stage (the CLI's `mtr train-reranker` flags)."""
 
-    loss: str = field(default="lce", metadata={"help": "lce | margin-mse | kl | ranknet | query-likelihood"})
+    loss: str = field(default="lce", metadata={"help": " | ".join(LOSSES)})
     loss_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "e.g. {temperature: 2.0} for kl"})
     lr: float = 3e-5
     weight_decay: float = 0.01

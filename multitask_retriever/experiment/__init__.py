@@ -1,0 +1,19 @@
+"""Build and score every system on a KILT folder: the quickstart and `mtr benchmark-quality`.
+
+Everything goes through the public API (chunking, BM25, DualEncoder, Index, Retriever,
+MultitaskTrainer, rerankers, Pipeline, kilt.eval); nothing is special-cased for any data
+set. Each stage caches its output in the work folder under a key of its settings, so a
+second run with the same settings reuses finished stages (`fresh=True` redoes them).
+
+    config.py       ExperimentConfig            systems.py     system names
+    cache.py        the stage cache              builders.py    retrievers and rerankers, as stages
+    evaluation.py   dev scores, significance     report.py      markdown, PNG, JSON
+    runner.py       Experiment
+"""
+from .config import DEFAULT_SYSTEMS, ExperimentConfig
+from .report import bar_chart, markdown_table, write_report
+from .runner import Experiment
+from .systems import cross_encoder_schedule, schedule_name
+
+__all__ = ["DEFAULT_SYSTEMS", "Experiment", "ExperimentConfig", "bar_chart", "cross_encoder_schedule",
+           "markdown_table", "schedule_name", "write_report"]

@@ -1,0 +1,68 @@
+"""What `mtr benchmark-quality` builds and scores: `ExperimentConfig`.
+
+Training budgets default to the library's (`TrainConfig`, `RerankTrainConfig`), sized for a
+GPU; scripts/configs/cpu.yaml holds the budgets of the committed CPU runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..rerank.losses import distill_losses
+from ..rerank.train import RerankTrainConfig
+from ..specialization import TacoConfig
+from ..trainer import TrainConfig
+from .systems import RERANKERS, RETRIEVERS
+
+DEFAULT_SYSTEMS = ["bm25", "zero-shot", "naive", "taco", "taco+cross-encoder", "taco+qpeft-a"]
+
+
+@dataclass
+class ExperimentConfig:
+    """What to build and score on a KILT folder."""
+
+    data_dir: str = ""
+    knowledge_source: str = field(default="", metadata={"help": "default: DATA_DIR/knowledge_source.jsonl[.gz]"})
+    work_dir: str = field(default="", metadata={"help": "stage cache; default: runs/<data folder name>"})
+    systems: list[str] = field(default_factory=lambda: list(DEFAULT_SYSTEMS), metadata={
+        "help": f"retrievers {', '.join(RETRIEVERS)} or single-<task>, each alone or as <retriever>+<reranker>; "
+                f"rerankers: {', '.join(RERANKERS)}, and cross-encoder schedules such as cross-encoder.distill "
+                f"or cross-encoder.contrastive.distill"})
+    tasks: list[str] = field(default_factory=list, metadata={"help": "default: every task with a dev file"})
+    encoder: str = field(default="", metadata={"help": "dual-encoder start point; default: packaged all-MiniLM-L6-v2"})
+    cross_encoder: str = field(default="", metadata={"help": "cross-encoder start point; default: packaged MiniLM"})
+    llm: str = field(default="", metadata={"help": "LLM for LLM rerankers; default: packaged SmolLM2-135M (GGUF)"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda: encoders, rerankers and indexes"})
+    seed: int = 0
+    passage_words: int = 100
+    k: int = 100
+    encode_batch_size: int = 64
+    zero_shot_prompts: bool = field(default=False, metadata={
+        "help": "task prompts on zero-shot queries (default off: the pretrained model never saw them)"})
+    # dual-encoder fine-tuning (TrainConfig); lr and temperature suit the default MiniLM start point
+    steps: int = TrainConfig.steps
+    per_task_batch_size: int = TrainConfig.per_task_batch_size
+    n_negatives: int = TrainConfig.n_negatives
+    lr: float = 3e-5
+    warmup_steps: int = TrainConfig.warmup_steps
+    temperature: float = field(default=0.05, metadata={"help": "softmax temperature over cosine similarities"})
+    query_max_length: int = TrainConfig.query_max_length
+    passage_max_length: int = TrainConfig.passage_max_length
+    taco: TacoConfig = field(default_factory=TacoConfig)
+    # reranking (RerankTrainConfig)
+    rerank_k: int = 20
+    rerank_queries: int = field(default=0, metadata={"help": "cap on reranked dev queries per task (0 = all)"})
+    reranker_steps: int = RerankTrainConfig.steps
+    reranker_batch_size: int = RerankTrainConfig.batch_size
+    reranker_group_size: int = RerankTrainConfig.group_size
+    cross_encoder_steps: int = field(default=0, metadata={
+        "help": "cross-encoder training steps (0: reranker_steps); its fresh scoring head may need more than "
+                "the LLM rerankers' small modules"})
+    reranker_lr: float = field(default=RerankTrainConfig.lr, metadata={"help": "cross-encoder learning rate"})
+    teacher: str = field(default="qpeft-a", metadata={
+        "help": "reranker whose scores on the retriever's training candidates the cross-encoder.*distill* "
+                "schedules learn from (trained on the same candidates first)"})
+    teacher_queries: int = field(default=0, metadata={"help": "training queries per task the teacher scores (0 = all)"})
+    distill_loss: str = field(default="ranknet", metadata={"help": " | ".join(distill_losses())})
+    llm_reranker_lr: float = field(default=1e-3, metadata={"help": "learning rate of the LLM rerankers' small modules"})
+    max_train_queries: int = field(default=0, metadata={"help": "cap on training queries per task (0 = all)"})
+    fresh: bool = False

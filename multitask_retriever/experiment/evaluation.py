@@ -1,0 +1,73 @@
+"""Scoring a system on the dev files (page-level KILT metrics per query and task) and paired
+significance tests between systems."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from kilt.eval import per_query
+from kilt.stats import compare
+
+from .systems import RERANKERS
+
+METRICS = ("Rprec", "recall@5", "success_rate@5", "ndcg@10")  # per task; ndcg@10 is not an official KILT metric
+AVERAGED = ("Rprec", "recall@5", "ndcg@10")
+
+
+@dataclass
+class SystemResult:
+    per_task: dict[str, dict[str, float]]
+    per_query: dict[str, dict[str, dict[str, float]]]  # task -> qid -> metric -> value
+    seconds: float
+
+    def avg(self) -> dict[str, float]:
+        tasks = list(self.per_task)
+        return {m: sum(self.per_task[t][m] for t in tasks) / len(tasks) for m in AVERAGED} if tasks else {}
+
+
+def score_task(gold: Path, predictions: Path, subset: bool) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """(mean of each metric with the query count `n`, per-query metrics) of one prediction
+    file; `subset` scores only the queries it answers."""
+    scores = per_query(gold, predictions, ks=(1, 5, 10), subset=subset, ndcg_ks=(10,))
+    n = len(scores)
+    means: dict[str, float] = {m: sum(s[m] for s in scores.values()) / n for m in METRICS}
+    means["n"] = n
+    return means, scores
+
+
+def compared_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """The (a, b) pairs worth a test: taco against naive, every reranked system against its
+    retriever, each cross-encoder schedule against single-stage contrastive (the paper's
+    question), and trained LLM rerankers against untrained query likelihood."""
+    pairs = []
+    if "taco" in names and "naive" in names:
+        pairs.append(("taco", "naive"))
+    pairs += [(n, n.split("+", 1)[0]) for n in names if "+" in n and n.split("+", 1)[0] in names]
+    for n in names:
+        retriever, _, reranker = n.partition("+")
+        plain = f"{retriever}+cross-encoder"
+        if reranker.startswith("cross-encoder.") and plain in names and n != plain:
+            pairs.append((n, plain))
+        upr = f"{retriever}+zero-shot"
+        if reranker in RERANKERS and reranker not in ("cross-encoder", "zero-shot") and upr in names:
+            pairs.append((n, upr))
+    return pairs
+
+
+def significance(results: dict[str, SystemResult], tasks: Sequence[str], seed: int) -> list[dict[str, Any]]:
+    """Paired tests of R-precision over the queries both systems answered, per task and over all."""
+    rows = []
+    for a, b in compared_pairs(list(results)):
+        ra, rb = results[a], results[b]
+        all_a: list[float] = []
+        all_b: list[float] = []
+        for task in tasks:
+            ids = [q for q in ra.per_query[task] if q in rb.per_query[task]]
+            xa = [ra.per_query[task][q]["Rprec"] for q in ids]
+            xb = [rb.per_query[task][q]["Rprec"] for q in ids]
+            all_a += xa
+            all_b += xb
+            rows.append({"a": a, "b": b, "task": task, "metric": "Rprec", **asdict(compare(xa, xb, seed=seed))})
+        rows.append({"a": a, "b": b, "task": "all", "metric": "Rprec", **asdict(compare(all_a, all_b, seed=seed))})
+    return rows

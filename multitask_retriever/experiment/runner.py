@@ -1,0 +1,125 @@
+"""`Experiment`: finds a KILT folder's inputs, builds every configured system, scores it on
+the dev files and returns the result document."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from kilt.tasks import find_task_files
+
+from ..pipeline import Pipeline
+from .builders import SystemBuilder
+from .cache import StageCache, file_key, stage_key
+from .config import ExperimentConfig
+from .evaluation import SystemResult, score_task, significance
+from .report import machine_info
+from .systems import parse_system
+
+
+class Experiment:
+    """Runs the configured systems stage by stage; `run()` returns the result document."""
+
+    def __init__(self, config: ExperimentConfig, progress: bool = True):
+        if not config.data_dir:
+            raise ValueError("data_dir is required")
+        self.config = config
+        self.data_dir = Path(config.data_dir)
+        if not self.data_dir.is_dir():
+            raise FileNotFoundError(f"{self.data_dir}: data folder not found")
+        self.knowledge_source = self._find_knowledge_source()
+        self.task_files = self._find_tasks()
+        for name in config.systems:
+            self._parse_system(name)
+        work = Path(config.work_dir or Path("runs") / self.data_dir.resolve().name)
+        work.mkdir(parents=True, exist_ok=True)
+        self.cache = StageCache(work, fresh=config.fresh)
+        self.build = SystemBuilder(config, self.knowledge_source, self.task_files, self.cache, progress)
+        self._results: dict[str, SystemResult] = {}
+
+    # ----------------------------------------------------------------- inputs
+    def _find_knowledge_source(self) -> Path:
+        if self.config.knowledge_source:
+            path = Path(self.config.knowledge_source)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: knowledge source not found")
+            return path
+        for name in ("knowledge_source.jsonl", "knowledge_source.jsonl.gz"):
+            if (self.data_dir / name).is_file():
+                return self.data_dir / name
+        raise FileNotFoundError(
+            f"{self.data_dir}: no knowledge_source.jsonl or knowledge_source.jsonl.gz (or pass --knowledge-source)")
+
+    def _find_tasks(self) -> dict[str, dict[str, Path]]:
+        found = find_task_files(self.data_dir)
+        tasks = self.config.tasks or sorted(t for t, splits in found.items() if "dev" in splits)
+        for task in tasks:
+            if task not in found or "dev" not in found[task]:
+                raise FileNotFoundError(f"{self.data_dir}: no dev file for task {task!r}")
+        if not tasks:
+            raise FileNotFoundError(f"{self.data_dir}: no <task>-dev-kilt.jsonl files")
+        return {t: found[t] for t in tasks}
+
+    def _parse_system(self, name: str) -> tuple[str, str | None]:
+        return parse_system(name, self.task_files, self.config.teacher, self.config.distill_loss)
+
+    # ----------------------------------------------------------------- systems
+    def system(self, name: str) -> SystemResult:
+        if name in self._results:
+            return self._results[name]
+        start = time.perf_counter()
+        retriever_name, reranker_name = self._parse_system(name)
+        reranker = self.build.reranker(reranker_name, retriever_name) if reranker_name else None
+        result = self._predict(name, self.build.retriever(retriever_name), reranker)
+        result.seconds = time.perf_counter() - start
+        self._results[name] = result
+        return result
+
+    def _predict(self, name: str, search, rerank=None) -> SystemResult:
+        """Predictions for every dev file, scored page-level; cached under predictions/<name>."""
+        c = self.config
+        folder = self.cache.work / "predictions" / name
+        retriever_name, reranker_name = self._parse_system(name)
+        capped = rerank is not None and c.rerank_queries > 0
+        key = stage_key(retriever=self.build.retriever_key(retriever_name),
+                        reranker=self.build.reranker_key(retriever_name, reranker_name) if reranker_name else None,
+                        k=c.k, rerank_k=c.rerank_k if rerank is not None else 0,
+                        rerank_queries=c.rerank_queries if capped else 0,
+                        dev={t: file_key(s["dev"]) for t, s in self.task_files.items()})
+        per_task: dict[str, dict[str, float]] = {}
+        queries: dict[str, dict[str, dict[str, float]]] = {}
+        start = time.perf_counter()
+        with self.cache.stage(f"predict {name}"):
+            cached = self.cache.cached(folder, key)
+            for task, splits in self.task_files.items():
+                out = folder / f"{task}-dev.jsonl"
+                if not cached:
+                    Pipeline(search, rerank).predict(
+                        splits["dev"], out, task=task, k=c.k, rerank_k=c.rerank_k if rerank is not None else 0,
+                        max_queries=c.rerank_queries if capped else 0, progress=self.build.progress)
+                per_task[task], queries[task] = score_task(splits["dev"], out, subset=capped)
+            if not cached:
+                self.cache.finish(folder, key)
+        return SystemResult(per_task, queries, time.perf_counter() - start)
+
+    # ----------------------------------------------------------------- document
+    def significance(self) -> list[dict[str, Any]]:
+        return significance(self._results, list(self.task_files), self.config.seed)
+
+    def run(self) -> dict[str, Any]:
+        total = time.perf_counter()
+        for name in self.config.systems:
+            self.system(name)
+        return {
+            "machine": machine_info(),
+            "data": {"data_dir": str(self.data_dir), "knowledge_source": str(self.knowledge_source),
+                     "passages": len(self.build.passages()), "tasks": list(self.task_files),
+                     "warnings": self.build.warnings},
+            "config": asdict(self.config),
+            "systems": {name: {"per_task": r.per_task, "avg": r.avg(), "seconds": round(r.seconds, 1)}
+                        for name, r in self._results.items()},
+            "significance": self.significance(),
+            "stages": {k: round(v, 1) for k, v in self.cache.timings.items()},
+            "seconds": round(time.perf_counter() - total, 1),
+        }

@@ -1,0 +1,57 @@
+"""System names: ``<retriever>[+<reranker>]``, with cross-encoder training schedules such as
+``cross-encoder.distill.contrastive``."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from ..rerank import METHODS
+from ..rerank.losses import distill_losses
+from ..specialization import COMBINERS
+
+#: BM25, the untrained encoder, and the encoder fine-tuned with each gradient combiner
+RETRIEVERS = ("bm25", "zero-shot", *COMBINERS)
+RERANKERS = tuple(METHODS)
+CE_STAGES = ("contrastive", "distill")
+
+
+def cross_encoder_schedule(reranker: str) -> list[str] | None:
+    """The training stages a cross-encoder reranker name asks for: ``cross-encoder`` is one
+    contrastive stage, ``cross-encoder.distill.contrastive`` distillation then contrastive
+    (Pezzuti et al.'s schedules); None for any other reranker. Unknown stages are errors."""
+    if reranker == "cross-encoder":
+        return ["contrastive"]
+    if not reranker.startswith("cross-encoder."):
+        return None
+    stages = reranker.split(".")[1:]
+    bad = [s for s in stages if s not in CE_STAGES]
+    if bad or not stages:
+        raise ValueError(f"unknown cross-encoder stage {(bad or [''])[0]!r} in {reranker!r}; stages: "
+                         f"{', '.join(CE_STAGES)} joined by dots, e.g. cross-encoder.contrastive.distill")
+    return stages
+
+
+def schedule_name(stages: list[str]) -> str:
+    """The reranker name of a cross-encoder schedule; single-stage contrastive is ``cross-encoder``."""
+    return "cross-encoder" if stages == ["contrastive"] else "cross-encoder." + ".".join(stages)
+
+
+def parse_system(name: str, tasks: Iterable[str], teacher: str, distill_loss: str) -> tuple[str, str | None]:
+    """(retriever, reranker or None) of a system name, the schedule spelled canonically;
+    unknown names, and a bad teacher or distillation loss for a distill stage, are ValueErrors."""
+    retriever, _, reranker = name.partition("+")
+    single = retriever.removeprefix("single-")
+    if retriever not in RETRIEVERS and not (retriever.startswith("single-") and single in tasks):
+        raise ValueError(f"unknown system {name!r}; known: {', '.join(RETRIEVERS)}, single-<task> for a task "
+                         f"with files here, and <retriever>+<reranker>")
+    if reranker and reranker not in RERANKERS and cross_encoder_schedule(reranker) is None:
+        raise ValueError(f"unknown reranker {reranker!r} in {name!r}; known: {', '.join(RERANKERS)}, "
+                         f"and cross-encoder.<stage>[.<stage>] schedules of {', '.join(CE_STAGES)}")
+    stages = cross_encoder_schedule(reranker) if reranker else None
+    if stages is not None:
+        reranker = schedule_name(stages)
+    if "distill" in (stages or []):
+        if teacher not in RERANKERS:
+            raise ValueError(f"unknown teacher {teacher!r}; known: {', '.join(RERANKERS)}")
+        if distill_loss not in distill_losses():
+            raise ValueError(f"unknown distill_loss {distill_loss!r}; known: {', '.join(distill_losses())}")
+    return retriever, reranker or None

@@ -1,0 +1,51 @@
+"""One meaning of device="auto" and dtype="auto" for every component."""
+import pytest
+import torch
+
+from multitask_retriever.devices import autocast, check_dtype_name, resolve_device, resolve_dtype
+from multitask_retriever.encoder import EncoderConfig
+from multitask_retriever.rerank.cross_encoder import CrossEncoderConfig
+from multitask_retriever.rerank.llm_scoring import LLMScoringConfig
+
+
+@pytest.mark.parametrize("gpu, expected", [(False, "cpu"), (True, "cuda")])
+def test_auto_is_cuda_exactly_when_torch_sees_a_gpu(monkeypatch, gpu, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    assert resolve_device("auto") == expected
+
+
+def test_named_devices_pass_through_and_a_missing_gpu_is_named(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="device 'cuda:1' but torch sees no CUDA device"):
+        resolve_device("cuda:1")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'; use auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu0")
+
+
+@pytest.mark.parametrize("bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
+def test_auto_dtype_is_half_precision_on_cuda(monkeypatch, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+    assert resolve_dtype("auto", "cuda") == expected
+    assert resolve_dtype("auto", torch.device("cuda", 0)) == expected
+
+
+def test_auto_dtype_is_float32_elsewhere_and_names_are_taken_as_given():
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("float16", "cpu") == torch.float16
+    assert resolve_dtype("float32", "cuda") == torch.float32
+
+
+@pytest.mark.parametrize("make", [lambda: EncoderConfig(dtype="fp8"), lambda: LLMScoringConfig(inference_dtype="fp8"),
+                                  lambda: CrossEncoderConfig(inference_dtype="fp8"),
+                                  lambda: check_dtype_name("fp8", "dtype")])
+def test_unknown_dtype_names_are_rejected_alike(make):
+    with pytest.raises(ValueError, match="dtype must be one of auto, float32, bfloat16, float16, got 'fp8'"):
+        make()
+
+
+def test_autocast_is_off_for_float32_and_on_for_a_half_type():
+    with autocast("cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+    with autocast("cpu", "bfloat16"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
