@@ -1,5 +1,6 @@
 """Retrieve-then-rerank: a retriever's top-k passages, the first `rerank_k` reordered by a
-reranker, and page-level KILT predictions from the final order."""
+reranker's scores fused with the retriever's (`rerank.fusion`), and page-level KILT
+predictions from the final order."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from kilt.hits import Hit, SearchBackend
 from kilt.predict import predict_file
 
 from .rerank.base import Reranker, default_passage_text
+from .rerank.fusion import Fusion
 
 
 @dataclass
@@ -29,12 +31,20 @@ class PipelineResult:
 
 
 class Pipeline:
-    """`Pipeline(retriever, reranker)(queries, task, k=100, rerank_k=20)`."""
+    """`Pipeline(retriever, reranker, fusion)(queries, task, k=100, rerank_k=20)`.
 
-    def __init__(self, retriever: SearchBackend, reranker: Reranker | None = None,
+    `fusion` decides the final order of the reranked head from both scores; the default
+    (`Fusion()`, method none) is the reranker's order.
+    """
+
+    #: queries whose candidates go to the reranker together
+    rerank_queries_per_call = 16
+
+    def __init__(self, retriever: SearchBackend, reranker: Reranker | None = None, fusion: Fusion | None = None,
                  passage_text: Callable[[Hit], str] = default_passage_text, rerank_batch_size: int = 32):
         self.retriever = retriever
         self.reranker = reranker
+        self.fusion = fusion or Fusion()
         self.passage_text = passage_text
         self.rerank_batch_size = rerank_batch_size
 
@@ -55,19 +65,24 @@ class Pipeline:
                 raise ValueError(f"query {i} is empty")
         results = [PipelineResult(q, hits) for q, hits in zip(batch, self.retriever.search(batch, task=task, k=k))]
         if self.reranker is not None and rerank_k > 0:
-            for result in tqdm(results, desc="rerank", unit="query", disable=not progress):
-                self._rerank(result, rerank_k)
+            step = self.rerank_queries_per_call
+            with tqdm(total=len(results), desc="rerank", unit="query", disable=not progress) as bar:
+                for start in range(0, len(results), step):
+                    self._rerank(results[start : start + step], rerank_k, task)
+                    bar.update(len(results[start : start + step]))
         return results[0] if single else results
 
-    def _rerank(self, result: PipelineResult, rerank_k: int) -> None:
-        head, tail = result.hits[:rerank_k], result.hits[rerank_k:]
-        scores = self.reranker.rerank(result.query, [self.passage_text(h) for h in head],
-                                      batch_size=self.rerank_batch_size)
-        if len(scores) != len(head):
-            raise RuntimeError(f"reranker returned {len(scores)} scores for {len(head)} passages")
-        order = sorted(range(len(head)), key=lambda i: -scores[i])  # stable: ties keep retrieval order
-        result.hits = [head[i] for i in order] + tail
-        result.rerank_scores = [scores[i] for i in order]
+    def _rerank(self, results: list[PipelineResult], rerank_k: int, task: str | None) -> None:
+        heads = [result.hits[:rerank_k] for result in results]
+        scores = self.reranker.rerank_many([r.query for r in results],
+                                           [[self.passage_text(h) for h in head] for head in heads],
+                                           batch_size=self.rerank_batch_size)
+        for result, head, row in zip(results, heads, scores):
+            if len(row) != len(head):
+                raise RuntimeError(f"reranker returned {len(row)} scores for {len(head)} passages")
+            order = self.fusion.order([h.score for h in head], row, task)
+            result.hits = [head[i] for i in order] + result.hits[rerank_k:]
+            result.rerank_scores = [row[i] for i in order]
 
     def predict(self, task_file: str | Path, out_path: str | Path, task: str | None = None, k: int = 100,
                 rerank_k: int = 20, batch_size: int = 64, max_queries: int = 0, progress: bool = True) -> int:

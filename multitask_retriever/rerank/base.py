@@ -62,6 +62,17 @@ def make_config(config_class: type[C], values: dict[str, Any]) -> C:
     return config_class(**values)
 
 
+def check_rows(queries: Sequence[str], passages: Sequence[Sequence[str]]) -> None:
+    """A rerank call's queries are non-empty and each has its own passage list."""
+    if isinstance(queries, str):
+        raise TypeError("expected a list of queries, got one str")
+    if len(queries) != len(passages):
+        raise ValueError(f"{len(queries)} queries but {len(passages)} passage lists")
+    for i, query in enumerate(queries):
+        if not query or not query.strip():
+            raise ValueError(f"empty query (number {i} of the call)")
+
+
 class Reranker(nn.Module, ABC):
     """Scores (query, passage) pairs; higher is more relevant."""
 
@@ -77,22 +88,27 @@ class Reranker(nn.Module, ABC):
         Every row has the same number n of passages (training groups); used by the loop.
         """
 
-    def rerank(
-        self, query: str, passages: Sequence[str], batch_size: int = 32
-    ) -> list[float]:
+    def rerank(self, query: str, passages: Sequence[str], batch_size: int = 32) -> list[float]:
         """Scores of `passages` for `query`, in input order (no gradient)."""
-        if not query or not query.strip():
-            raise ValueError("empty query")
-        if len(passages) == 0:
-            return []
-        out: list[float] = []
+        return self.rerank_many([query], [passages], batch_size=batch_size)[0]
+
+    def rerank_many(self, queries: Sequence[str], passages: Sequence[Sequence[str]],
+                    batch_size: int = 32) -> list[list[float]]:
+        """Scores of passages[i] for queries[i], in input order (no gradient); rows may differ in
+        length. Subclasses batch the pairs of many queries together."""
+        check_rows(queries, passages)
+        out: list[list[float]] = []
         was_training = self.training
         self.eval()
-        with torch.inference_mode():
-            for i in range(0, len(passages), batch_size):
-                chunk = list(passages[i : i + batch_size])
-                out.extend(self.score([query], [chunk])[0].float().tolist())
-        self.train(was_training)
+        try:
+            with torch.inference_mode():
+                for query, row in zip(queries, passages):
+                    scores: list[float] = []
+                    for i in range(0, len(row), batch_size):
+                        scores.extend(self.score([query], [list(row[i : i + batch_size])])[0].float().tolist())
+                    out.append(scores)
+        finally:
+            self.train(was_training)
         return out
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -19,7 +19,7 @@ from kilt.io import atomic_directory
 
 from ..devices import DTYPES, autocast, check_dtype_name
 from ..models import own_memory, packaged_minilm_path
-from .base import CONFIG_NAME, Reranker, group_size, make_config, read_reranker_meta, write_reranker_meta
+from .base import CONFIG_NAME, Reranker, check_rows, group_size, make_config, read_reranker_meta, write_reranker_meta
 
 
 @dataclass
@@ -101,31 +101,34 @@ class CrossEncoderReranker(Reranker):
         batch = self._encode(queries, passages, padding=True, return_tensors="pt")
         return self._logits(batch).view(len(queries), n)
 
-    def rerank(self, query: str, passages: Sequence[str], batch_size: int = 32) -> list[float]:
-        """Scores of `passages` for `query` in input order, computed in length-sorted batches."""
-        if not query or not query.strip():
-            raise ValueError("empty query")
-        if len(passages) == 0:
-            return []
-        features = self._encode([query], [list(passages)])
-        lengths = [len(ids) for ids in features["input_ids"]]
-        order = sorted(range(len(passages)), key=lambda i: lengths[i])
-        scores = [0.0] * len(passages)
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode(), self._autocast():
-                for start in range(0, len(order), batch_size):
-                    chunk = order[start : start + batch_size]
-                    batch = self.tokenizer.pad(
-                        {key: [values[i] for i in chunk] for key, values in features.items()},
-                        return_tensors="pt",
-                    )
-                    for i, s in zip(chunk, self._logits(batch).float().tolist()):
-                        scores[i] = s
-        finally:
-            self.train(was_training)
-        return scores
+    def rerank_many(self, queries: Sequence[str], passages: Sequence[Sequence[str]],
+                    batch_size: int = 32) -> list[list[float]]:
+        """Scores of passages[i] for queries[i]: every query's pairs together, in length-sorted batches."""
+        check_rows(queries, passages)
+        rows = [list(row) for row in passages]
+        flat: list[float] = []
+        if any(rows):
+            features = self._encode(*zip(*[(q, row) for q, row in zip(queries, rows) if row]))
+            lengths = [len(ids) for ids in features["input_ids"]]
+            order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+            flat = [0.0] * len(lengths)
+            was_training = self.training
+            self.eval()
+            try:
+                with torch.inference_mode(), self._autocast():
+                    for start in range(0, len(order), batch_size):
+                        chunk = order[start : start + batch_size]
+                        batch = self.tokenizer.pad({key: [values[i] for i in chunk] for key, values in features.items()},
+                                                   return_tensors="pt")
+                        for i, s in zip(chunk, self._logits(batch).float().tolist()):
+                            flat[i] = s
+            finally:
+                self.train(was_training)
+        out, start = [], 0
+        for row in rows:
+            out.append(flat[start : start + len(row)])
+            start += len(row)
+        return out
 
     # ------------------------------------------------------------------ internals
     def _logits(self, batch: BatchEncoding | dict) -> torch.Tensor:

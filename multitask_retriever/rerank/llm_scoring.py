@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..devices import DTYPES, autocast, check_dtype_name
-from .base import Reranker, group_size, make_config, read_reranker_meta, write_reranker_meta
+from .base import Reranker, check_rows, group_size, make_config, read_reranker_meta, write_reranker_meta
 
 WEIGHTS_NAME = "module.safetensors"
 SOFT_POSITIONS = ("start", "before_instruction")
@@ -365,23 +365,29 @@ class LLMReranker(Reranker):
         flat_p = [p for row in rows for p in row]
         return self._score_flat(flat_ctx, flat_q, flat_p).view(len(queries), n)
 
-    def rerank(self, query: str, passages: Sequence[str], batch_size: int = 32) -> list[float]:
-        """Scores of `passages` for `query` in input order; the query context sees all of them."""
-        if not query or not query.strip():
-            raise ValueError("empty query")
-        if len(passages) == 0:
-            return []
-        (q_ids,) = self.scorer.query_ids([query])
-        p_ids = self.scorer.passage_ids(passages)
+    def rerank_many(self, queries: Sequence[str], passages: Sequence[Sequence[str]],
+                    batch_size: int = 32) -> list[list[float]]:
+        """Scores of passages[i] for queries[i]; each query's context sees all its passages, and the
+        pairs of every query go through the LM together, length-sorted (`max_batch_tokens`)."""
+        check_rows(queries, passages)
+        q_ids = self.scorer.query_ids(queries) if queries else []
+        rows = [self.scorer.passage_ids(row) if len(row) else [] for row in passages]
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode(), self.scorer.autocast():
-                context = self.query_context(query, q_ids, p_ids)
-                scores = self._score_flat([context] * len(p_ids), [q_ids] * len(p_ids), p_ids)
+                contexts = [self.query_context(q, qi, row) for q, qi, row in zip(queries, q_ids, rows)]
+                flat_ctx = [c for c, row in zip(contexts, rows) for _ in row]
+                flat_q = [qi for qi, row in zip(q_ids, rows) for _ in row]
+                flat_p = [p for row in rows for p in row]
+                flat = self._score_flat(flat_ctx, flat_q, flat_p).float().tolist() if flat_p else []
         finally:
             self.train(was_training)
-        return scores.float().tolist()
+        out, start = [], 0
+        for row in rows:
+            out.append(flat[start : start + len(row)])
+            start += len(row)
+        return out
 
     # ---------------------------------------------------------------- saving
     def _module_state(self) -> dict[str, torch.Tensor]:
