@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from kilt.passages import PassageStore, write_passages
 
 from ..config import flat_fields
 from ..devices import resolve_device
+from ..rerank.base import default_passage_text
+from ..rerank.fusion import Fusion
 from ..rerank.losses import make_loss
 from ..rerank.train import RerankTrainConfig
 from ..trainer import TrainConfig
@@ -40,27 +43,28 @@ def train_stage_key(examples_key: str | None, train: TrainConfig) -> str:
     return stage_key(examples=examples_key, train=flat_fields(train))
 
 
-def llm_reranker_train_config(c: ExperimentConfig, loss: str, output_dir: str, progress: bool) -> RerankTrainConfig:
-    return RerankTrainConfig(loss=loss, steps=c.reranker_steps, batch_size=c.reranker_batch_size,
+def llm_reranker_train_config(c: ExperimentConfig, loss: str, output_dir: str, progress: bool,
+                              steps: int = 0) -> RerankTrainConfig:
+    return RerankTrainConfig(loss=loss, steps=steps or c.reranker_steps, batch_size=c.reranker_batch_size,
                              group_size=c.reranker_group_size, lr=c.llm_reranker_lr, seed=c.seed,
                              output_dir=output_dir, progress=progress)
 
 
 def llm_reranker_key(retriever_key: str, method: str, start: str, train: RerankTrainConfig,
-                     max_train_queries: int, rerank_k: int) -> str:
+                     max_train_queries: int, rerank_k: int, **holdout: Any) -> str:
     """An LLM reranker stage's key. The loss enters as the repr of its object and the config with
     the default loss name, the spelling stamped on existing work folders."""
     keyed = dataclasses.replace(train, loss=RerankTrainConfig.loss)
     loss = make_loss(train.loss, **train.loss_options)
     return stage_key(retriever=retriever_key, method=method, start=start, train=dataclasses.asdict(keyed),
-                     loss=repr(loss), max_train_queries=max_train_queries, rerank_k=rerank_k)
+                     loss=repr(loss), max_train_queries=max_train_queries, rerank_k=rerank_k, **holdout)
 
 
 def cross_encoder_train_config(c: ExperimentConfig, distill: bool, output_dir: str,
-                               progress: bool) -> RerankTrainConfig:
+                               progress: bool, steps: int = 0) -> RerankTrainConfig:
     """A cross-encoder stage: contrastive (LCE) or distillation (`distill_loss`)."""
     return RerankTrainConfig(
-        loss=c.distill_loss if distill else "lce", steps=c.cross_encoder_steps or c.reranker_steps,
+        loss=c.distill_loss if distill else "lce", steps=steps or c.cross_encoder_steps or c.reranker_steps,
         batch_size=c.reranker_batch_size, group_size=c.reranker_group_size, lr=c.reranker_lr, seed=c.seed,
         output_dir=output_dir, progress=progress)
 
@@ -243,9 +247,9 @@ class SystemBuilder:
         folder = self.work / "rerankers" / f"{retriever_name}+{method}"
         c = self.config
         train = llm_reranker_train_config(c, reranker_class(method).training_loss, str(folder / "train"),
-                                          self.progress)
+                                          self.progress, self._epoch_steps())
         key = llm_reranker_key(self.retriever_key(retriever_name), method, start, train, c.max_train_queries,
-                               c.rerank_k)
+                               c.rerank_k, **self._holdout_key())
         with self.cache.stage(f"reranker {retriever_name}+{method}"):
             reranker = self._new_reranker(method, start)
             if method == "zero-shot":
@@ -278,13 +282,13 @@ class SystemBuilder:
         else:
             start = self._reranker_start("cross-encoder")
         distill = stages[-1] == "distill"
-        train = cross_encoder_train_config(c, distill, str(folder / "train"), self.progress)
+        train = cross_encoder_train_config(c, distill, str(folder / "train"), self.progress, self._epoch_steps())
         teacher = self._teacher_scores(retriever_name) if distill else None
         # a contrastive stage keys on loss=None: its loss is the one its config names
         source = {"teacher": read_key(teacher.parent / "stage.json")} if teacher else {"loss": repr(None)}
         key = stage_key(retriever=self.retriever_key(retriever_name), method=method, start=start,
                         train=dataclasses.asdict(train), **source, max_train_queries=c.max_train_queries,
-                        rerank_k=c.rerank_k)
+                        rerank_k=c.rerank_k, **self._holdout_key())
         with self.cache.stage(f"reranker {retriever_name}+{method}"):
             if self.cache.cached(folder, key):
                 return self._load_reranker(folder / "train" / "final" / "reranker")
@@ -323,7 +327,8 @@ class SystemBuilder:
         teacher = self.reranker(name, retriever_name)
         folder = self.work / "teachers" / f"{retriever_name}+{name}"
         key = stage_key(teacher=self.reranker_key(retriever_name, name), queries=self.config.teacher_queries,
-                        max_train_queries=self.config.max_train_queries, rerank_k=self.config.rerank_k)
+                        max_train_queries=self.config.max_train_queries, rerank_k=self.config.rerank_k,
+                        **self._holdout_key())
         path = folder / "scores.jsonl"
         with self.cache.stage(f"teacher {retriever_name}+{name}"):
             if not self.cache.cached(folder, key):
@@ -355,6 +360,74 @@ class SystemBuilder:
 
         return load_reranker(path).to(self.device)
 
+    # ----------------------------------------------------------------- hold-out and fusion
+    def _split(self, task: str) -> tuple[list, list]:
+        """(training, validation) queries of `task`: the capped train file, split by id hash."""
+        from ..rerank.fusion import split_validation
+
+        queries = read_task_file(self.task_files[task]["train"])
+        if self.config.max_train_queries:
+            queries = queries[: self.config.max_train_queries]
+        if not self.config.fusion_validation:
+            return queries, []
+        return split_validation(queries, self.config.fusion_validation, seed=self.config.seed)
+
+    def train_queries(self, task: str) -> list:
+        """The queries rerankers train on: the train file less the fusion validation part."""
+        return self._split(task)[0]
+
+    def validation_queries(self, task: str) -> list:
+        """Training-file queries held out from reranker training, for fitting the fusion weights."""
+        return self._split(task)[1]
+
+    def _holdout_key(self) -> dict[str, Any]:
+        """What the hold-out and epoch sizing add to a reranker's stage key (nothing when unused)."""
+        c = self.config
+        return {**({"fusion_validation": c.fusion_validation} if c.fusion_validation else {}),
+                **({"epochs": c.reranker_epochs} if c.reranker_epochs else {})}
+
+    def _epoch_steps(self) -> int:
+        """Steps of `reranker_epochs` passes over the training queries (0 when not asked for)."""
+        if not self.config.reranker_epochs:
+            return 0
+        n = sum(len(self.train_queries(t)) for t, splits in self.task_files.items() if "train" in splits)
+        return max(1, math.ceil(self.config.reranker_epochs * n / self.config.reranker_batch_size))
+
+    def fusion(self, retriever_name: str, reranker_name: str, reranker) -> Fusion:
+        """Interpolation weights fitted on the validation queries' top `rerank_k` candidates
+        (held out from the reranker's training; never dev queries); cached under fusion/."""
+        from ..rerank.fusion import FusionQuery, fit_alpha
+
+        c = self.config
+        folder = self.work / "fusion" / f"{retriever_name}+{reranker_name}"
+        key = stage_key(retriever=self.retriever_key(retriever_name),
+                        reranker=self.reranker_key(retriever_name, reranker_name), rerank_k=c.rerank_k,
+                        per_task=c.fusion_per_task, **self._holdout_key())
+        with self.cache.stage(f"fusion {retriever_name}+{reranker_name}"):
+            if self.cache.cached(folder, key):
+                return Fusion.load(folder)
+            search, queries = self.retriever(retriever_name), []
+            for task, splits in self.task_files.items():
+                if "train" not in splits:
+                    continue
+                examples = self.validation_queries(task)
+                for i in range(0, len(examples), 64):
+                    chunk = examples[i : i + 64]
+                    hits = search.search([e.input for e in chunk], task=task, k=c.rerank_k)
+                    scores = reranker.rerank_many([e.input for e in chunk],
+                                                  [[default_passage_text(h) for h in row] for row in hits])
+                    for example, row, row_scores in zip(chunk, hits, scores):
+                        gold = set(example.gold_pages)
+                        queries.append(FusionQuery(task, [h.score for h in row], row_scores,
+                                                   [h.wikipedia_id in gold for h in row],
+                                                   [h.wikipedia_id for h in row]))
+            fusion = fit_alpha(queries, per_task=c.fusion_per_task)
+            log.info("fusion %s+%s: alpha %.2f, per task %s (fitted on %d validation queries)", retriever_name,
+                     reranker_name, fusion.alpha, fusion.task_alphas, len(queries))
+            fusion.save(folder)
+            self.cache.finish(folder, key)
+            return fusion
+
     def _rerank_examples(self, retriever_name: str, per_task: int = 0):
         """Contrastive examples: each train query's gold passage vs the retriever's other top
         candidates (the first `per_task` train queries of each task when given)."""
@@ -365,10 +438,9 @@ class SystemBuilder:
         for task, splits in self.task_files.items():
             if "train" not in splits:
                 continue
-            queries = read_task_file(splits["train"])
-            for cap in (self.config.max_train_queries, per_task):
-                if cap:
-                    queries = queries[:cap]
+            queries = self.train_queries(task)
+            if per_task:
+                queries = queries[:per_task]
             hits = []
             for i in range(0, len(queries), 256):
                 hits += search.search([e.input for e in queries[i : i + 256]], task=task, k=self.config.rerank_k)

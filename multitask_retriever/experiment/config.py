@@ -65,4 +65,12 @@ class ExperimentConfig:
     distill_loss: str = field(default="ranknet", metadata={"help": " | ".join(distill_losses())})
     llm_reranker_lr: float = field(default=1e-3, metadata={"help": "learning rate of the LLM rerankers' small modules"})
     max_train_queries: int = field(default=0, metadata={"help": "cap on training queries per task (0 = all)"})
+    reranker_epochs: float = field(default=0.0, metadata={
+        "help": "passes over the rerankers' training queries; sets their step counts (0: reranker_steps and "
+                "cross_encoder_steps)"})
+    fusion_validation: float = field(default=0.1, metadata={
+        "help": "share of each task's training queries held out from reranker training, on which the weights "
+                "of <system>@fused are fitted (0: none held out, and no @fused system)"})
+    fusion_per_task: bool = field(default=True, metadata={
+        "help": "one fusion weight per task (a task with fewer than 50 validation queries uses the global one)"})
     fresh: bool = False

@@ -20,6 +20,7 @@ class SystemResult:
     per_task: dict[str, dict[str, float]]
     per_query: dict[str, dict[str, dict[str, float]]]  # task -> qid -> metric -> value
     seconds: float
+    fusion: dict[str, Any] | None = None  # how the final order combined both scores, when it did
 
     def avg(self) -> dict[str, float]:
         tasks = list(self.per_task)
@@ -37,13 +38,14 @@ def score_task(gold: Path, predictions: Path, subset: bool) -> tuple[dict[str, f
 
 
 def compared_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
-    """The (a, b) pairs worth a test: taco against naive, every reranked system against its
-    retriever, each cross-encoder schedule against single-stage contrastive (the paper's
+    """The (a, b) pairs worth a test: taco against naive, every reranked system (raw and fused)
+    against its retriever, each fused system against its raw order, each cross-encoder schedule against single-stage contrastive (the paper's
     question), and trained LLM rerankers against untrained query likelihood."""
     pairs = []
     if "taco" in names and "naive" in names:
         pairs.append(("taco", "naive"))
     pairs += [(n, n.split("+", 1)[0]) for n in names if "+" in n and n.split("+", 1)[0] in names]
+    pairs += [(n, n.split("@", 1)[0]) for n in names if "@" in n and n.split("@", 1)[0] in names]
     for n in names:
         retriever, _, reranker = n.partition("+")
         plain = f"{retriever}+cross-encoder"

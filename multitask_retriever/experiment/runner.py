@@ -10,12 +10,13 @@ from typing import Any
 from kilt.tasks import find_task_files
 
 from ..pipeline import Pipeline
+from ..rerank.fusion import Fusion
 from .builders import SystemBuilder
 from .cache import StageCache, file_key, stage_key
 from .config import ExperimentConfig
 from .evaluation import SystemResult, score_task, significance
 from .report import machine_info
-from .systems import parse_system
+from .systems import parse_system, split_fusion
 
 
 class Experiment:
@@ -32,6 +33,8 @@ class Experiment:
         self.task_files = self._find_tasks()
         for name in config.systems:
             self._parse_system(name)
+            if split_fusion(name)[1] == "fused" and not config.fusion_validation:
+                raise ValueError(f"{name} needs fusion_validation > 0: training queries held out to fit on")
         work = Path(config.work_dir or Path("runs") / self.data_dir.resolve().name)
         work.mkdir(parents=True, exist_ok=True)
         self.cache = StageCache(work, fresh=config.fresh)
@@ -71,12 +74,15 @@ class Experiment:
         start = time.perf_counter()
         retriever_name, reranker_name = self._parse_system(name)
         reranker = self.build.reranker(reranker_name, retriever_name) if reranker_name else None
-        result = self._predict(name, self.build.retriever(retriever_name), reranker)
+        fusion = {"fused": lambda: self.build.fusion(retriever_name, reranker_name, reranker),
+                  "rrf": lambda: Fusion("rrf"), None: lambda: None}[split_fusion(name)[1]]()
+        result = self._predict(name, self.build.retriever(retriever_name), reranker, fusion)
         result.seconds = time.perf_counter() - start
+        result.fusion = asdict(fusion) if fusion is not None else None
         self._results[name] = result
         return result
 
-    def _predict(self, name: str, search, rerank=None) -> SystemResult:
+    def _predict(self, name: str, search, rerank=None, fusion: Fusion | None = None) -> SystemResult:
         """Predictions for every dev file, scored page-level; cached under predictions/<name>."""
         c = self.config
         folder = self.cache.work / "predictions" / name
@@ -86,7 +92,8 @@ class Experiment:
                         reranker=self.build.reranker_key(retriever_name, reranker_name) if reranker_name else None,
                         k=c.k, rerank_k=c.rerank_k if rerank is not None else 0,
                         rerank_queries=c.rerank_queries if capped else 0,
-                        dev={t: file_key(s["dev"]) for t, s in self.task_files.items()})
+                        dev={t: file_key(s["dev"]) for t, s in self.task_files.items()},
+                        **({"fusion": asdict(fusion)} if fusion is not None else {}))
         per_task: dict[str, dict[str, float]] = {}
         queries: dict[str, dict[str, dict[str, float]]] = {}
         start = time.perf_counter()
@@ -95,7 +102,7 @@ class Experiment:
             for task, splits in self.task_files.items():
                 out = folder / f"{task}-dev.jsonl"
                 if not cached:
-                    Pipeline(search, rerank).predict(
+                    Pipeline(search, rerank, fusion).predict(
                         splits["dev"], out, task=task, k=c.k, rerank_k=c.rerank_k if rerank is not None else 0,
                         max_queries=c.rerank_queries if capped else 0, progress=self.build.progress)
                 per_task[task], queries[task] = score_task(splits["dev"], out, subset=capped)
@@ -117,7 +124,8 @@ class Experiment:
                      "passages": len(self.build.passages()), "tasks": list(self.task_files),
                      "warnings": self.build.warnings},
             "config": asdict(self.config),
-            "systems": {name: {"per_task": r.per_task, "avg": r.avg(), "seconds": round(r.seconds, 1)}
+            "systems": {name: {"per_task": r.per_task, "avg": r.avg(), "seconds": round(r.seconds, 1),
+                               **({"fusion": r.fusion} if r.fusion is not None else {})}
                         for name, r in self._results.items()},
             "significance": self.significance(),
             "stages": {k: round(v, 1) for k, v in self.cache.timings.items()},

@@ -1,5 +1,5 @@
-"""System names: ``<retriever>[+<reranker>]``, with cross-encoder training schedules such as
-``cross-encoder.distill.contrastive``."""
+"""System names: ``<retriever>[+<reranker>][@<fusion>]``, with cross-encoder training schedules
+such as ``cross-encoder.distill.contrastive`` and fusions ``@fused`` (fitted interpolation) and ``@rrf``."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -12,6 +12,18 @@ from ..specialization import COMBINERS
 RETRIEVERS = ("bm25", "zero-shot", *COMBINERS)
 RERANKERS = tuple(METHODS)
 CE_STAGES = ("contrastive", "distill")
+#: how a reranked system's final order may combine both scores (none: the reranker's order)
+FUSIONS = ("fused", "rrf")
+
+
+def split_fusion(name: str) -> tuple[str, str | None]:
+    """(the system without its fusion, the fusion or None): ``taco+cross-encoder@fused``."""
+    base, sep, fusion = name.partition("@")
+    if not sep:
+        return name, None
+    if fusion not in FUSIONS or "+" not in base:
+        raise ValueError(f"bad fusion in {name!r}: a reranked system takes @{' or @'.join(FUSIONS)}")
+    return base, fusion
 
 
 def cross_encoder_schedule(reranker: str) -> list[str] | None:
@@ -38,7 +50,7 @@ def schedule_name(stages: list[str]) -> str:
 def parse_system(name: str, tasks: Iterable[str], teacher: str, distill_loss: str) -> tuple[str, str | None]:
     """(retriever, reranker or None) of a system name, the schedule spelled canonically;
     unknown names, and a bad teacher or distillation loss for a distill stage, are ValueErrors."""
-    retriever, _, reranker = name.partition("+")
+    retriever, _, reranker = split_fusion(name)[0].partition("+")
     single = retriever.removeprefix("single-")
     if retriever not in RETRIEVERS and not (retriever.startswith("single-") and single in tasks):
         raise ValueError(f"unknown system {name!r}; known: {', '.join(RETRIEVERS)}, single-<task> for a task "
