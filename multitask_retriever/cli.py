@@ -32,8 +32,10 @@ def command(name: str):
 # --------------------------------------------------------------------------- KILT layer
 @command("chunk")
 def _chunk(args) -> None:
+    from kilt.io import refuse_overwriting_inputs
     from kilt.passages import write_passages
 
+    refuse_overwriting_inputs([args.out], [args.knowledge_source], args.overwrite)
     n = write_passages(args.knowledge_source, args.out, words=args.words, skip_invalid=args.skip_invalid)
     print(f"wrote {n} passages to {args.out}")
 
@@ -41,21 +43,29 @@ def _chunk(args) -> None:
 @command("bm25")
 def _bm25(args) -> None:
     from kilt.bm25 import BM25Retriever
+    from kilt.io import refuse_overwriting_inputs
     from kilt.passages import PassageStore
     from kilt.predict import predict_file
 
-    retriever = BM25Retriever.build(PassageStore(args.passages))
     out_dir = Path(args.out_dir)
-    for task_file in args.task_files:
-        out = out_dir / Path(task_file).name.replace("-kilt.jsonl", "-bm25.jsonl")
+    outs = [out_dir / (Path(f).name.removesuffix("-kilt.jsonl").removesuffix(".jsonl") + "-bm25.jsonl")
+            for f in args.task_files]
+    refuse_overwriting_inputs(outs, [args.passages, *args.task_files], args.overwrite)
+    retriever = BM25Retriever.build(PassageStore(args.passages))
+    for task_file, out in zip(args.task_files, outs):
         n = predict_file(lambda queries, task: retriever.search_pages(queries, k=args.k), task_file, out)
         print(f"{task_file}: {n} predictions -> {out}")
 
 
 @command("kilt-subset")
 def _kilt_subset(args) -> None:
+    from kilt.io import refuse_overwriting_inputs
     from kilt.subset import make_subset
 
+    out_dir = Path(args.out_dir)
+    inputs = [args.knowledge_source, *Path(args.kilt_dir).glob("*.jsonl"), *Path(args.kilt_dir).glob("*.jsonl.gz")]
+    refuse_overwriting_inputs([out_dir / Path(p).name for p in inputs] + [out_dir / "knowledge_source.jsonl"],
+                              inputs, args.overwrite)
     summary = make_subset(args.kilt_dir, args.knowledge_source, args.out_dir,
                           queries_per_split=args.queries, distractors=args.distractors, seed=args.seed,
                           tasks=args.tasks.split(",") if args.tasks else None)
@@ -94,8 +104,11 @@ def _index(args) -> None:
 
 @command("retrieve")
 def _retrieve(args) -> None:
+    from kilt.io import refuse_overwriting_inputs
+
     from .retriever import load_retriever
 
+    refuse_overwriting_inputs([args.out], [args.queries, args.passages, args.index, args.encoder], args.overwrite)
     overrides = {name: getattr(args, name) for name in ("nprobe", "hnsw_ef_search", "backend")
                  if getattr(args, name) is not None}
     retriever = load_retriever(args.encoder, args.index, args.passages, device=args.device, **overrides)
@@ -216,8 +229,18 @@ def _pipeline(args) -> None:
     from .pipeline import Pipeline
     from .rerank import load_reranker
 
+    from kilt.io import refuse_overwriting_inputs
+
+    from .rerank.fusion import FUSION_NAME, Fusion
+
+    refuse_overwriting_inputs([args.out], [p for p in (args.queries, args.passages, args.index, args.encoder,
+                                                        args.reranker) if p], args.overwrite)
+    if args.rerank_k < 0 or args.k < 1:
+        raise ValueError(f"--k must be >= 1 and --rerank-k >= 0, got {args.k} and {args.rerank_k}")
     reranker = load_reranker(args.reranker).to(resolve_device(args.device)) if args.reranker else None
-    pipe = Pipeline(_first_stage(args), reranker)
+    fusion = Fusion(args.fusion, alpha=args.alpha) if args.fusion != "fitted" else (
+        Fusion.load(args.reranker) if args.reranker and (Path(args.reranker) / FUSION_NAME).is_file() else Fusion())
+    pipe = Pipeline(_first_stage(args), reranker, fusion)
     n = pipe.predict(args.queries, args.out, task=args.task, k=args.k, rerank_k=args.rerank_k if reranker else 0)
     print(f"{args.queries}: {n} predictions -> {args.out}")
 
@@ -237,8 +260,13 @@ def _benchmark_quality(args) -> None:
 
 
 # --------------------------------------------------------------------------- parser
+def overwrite_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="allow an output to replace one of the inputs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import add_config_arguments
+    from .rerank.fusion import METHODS as FUSION_METHODS, Fusion
 
     parser = argparse.ArgumentParser(prog="mtr", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -251,12 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--words", type=int, default=100, help="words per passage [100]")
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip malformed pages (counted and reported) instead of stopping at the first")
+    overwrite_argument(p)
 
     p = sub.add_parser("bm25", help="BM25 page rankings for KILT task files")
     p.add_argument("passages", help="passage file from `mtr chunk`")
     p.add_argument("task_files", nargs="+", help="KILT task files (queries)")
     p.add_argument("--out-dir", required=True, help="where prediction files go")
     p.add_argument("--k", type=int, default=100, help="pages per query [100]")
+    overwrite_argument(p)
 
     p = sub.add_parser("kilt-subset", help="a miniature benchmark from full KILT files, deterministic")
     p.add_argument("kilt_dir", help="folder with the official <task>-<split>-kilt.jsonl files")
@@ -266,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distractors", type=int, default=10000, help="random extra pages [10000]")
     p.add_argument("--tasks", default="", help="comma-separated task names [all present]")
     p.add_argument("--seed", type=int, default=0)
+    overwrite_argument(p)
 
     p = sub.add_parser("evaluate", help="KILT retrieval metrics (same as python -m kilt.eval)", add_help=False)
     p.add_argument("eval_args", nargs=argparse.REMAINDER)
@@ -299,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query [as the index was saved]")
         p.add_argument("--hnsw-ef-search", type=int, default=None, help="HNSW search beam width [as saved]")
         p.add_argument("--backend", default=None, help="faiss | torch: search with another backend [as saved]")
+        overwrite_argument(p)
 
     from .trainer import TrainConfig, methods
 
@@ -359,7 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="KILT prediction file to write")
     p.add_argument("--task", default=None, help="task prompt [from the file name]")
     p.add_argument("--k", type=int, default=100)
-    p.add_argument("--rerank-k", type=int, default=20)
+    p.add_argument("--rerank-k", type=int, default=20, help="passages reranked per query (0: none) [20]")
+    p.add_argument("--fusion", default="fitted", choices=["fitted", *FUSION_METHODS],
+                   help="final order of the reranked passages: fitted (the reranker folder's fusion.json from "
+                        "benchmark-quality, else the reranker's order), none (the reranker's order), "
+                        "interpolate (--alpha) or rrf [fitted]")
+    p.add_argument("--alpha", type=float, default=Fusion.alpha, help="the reranker's weight for --fusion interpolate")
+    overwrite_argument(p)
 
     from .experiment import ExperimentConfig
 
@@ -384,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = COMMANDS["retrieve" if args.command == "search" else args.command]
     try:
         return int(handler(args) or 0)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # missing, unwritable or existing files; bad values and formats
         print(f"mtr {args.command}: error: {e}", file=sys.stderr)
         return 2
 

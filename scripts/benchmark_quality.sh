@@ -6,8 +6,16 @@
 #       -> quality-realkilt-slice.json: all queries, their gold pages + 4,000 distractors
 #   scripts/benchmark_quality.sh --rerankers [extra args]
 #       -> rerankers-realkilt-slice.json: every reranker and cross-encoder schedule on the slice
+#   scripts/benchmark_quality.sh --rerank [extra args]
+#       -> rerank-realkilt.json: taco, its cross-encoder raw, fused (weights fitted on held-out
+#          training queries) and rrf, every dev query of the 30k-page set
 . "$(dirname "$0")/_env.sh"
 case "${1:-}" in
+    --rerank)
+        shift
+        exec mtr benchmark-quality ../shared/realkilt --out benchmarks/results/rerank-realkilt.json \
+            --config scripts/configs/cpu.yaml --config scripts/configs/rerank-realkilt.yaml "$@"
+        ;;
     --slice|--rerankers)
         mode="$1"; shift
         SLICE=runs/realkilt-slice

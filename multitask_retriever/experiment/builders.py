@@ -425,6 +425,9 @@ class SystemBuilder:
             log.info("fusion %s+%s: alpha %.2f, per task %s (fitted on %d validation queries)", retriever_name,
                      reranker_name, fusion.alpha, fusion.task_alphas, len(queries))
             fusion.save(folder)
+            trained = self.work / "rerankers" / f"{retriever_name}+{reranker_name}" / "train" / "final" / "reranker"
+            if trained.is_dir():  # beside the reranker too, where `mtr pipeline --fusion fitted` reads it
+                fusion.save(trained)
             self.cache.finish(folder, key)
             return fusion
 
