@@ -196,7 +196,7 @@ def _train_reranker(args) -> None:
     for task, path in files.items():
         queries = read_task_file(path)[: args.max_queries or None]
         hits = backend.search([e.input for e in queries], task=task, k=args.depth)
-        examples += examples_from_candidates(queries, hits, store, num_negatives=args.num_negatives)
+        examples += examples_from_candidates(queries, hits, store, num_negatives=args.num_negatives, task=task)
     print(f"{len(examples)} training queries with a retrieved gold passage")
     seed_everything(config_from_args(RerankTrainConfig, args).seed)  # a new head or module is drawn from it
     reranker = make_reranker(args.method, args.model, **_option_values(args.option))

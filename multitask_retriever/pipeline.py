@@ -76,7 +76,7 @@ class Pipeline:
         heads = [result.hits[:rerank_k] for result in results]
         scores = self.reranker.rerank_many([r.query for r in results],
                                            [[self.passage_text(h) for h in head] for head in heads],
-                                           batch_size=self.rerank_batch_size)
+                                           batch_size=self.rerank_batch_size, tasks=[task] * len(results))
         for result, head, row in zip(results, heads, scores):
             if len(row) != len(head):
                 raise RuntimeError(f"reranker returned {len(row)} scores for {len(head)} passages")

@@ -45,9 +45,9 @@ def run(small_kilt, tiny_bert, tmp_path_factory, request):
     def recording(self, retriever_name, reranker_name, reranker):
         original = reranker.rerank_many
 
-        def spy(queries, passages, batch_size=32):
+        def spy(queries, passages, batch_size=32, tasks=None):
             seen.extend(queries)
-            return original(queries, passages, batch_size)
+            return original(queries, passages, batch_size, tasks)
 
         reranker.rerank_many = spy
         try:

@@ -240,3 +240,30 @@ def test_packaged_smollm2_loads_through_its_cached_folder_and_ranks_gold_first(t
         "The mitochondrion is an organelle found in the cells of most eukaryotes.",
     ])
     assert gold > unrelated + 0.5
+
+
+def test_each_task_asks_the_lm_for_its_own_query_form(gpt2_zero_shot):
+    """The instruction before the query names the form of the task's queries (a claim for
+    fever, the next turn for wow); it changes what the LM scores."""
+    from multitask_retriever.rerank.llm_scoring import KIND_INSTRUCTIONS
+
+    scorer = gpt2_zero_shot.scorer
+    built = {task: scorer.build([1, 2], [3, 4], 0, task).context for task in ("fever", "wow", "nq", None)}
+    fever = scorer.tokenizer(KIND_INSTRUCTIONS["fact checking"], add_special_tokens=False)["input_ids"]
+    wow = scorer.tokenizer(KIND_INSTRUCTIONS["dialogue"], add_special_tokens=False)["input_ids"]
+    assert built["fever"][-len(fever):] == fever and built["wow"][-len(wow):] == wow
+    assert built["nq"] == built[None]  # a question, as the general instruction asks
+    scores = {task: gpt2_zero_shot.rerank(QUERY, PASSAGES[:2], task=task) for task in ("fever", "wow")}
+    assert scores["fever"] != pytest.approx(scores["wow"], abs=1e-4)
+    together = gpt2_zero_shot.rerank_many([QUERY, QUERY], [PASSAGES[:2], PASSAGES[:2]], tasks=["fever", "wow"])
+    assert together[0] == pytest.approx(scores["fever"], abs=1e-4)
+    assert together[1] == pytest.approx(scores["wow"], abs=1e-4)
+
+
+def test_task_instructions_are_configurable_and_saved(tiny_gpt2, tmp_path):
+    reranker = make_reranker("zero-shot", str(tiny_gpt2), task_instructions={"nq": "\nAsk:"})
+    assert reranker.scorer.instruction_ids("nq") == reranker.scorer.tokenizer("\nAsk:", add_special_tokens=False)[
+        "input_ids"]
+    assert reranker.scorer.instruction_ids("fever") == reranker.scorer.instruction_ids(None)
+    reranker.save_pretrained(tmp_path / "r")
+    assert load_reranker(tmp_path / "r").config.task_instructions == {"nq": "\nAsk:"}

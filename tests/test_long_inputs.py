@@ -110,7 +110,7 @@ def test_an_llm_prompt_keeps_the_querys_budget_and_fits_the_lms_positions(method
     assert pair.target == scorer.tokenizer(QUERY, add_special_tokens=False)["input_ids"][:64]
     assert len(pair.context) + len(pair.target) == 512  # the tiny GPT-2's positions, filled exactly
     start = len(scorer._bos) + len(scorer._prefix)
-    kept = 512 - 64 - n_soft - start - len(scorer._instruction) - len(scorer._eos)
+    kept = 512 - 64 - n_soft - start - len(scorer.instruction_ids(None)) - len(scorer._eos)
     assert pair.context[start: start + kept] == passage_ids[:kept]
 
 

@@ -27,7 +27,7 @@ class _Fixed:
 class _Lookup(Reranker):
     method = "lookup"
 
-    def score(self, queries, passages):
+    def score(self, queries, passages, tasks=None):
         return torch.tensor([[RERANKER_SCORES[p.split("\n")[-1]] for p in row] for row in passages])
 
     def save_pretrained(self, path: str | Path) -> None: ...

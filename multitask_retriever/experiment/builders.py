@@ -415,7 +415,8 @@ class SystemBuilder:
                     chunk = examples[i : i + 64]
                     hits = search.search([e.input for e in chunk], task=task, k=c.rerank_k)
                     scores = reranker.rerank_many([e.input for e in chunk],
-                                                  [[default_passage_text(h) for h in row] for row in hits])
+                                                  [[default_passage_text(h) for h in row] for row in hits],
+                                                  tasks=[task] * len(chunk))
                     for example, row, row_scores in zip(chunk, hits, scores):
                         gold = set(example.gold_pages)
                         queries.append(FusionQuery(task, [h.score for h in row], row_scores,
@@ -447,5 +448,5 @@ class SystemBuilder:
             hits = []
             for i in range(0, len(queries), 256):
                 hits += search.search([e.input for e in queries[i : i + 256]], task=task, k=self.config.rerank_k)
-            examples += examples_from_candidates(queries, hits, self.passages())
+            examples += examples_from_candidates(queries, hits, self.passages(), task=task)
         return examples

@@ -82,30 +82,34 @@ class Reranker(nn.Module, ABC):
     training_loss: ClassVar[str] = "lce"
 
     @abstractmethod
-    def score(self, queries: Sequence[str], passages: Sequence[Sequence[str]]) -> torch.Tensor:
+    def score(self, queries: Sequence[str], passages: Sequence[Sequence[str]],
+              tasks: Sequence[str | None] | None = None) -> torch.Tensor:
         """Differentiable scores of shape [len(queries), n]: row i scores passages[i].
 
         Every row has the same number n of passages (training groups); used by the loop.
+        tasks[i] is query i's KILT task: rerankers that prompt by task use it, others ignore it.
         """
 
-    def rerank(self, query: str, passages: Sequence[str], batch_size: int = 32) -> list[float]:
-        """Scores of `passages` for `query`, in input order (no gradient)."""
-        return self.rerank_many([query], [passages], batch_size=batch_size)[0]
+    def rerank(self, query: str, passages: Sequence[str], batch_size: int = 32,
+               task: str | None = None) -> list[float]:
+        """Scores of `passages` for `query` (of KILT task `task`, if known), in input order (no gradient)."""
+        return self.rerank_many([query], [passages], batch_size=batch_size, tasks=[task])[0]
 
-    def rerank_many(self, queries: Sequence[str], passages: Sequence[Sequence[str]],
-                    batch_size: int = 32) -> list[list[float]]:
-        """Scores of passages[i] for queries[i], in input order (no gradient); rows may differ in
-        length. Subclasses batch the pairs of many queries together."""
+    def rerank_many(self, queries: Sequence[str], passages: Sequence[Sequence[str]], batch_size: int = 32,
+                    tasks: Sequence[str | None] | None = None) -> list[list[float]]:
+        """Scores of passages[i] for queries[i] (of task tasks[i]), in input order (no gradient);
+        rows may differ in length. Subclasses batch the pairs of many queries together."""
         check_rows(queries, passages)
         out: list[list[float]] = []
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode():
-                for query, row in zip(queries, passages):
+                for query, row, task in zip(queries, passages, tasks or [None] * len(queries)):
                     scores: list[float] = []
                     for i in range(0, len(row), batch_size):
-                        scores.extend(self.score([query], [list(row[i : i + batch_size])])[0].float().tolist())
+                        chunk = [list(row[i : i + batch_size])]
+                        scores.extend(self.score([query], chunk, tasks=[task])[0].float().tolist())
                     out.append(scores)
         finally:
             self.train(was_training)

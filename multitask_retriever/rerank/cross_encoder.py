@@ -93,7 +93,8 @@ class CrossEncoderReranker(Reranker):
         return next(self.model.parameters()).device
 
     # ------------------------------------------------------------------ scoring
-    def score(self, queries: Sequence[str], passages: Sequence[Sequence[str]]) -> torch.Tensor:
+    def score(self, queries: Sequence[str], passages: Sequence[Sequence[str]],
+              tasks: Sequence[str | None] | None = None) -> torch.Tensor:
         """Differentiable scores [B, n] of passages[i][j] for queries[i]; rows must be equally long."""
         n = group_size(queries, passages)
         if n == 0:
@@ -101,8 +102,8 @@ class CrossEncoderReranker(Reranker):
         batch = self._encode(queries, passages, padding=True, return_tensors="pt")
         return self._logits(batch).view(len(queries), n)
 
-    def rerank_many(self, queries: Sequence[str], passages: Sequence[Sequence[str]],
-                    batch_size: int = 32) -> list[list[float]]:
+    def rerank_many(self, queries: Sequence[str], passages: Sequence[Sequence[str]], batch_size: int = 32,
+                    tasks: Sequence[str | None] | None = None) -> list[list[float]]:
         """Scores of passages[i] for queries[i]: every query's pairs together, in length-sorted batches."""
         check_rows(queries, passages)
         rows = [list(row) for row in passages]

@@ -34,6 +34,7 @@ class RerankExample:
     candidates: list[str]
     teacher_scores: list[float] | None = None
     passage_ids: list[str] | None = None
+    task: str | None = None
 
     def __post_init__(self) -> None:
         n = 1 + len(self.candidates)
@@ -54,6 +55,7 @@ def examples_from_candidates(
     *,
     num_negatives: int | None = None,
     passage_text: Callable[[Hit], str] = default_passage_text,
+    task: str | None = None,
 ) -> list[RerankExample]:
     """Training examples from first-stage candidates (hits or passage ids, best first).
 
@@ -93,6 +95,7 @@ def examples_from_candidates(
         out.append(RerankExample(
             qid=example.id, query=example.input, positive=text(positive),
             candidates=[text(p) for p in negatives], passage_ids=[str(p.id) for p in (positive, *negatives)],
+            task=task,
         ))
     if skipped:
         log.info("skipped %d of %d queries with no gold page among their candidates", skipped, len(task_examples))
@@ -176,7 +179,7 @@ def write_teacher_file(reranker: Reranker, examples: Sequence[RerankExample], pa
         for example in tqdm(examples, desc="teacher", unit="query", disable=not progress):
             if example.passage_ids is None:
                 raise ValueError(f"query {example.qid}: writing teacher scores needs passage ids")
-            scores = reranker.rerank(example.query, example.passages, batch_size=batch_size)
+            scores = reranker.rerank(example.query, example.passages, batch_size=batch_size, task=example.task)
             for pid, score in zip(example.passage_ids, scores):
                 f.write(json.dumps({"qid": example.qid, "pid": pid, "score": score}) + "\n")
                 lines += 1

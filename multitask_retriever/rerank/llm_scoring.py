@@ -25,6 +25,23 @@ WEIGHTS_NAME = "module.safetensors"
 SOFT_POSITIONS = ("start", "before_instruction")
 
 
+#: what the LM is asked to write after a passage, by KILT task kind: the form that kind's queries take
+KIND_INSTRUCTIONS = {
+    "fact checking": "\nPlease write a claim that this passage supports or refutes.\nClaim:",
+    "dialogue": "\nPlease write the next turn of a conversation about this passage.\nTurn:",
+    "open-domain QA": "\nPlease write a question based on this passage.\nQuestion:",
+    "slot filling": "\nPlease write the subject and the relation of a fact this passage states.\nSubject [SEP] relation:",
+    "entity linking": "\nPlease write a text that mentions the entity this passage is about.\nText:",
+}
+
+
+def _default_task_instructions() -> dict[str, str]:
+    """One instruction per KILT task, from its kind (kilt.tasks)."""
+    from kilt.tasks import TASKS
+
+    return {name: KIND_INSTRUCTIONS[task.kind] for name, task in TASKS.items() if task.kind in KIND_INSTRUCTIONS}
+
+
 @dataclass
 class LLMScoringConfig:
     """How a (query, passage) pair becomes a prompt and a score; saved in mtr_reranker.json."""
@@ -32,7 +49,10 @@ class LLMScoringConfig:
     llm: str = field(default="", metadata={"help": "LM name or folder; empty = the packaged SmolLM2-135M"})
     prefix: str = field(default="Passage: ", metadata={"help": "text before the passage"})
     instruction: str = field(default="\nPlease write a question based on this passage.\nQuestion:",
-                             metadata={"help": "text between the passage and the query"})
+                             metadata={"help": "text between the passage and the query of a call without a task"})
+    task_instructions: dict[str, str] = field(default_factory=_default_task_instructions, metadata={
+        "help": "task -> instruction asking for the query in that task's form (a claim for fever, the next "
+                "turn for wow, ...); tasks not listed use `instruction`"})
     max_passage_tokens: int = field(default=256, metadata={"help": "longer passages are cut (one warning)"})
     max_query_tokens: int = field(default=64, metadata={"help": "longer queries are cut (one warning)"})
     reduction: str = field(default="mean", metadata={"help": "mean | sum of the query tokens' log-probs"})
@@ -108,7 +128,7 @@ class LLMScorer(nn.Module):
                                  and ids and ids[0] == tokenizer.bos_token_id) else []
         self._eos = [tokenizer.eos_token_id] if self.seq2seq and tokenizer.eos_token_id is not None else []
         self._prefix = self._ids(config.prefix)
-        self._instruction = self._ids(config.instruction)
+        self._instructions = {None: self._ids(config.instruction)}
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         #: the LM's position limit (None: relative positions, e.g. T5), the budget of a whole prompt
         self.max_positions: int | None = getattr(lm.config, "max_position_embeddings", None)
@@ -151,11 +171,20 @@ class LLMScorer(nn.Module):
         enc = self.tokenizer(list(queries), add_special_tokens=False)["input_ids"]
         return [self._cut(ids, self.config.max_query_tokens, "queries") for ids in enc]
 
-    def build(self, query: list[int], passage: list[int], n_soft: int) -> _Pair:
-        """The prompt of one pair with `n_soft` soft slots at `soft_position`; the passage is cut
-        to what the (already cut) query, the slots and the prompt text leave of `max_positions`."""
+    def instruction_ids(self, task: str | None) -> list[int]:
+        """Token ids of the instruction for `task` (the task's own, else the general one)."""
+        if task not in self._instructions:
+            text = self.config.task_instructions.get(task) if task is not None else None
+            self._instructions[task] = self._ids(text) if text is not None else self._instructions[None]
+        return self._instructions[task]
+
+    def build(self, query: list[int], passage: list[int], n_soft: int, task: str | None = None) -> _Pair:
+        """The prompt of one pair with `n_soft` soft slots at `soft_position` and `task`'s
+        instruction; the passage is cut to what the (already cut) query, the slots and the
+        prompt text leave of `max_positions`."""
+        instruction = self.instruction_ids(task)
         if self.max_positions is not None:
-            fixed = len(self._bos) + len(self._prefix) + len(self._instruction) + len(self._eos) + n_soft
+            fixed = len(self._bos) + len(self._prefix) + len(instruction) + len(self._eos) + n_soft
             room = self.max_positions - fixed - (0 if self.seq2seq else len(query))
             if room < 1:
                 raise ValueError(f"{len(query)} query tokens, {n_soft} soft tokens and {fixed - n_soft} prompt "
@@ -174,7 +203,7 @@ class LLMScorer(nn.Module):
         parts += [(self._prefix, False), (passage, False)]
         if self.soft_position == "before_instruction":
             parts.append((slots, True))
-        parts.append((self._instruction, False))
+        parts.append((instruction, False))
         parts.append((self._eos, False))
         context = [t for ids, _ in parts for t in ids]
         mask = [flag for ids, flag in parts for _ in ids]
@@ -182,7 +211,8 @@ class LLMScorer(nn.Module):
 
     # ---------------------------------------------------------------- scoring
     def score_pairs(self, queries: Sequence[list[int]], passages: Sequence[list[int]],
-                    soft: torch.Tensor | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+                    soft: torch.Tensor | Sequence[torch.Tensor] | None = None,
+                    tasks: Sequence[str | None] | None = None) -> torch.Tensor:
         """Scores [N] of N token-id pairs; `soft` fills each pair's slots: [N, n_soft, hidden],
         or a list of N [n_i, hidden] tensors when the pairs' soft prompts differ in length.
 
@@ -195,7 +225,8 @@ class LLMScorer(nn.Module):
         if soft is not None and len(soft) != n:
             raise ValueError(f"{len(soft)} soft prompts for {n} pairs")
         counts = [0 if soft is None else int(soft[i].shape[0]) for i in range(n)]
-        pairs = [self.build(q, p, c) for q, p, c in zip(queries, passages, counts)]
+        tasks = list(tasks) if tasks is not None else [None] * n
+        pairs = [self.build(q, p, c, t) for q, p, c, t in zip(queries, passages, counts, tasks)]
         lengths = [len(p.context) + len(p.target) for p in pairs]
         order = sorted(range(n), key=lambda i: lengths[i])
         chunks, current = [], []
@@ -348,11 +379,13 @@ class LLMReranker(Reranker):
         return None
 
     # ---------------------------------------------------------------- scoring
-    def _score_flat(self, contexts: list[Any], q_ids: list[list[int]], p_ids: list[list[int]]) -> torch.Tensor:
+    def _score_flat(self, contexts: list[Any], q_ids: list[list[int]], p_ids: list[list[int]],
+                    tasks: Sequence[str | None] | None = None) -> torch.Tensor:
         soft = self.soft_prompts(contexts, q_ids, p_ids)
-        return self.scorer.score_pairs(q_ids, p_ids, soft)
+        return self.scorer.score_pairs(q_ids, p_ids, soft, tasks)
 
-    def score(self, queries: Sequence[str], passages: Sequence[Sequence[str]]) -> torch.Tensor:
+    def score(self, queries: Sequence[str], passages: Sequence[Sequence[str]],
+              tasks: Sequence[str | None] | None = None) -> torch.Tensor:
         """Differentiable scores [B, n]; a query's context is built from its own row."""
         n = group_size(queries, passages)
         if n == 0:
@@ -363,10 +396,11 @@ class LLMReranker(Reranker):
         flat_ctx = [c for c in contexts for _ in range(n)]
         flat_q = [qi for qi in q_ids for _ in range(n)]
         flat_p = [p for row in rows for p in row]
-        return self._score_flat(flat_ctx, flat_q, flat_p).view(len(queries), n)
+        flat_t = [t for t in (tasks or [None] * len(queries)) for _ in range(n)]
+        return self._score_flat(flat_ctx, flat_q, flat_p, flat_t).view(len(queries), n)
 
-    def rerank_many(self, queries: Sequence[str], passages: Sequence[Sequence[str]],
-                    batch_size: int = 32) -> list[list[float]]:
+    def rerank_many(self, queries: Sequence[str], passages: Sequence[Sequence[str]], batch_size: int = 32,
+                    tasks: Sequence[str | None] | None = None) -> list[list[float]]:
         """Scores of passages[i] for queries[i]; each query's context sees all its passages, and the
         pairs of every query go through the LM together, length-sorted (`max_batch_tokens`)."""
         check_rows(queries, passages)
@@ -380,7 +414,8 @@ class LLMReranker(Reranker):
                 flat_ctx = [c for c, row in zip(contexts, rows) for _ in row]
                 flat_q = [qi for qi, row in zip(q_ids, rows) for _ in row]
                 flat_p = [p for row in rows for p in row]
-                flat = self._score_flat(flat_ctx, flat_q, flat_p).float().tolist() if flat_p else []
+                flat_t = [t for t, row in zip(tasks or [None] * len(rows), rows) for _ in row]
+                flat = self._score_flat(flat_ctx, flat_q, flat_p, flat_t).float().tolist() if flat_p else []
         finally:
             self.train(was_training)
         out, start = [], 0

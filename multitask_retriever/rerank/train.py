@@ -67,6 +67,7 @@ class RerankBatch:
     queries: list[str]
     passages: list[list[str]]
     teacher_scores: torch.Tensor | None
+    tasks: list[str | None] | None = None
 
 
 class _GroupSampler:
@@ -92,17 +93,18 @@ class _GroupSampler:
         per_process = self.config.batch_size
         first = (step * self.num_processes + self.process_index) * per_process
         rng = random.Random(f"{self.config.seed}:{step}:{self.process_index}")
-        qids, queries, passages, teacher = [], [], [], []
+        qids, queries, passages, teacher, tasks = [], [], [], [], []
         for position in range(first, first + per_process):
             example = self._example(position)
             chosen = rng.sample(range(1, len(example.passages)), self.config.group_size - 1)
             qids.append(example.qid)
             queries.append(example.query)
+            tasks.append(example.task)
             passages.append([example.passages[i] for i in (0, *chosen)])
             if example.teacher_scores is not None:
                 teacher.append([example.teacher_scores[i] for i in (0, *chosen)])
         teacher_scores = torch.tensor(teacher, dtype=torch.float32) if len(teacher) == len(qids) else None
-        return RerankBatch(qids, queries, passages, teacher_scores)
+        return RerankBatch(qids, queries, passages, teacher_scores, tasks)
 
 
 def _usable_examples(examples: Sequence[RerankExample], config: RerankTrainConfig,
@@ -172,7 +174,7 @@ def train_reranker(reranker: Reranker, examples: Sequence[RerankExample], config
     def step(index: int) -> dict[str, Any]:
         batch = sampler.batch(index)
         with accelerator.autocast():
-            value = loss_fn(reranker.score(batch.queries, batch.passages), batch)
+            value = loss_fn(reranker.score(batch.queries, batch.passages, tasks=batch.tasks), batch)
         if not torch.isfinite(value):
             raise FloatingPointError(f"step {index + 1}: the {loss_fn.name or 'training'} loss is {value.item()}")
         accelerator.backward(value)
