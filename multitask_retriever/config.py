@@ -93,6 +93,22 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: set[s
             group.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
 
 
+def _checked(cls: type, name: str, value: Any, hint: Any) -> Any:
+    """A config file's value for a field, as its annotation's type; a mismatch (2.7 for an
+    int, "yes" for a bool) is a ValueError naming the field, never a silent conversion."""
+    kind = _scalar_type(hint)
+    if value is None or kind is None:
+        return value
+    ok = {int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          bool: isinstance(value, bool), str: isinstance(value, str),
+          "list": isinstance(value, (list, tuple))}[kind]
+    if not ok:
+        expected = kind if isinstance(kind, str) else kind.__name__
+        raise ValueError(f"{cls.__name__} field {name!r} expects {expected}, got {value!r}")
+    return float(value) if kind is float else value
+
+
 def _default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
@@ -115,7 +131,7 @@ def _collect(cls: type, files: Sequence[Mapping[str, Any]], args: argparse.Names
                                      f"{hints[key].__name__} fields, got {value!r}")
                 section_files[key].append(dict(value))
             elif key in fields:
-                values[key] = value
+                values[key] = _checked(cls, key, value, hints[key])
             elif owner is not None:
                 section_files[owner].append({key[len(owner) + 1:]: value})
             else:

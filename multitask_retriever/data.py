@@ -110,6 +110,8 @@ def build_training_examples(task_files: Mapping[str, str | Path], store: Passage
     no gold page, at most `keep`. Queries none of whose gold pages are in `store` are skipped
     (counted in a warning); a file left with no usable query is an error naming it.
     """
+    if depth < 1 or keep < 0 or max_queries < 0:
+        raise ValueError(f"depth must be >= 1, keep and max_queries >= 0; got {depth}, {keep}, {max_queries}")
     files = {task: Path(path) for task, path in task_files.items()}
     for task in files:
         get_task(task)

@@ -103,6 +103,7 @@ def encode_corpus(encoder: Any, passage_file: str | Path, out_dir: str | Path, s
         raise FileNotFoundError(f"{passage_file}: passage file not found")
     stat = passage_file.stat()
     settings = {"encoder": _encoder_name(encoder), "dim": int(encoder.dim), "dtype": np_dtype.name,
+                "batch_size": batch_size,  # padding differs by batch: resumed shards must match
                 "shard_size": shard_size, "passage_file_bytes": stat.st_size,
                 "passage_file_mtime_ns": stat.st_mtime_ns}
     manifest_path = out_dir / MANIFEST_NAME

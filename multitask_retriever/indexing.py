@@ -375,10 +375,9 @@ class Index:
         return index
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-`k` (scores float32 [n, k], passage ids int64 [n, k]), best first.
-
-        Missing results (k above the index size, or an approximate search finding fewer)
-        have id -1 and score -inf.
+        """Top-`k` (scores float32 [n, k'], passage ids int64 [n, k']), best first, where k' is
+        `k` clamped to the index size (so a huge k allocates nothing for passages that do not
+        exist). Missing results (an approximate search finding fewer) have id -1 and score -inf.
         """
         queries = np.asarray(queries)
         if queries.ndim != 2:
@@ -387,6 +386,7 @@ class Index:
             raise ValueError(f"query dim {queries.shape[1]} != index dim {self.dim}")
         if k < 1:
             raise ValueError(f"k must be positive, got {k}")
+        k = min(k, max(len(self), 1))
         scores, positions = self._searcher.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         found = positions >= 0
         ids = np.full(positions.shape, -1, dtype=np.int64)

@@ -94,3 +94,17 @@ def test_unknown_section_keys_are_named():
 
 def test_flat_fields_spell_sections_as_their_flags():
     assert flat_fields(WithSection(taco=Section(beta=0.3))) == {"steps": 1, "taco_beta": 0.3, "taco_exact": False}
+
+
+@pytest.mark.parametrize("field, value", [("steps", 2.7), ("steps", True), ("lr", "fast"), ("method", 3)])
+def test_a_file_value_of_the_wrong_type_is_named_not_converted(field, value):
+    from multitask_retriever.trainer import TrainConfig
+
+    with pytest.raises(ValueError, match=rf"TrainConfig field '{field}' expects"):
+        config_from_args(TrainConfig, None, {field: value})
+
+
+def test_an_int_is_a_float_in_a_file():
+    from multitask_retriever.trainer import TrainConfig
+
+    assert config_from_args(TrainConfig, None, {"lr": 1}).lr == 1.0

@@ -450,3 +450,17 @@ def test_the_torch_backend_keeps_its_own_copy_of_the_vectors():
     vectors[:] = 0.0  # the caller reuses its buffer
     after = index.search(np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)[:3], 5)
     np.testing.assert_array_equal(before[1], after[1])
+
+
+def test_a_resume_with_another_batch_size_is_refused(tmp_path):
+    passages = write_passage_file(tmp_path / "passages.jsonl", 30)
+    out = encode_corpus(SeededEncoder(), passages, tmp_path / "shards", shard_size=10, max_shards=1,
+                        batch_size=4, progress=False)
+    with pytest.raises(ValueError, match=r"other settings .*batch_size"):
+        encode_corpus(SeededEncoder(), passages, out, shard_size=10, batch_size=8, progress=False)
+
+
+def test_k_is_clamped_to_the_index_size(vectors, queries):
+    index = Index.build(vectors[:5], IndexConfig(device="cpu"))
+    scores, ids = index.search(queries, 10**8)
+    assert ids.shape == (len(queries), 5) and sorted(ids[0].tolist()) == [0, 1, 2, 3, 4]
