@@ -117,3 +117,25 @@ def test_an_unknown_teacher_is_named(mini_kilt, tmp_path):
                               teacher="gpt-9")
     with pytest.raises(ValueError, match="unknown teacher 'gpt-9'"):
         Experiment(config, progress=False)
+
+
+def test_the_llm_rerankers_loss_can_be_the_released_qpeft_loss(mini_kilt, tiny_bert, tiny_llama, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(mini_kilt / "knowledge_source.jsonl", data)
+    for split in ("train", "dev"):
+        shutil.copy(mini_kilt / f"nq-{split}-kilt.jsonl", data)
+    losses = []
+    real = rerank_train.train_reranker
+
+    def spy(reranker, examples, config, **kwargs):
+        losses.append(config.loss)
+        return real(reranker, examples, config, **kwargs)
+
+    config = ExperimentConfig(data_dir=str(data), work_dir=str(tmp_path / "work"), systems=["bm25+qpeft-a"],
+                              llm=str(tiny_llama), llm_reranker_loss="ql+hinge", k=20, rerank_k=5, rerank_queries=2,
+                              reranker_steps=1, reranker_batch_size=2, reranker_group_size=3, fusion_validation=0.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rerank_train, "train_reranker", spy)
+        Experiment(config, progress=False).run()
+    assert losses == ["ql+hinge"]

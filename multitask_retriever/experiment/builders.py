@@ -246,7 +246,8 @@ class SystemBuilder:
         start = self._reranker_start(method)
         folder = self.work / "rerankers" / f"{retriever_name}+{method}"
         c = self.config
-        train = llm_reranker_train_config(c, reranker_class(method).training_loss, str(folder / "train"),
+        train = llm_reranker_train_config(c, c.llm_reranker_loss or reranker_class(method).training_loss,
+                                          str(folder / "train"),
                                           self.progress, self._epoch_steps())
         key = llm_reranker_key(self.retriever_key(retriever_name), method, start, train, c.max_train_queries,
                                c.rerank_k, **self._holdout_key())

@@ -64,6 +64,9 @@ class ExperimentConfig:
     teacher_queries: int = field(default=0, metadata={"help": "training queries per task the teacher scores (0 = all)"})
     distill_loss: str = field(default="ranknet", metadata={"help": " | ".join(distill_losses())})
     llm_reranker_lr: float = field(default=1e-3, metadata={"help": "learning rate of the LLM rerankers' small modules"})
+    llm_reranker_loss: str = field(default="", metadata={
+        "help": "loss of the LLM rerankers (a rerank.losses name, e.g. ql+hinge as Q-PEFT's released code); "
+                "empty: each method's own (lce+ql)"})
     max_train_queries: int = field(default=0, metadata={"help": "cap on training queries per task (0 = all)"})
     reranker_epochs: float = field(default=0.0, metadata={
         "help": "passes over the rerankers' training queries; sets their step counts (0: reranker_steps and "
