@@ -240,6 +240,7 @@ class SystemBuilder:
         from ..rerank import reranker_class
         from ..rerank.train import train_reranker
 
+        self.retriever(retriever_name)  # its stage key enters the reranker's
         stages = cross_encoder_schedule(method)
         if stages is not None:
             return self._cross_encoder(stages, retriever_name)
