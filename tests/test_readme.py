@@ -21,3 +21,15 @@ def test_the_python_api_example_runs_offline(mini_kilt, tmp_path, monkeypatch, c
     ranked = namespace["ranked"]
     assert len(ranked.hits) > 0 and len(ranked.rerank_scores) == min(20, len(ranked.hits))
     assert str(ranked.pages[:5]) in capsys.readouterr().out
+
+
+def test_the_layout_names_every_module():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    layout = text[text.index("## Layout"):text.index("## Python API")]
+    named = set(re.findall(r"[\w]+\.py|[\w]+/", layout))
+    for package in ("kilt", "multitask_retriever"):
+        for path in (REPO / package).iterdir():
+            if path.name.startswith("__") or path.name == "__pycache__":
+                continue
+            name = path.name + "/" if path.is_dir() else path.name
+            assert name in named, f"README layout lacks {package}/{name}"
