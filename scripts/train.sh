@@ -10,10 +10,16 @@
 # ANCE-style rounds: after a round, encode + index the corpus with the model, then
 #   mtr mine-negatives --encoder RUN/final/model --index IDX --passages P --data-dir D --out NEG.jsonl --depth 110
 # and train the next round with --negatives NEG.jsonl --model-name-or-path RUN/final/model.
+# Without the config's passage file, it is chunked first from DATA_DIR/kilt_knowledgesource.json.
 . "$(dirname "$0")/_env.sh"
 
 CONFIG="scripts/configs/train-kilt-taco.yaml"
 if [ "${1:-}" = "--config" ]; then CONFIG="$2"; shift 2; fi
-case "${1:-}" in -h|--help) sed -n '2,11p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,13p' "$0"; exit 0 ;; esac
+config_value() { sed -n "s/^$1: *\([^ #]*\).*/\1/p" "$CONFIG" | head -n 1; }
+DATA_DIR="$(config_value data_dir)"; PASSAGES="$(config_value passages)"
+if [ -n "$PASSAGES" ] && [ ! -f "$PASSAGES" ] && [ -f "$DATA_DIR/kilt_knowledgesource.json" ]; then
+    mtr chunk "$DATA_DIR/kilt_knowledgesource.json" "$PASSAGES"
+fi
 export HF_HUB_OFFLINE=0 TRANSFORMERS_OFFLINE=0   # t5-base comes from the hub on first use
 exec accelerate launch -m multitask_retriever.cli train --config "$CONFIG" --resume "$@"

@@ -91,3 +91,18 @@ def test_mine_negatives_refuses_a_negative_keep(kilt_copy, tmp_path, capsys):
                  "--out", str(tmp_path / "neg.jsonl"), "--keep", "-2"]) == 2
     assert "keep and max_queries >= 0" in capsys.readouterr().err
     assert not (tmp_path / "neg.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["encode", "--encoder", "./no/such/model", "--passages", "{passages}", "--out-dir", "o"],
+    ["train-reranker", "--method", "zero-shot", "--model", "/no/such/llm", "--data-dir", "{kilt}", "--tasks", "nq",
+     "--passages", "{passages}", "--output-dir", "o", "--max-queries", "2"],
+])
+def test_a_missing_model_folder_is_named_in_one_line(command, mini_kilt, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["chunk", str(mini_kilt / "knowledge_source.jsonl"), "passages.jsonl"]) == 0
+    capsys.readouterr()
+    argv = [a.format(passages="passages.jsonl", kilt=mini_kilt) for a in command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("model folder not found")

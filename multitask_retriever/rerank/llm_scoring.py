@@ -81,9 +81,9 @@ def load_lm(name_or_path: str) -> tuple[nn.Module, Any]:
     """A frozen LM (causal or seq2seq, by its config) and its tokenizer, in eval mode."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from ..models import own_memory, resolve_llm
+    from ..models import check_model_path, own_memory, resolve_llm
 
-    path = str(resolve_llm(name_or_path))
+    path = check_model_path(resolve_llm(name_or_path))
     config = AutoConfig.from_pretrained(path)
     cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     lm = own_memory(cls.from_pretrained(path))
