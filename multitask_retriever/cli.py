@@ -111,7 +111,8 @@ def _retrieve(args) -> None:
     refuse_overwriting_inputs([args.out], [args.queries, args.passages, args.index, args.encoder], args.overwrite)
     overrides = {name: getattr(args, name) for name in ("nprobe", "hnsw_ef_search", "backend")
                  if getattr(args, name) is not None}
-    retriever = load_retriever(args.encoder, args.index, args.passages, device=args.device, **overrides)
+    retriever = load_retriever(args.encoder, args.index, args.passages, device=args.device, force=args.force,
+                               **overrides)
     n = retriever.predict(args.queries, args.out, task=args.task, k=args.k)
     print(f"{args.queries}: {n} predictions -> {args.out}")
 
@@ -139,7 +140,7 @@ def _mine_negatives(args) -> None:
             raise ValueError("--encoder needs --index (an index of that encoder's passage vectors)")
         from .retriever import load_retriever
 
-        backend = load_retriever(args.encoder, args.index, args.passages, device=args.device)
+        backend = load_retriever(args.encoder, args.index, args.passages, device=args.device, force=args.force)
     files = task_train_files(args.data_dir, args.tasks.split(",") if args.tasks else (), args.split)
     examples = build_training_examples(files, PassageStore(args.passages), backend, depth=args.depth,
                                        keep=args.keep, max_queries=args.max_queries)
@@ -169,7 +170,7 @@ def _first_stage(args):
             raise ValueError("--encoder needs --index (an index of that encoder's passage vectors)")
         from .retriever import load_retriever
 
-        return load_retriever(args.encoder, args.index, args.passages, device=args.device)
+        return load_retriever(args.encoder, args.index, args.passages, device=args.device, force=args.force)
     from kilt.bm25 import BM25Retriever
     from kilt.passages import PassageStore
 
@@ -264,6 +265,11 @@ def overwrite_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="allow an output to replace one of the inputs")
 
 
+def force_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="search an index with another encoder or passage file than it was built from")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import add_config_arguments
     from .rerank.fusion import METHODS as FUSION_METHODS, Fusion
@@ -331,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--hnsw-ef-search", type=int, default=None, help="HNSW search beam width [as saved]")
         p.add_argument("--backend", default=None, help="faiss | torch: search with another backend [as saved]")
         overwrite_argument(p)
+        force_argument(p)
 
     from .trainer import TrainConfig, methods
 
@@ -352,12 +359,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=int, default=30, help="hard negatives kept per query [30]")
     p.add_argument("--max-queries", type=int, default=0, help="cap on queries per task (0 = all)")
     p.add_argument("--device", default="auto")
+    force_argument(p)
 
     def first_stage_arguments(p) -> None:
         p.add_argument("--passages", required=True, help="passage file from `mtr chunk`")
         p.add_argument("--encoder", default=None, help="DualEncoder folder for dense candidates [BM25]")
         p.add_argument("--index", default=None, help="folder written by `mtr index` for --encoder")
         p.add_argument("--device", default="auto", help="auto | cpu | cuda: the encoder, its index and the reranker")
+        force_argument(p)
 
     from .rerank import METHODS
     from .rerank.losses import LOSSES, distill_losses

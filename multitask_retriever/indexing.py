@@ -281,12 +281,14 @@ class Index:
     """
 
     def __init__(self, searcher: _FaissSearcher | _TorchSearcher, config: IndexConfig, dim: int,
-                 ids: np.ndarray, encoder_name: str | None = None):
+                 ids: np.ndarray, encoder_name: str | None = None, passage_file_bytes: int | None = None):
         self._searcher = searcher
         self.config = config
         self.dim = dim
         self._ids = ids
+        #: what the vectors came from (None where unknown): the encoder and the passage file's size
         self.encoder_name = encoder_name
+        self.passage_file_bytes = passage_file_bytes
 
     @classmethod
     def _empty(cls, config: IndexConfig, dim: int, n: int, encoder_name: str | None) -> "Index":
@@ -372,6 +374,7 @@ class Index:
             if ids.shape != (len(vectors),):
                 raise ValueError(f"{ids_path}: {ids.shape} ids for {len(vectors)} vectors")
             index._add(vectors, ids)
+        index.passage_file_bytes = manifest.get("passage_file_bytes")
         return index
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -410,7 +413,8 @@ class Index:
             faiss.write_index(self._searcher.cpu_index(), str(tmp / INDEX_FILE))
             save_npy(tmp / IDS_FILE, self._ids)
             write_json(tmp / META_FILE, {
-                "format": _FORMAT, "encoder": self.encoder_name, "dim": self.dim, "metric": self.config.metric,
+                "format": _FORMAT, "encoder": self.encoder_name, "passage_file_bytes": self.passage_file_bytes,
+                "dim": self.dim, "metric": self.config.metric,
                 "count": len(self), "index_type": self.config.index_type,
                 "config": dataclasses.asdict(self.config), "ids_sha256": _sha256(self._ids),
                 "index_file_bytes": (tmp / INDEX_FILE).stat().st_size, "faiss_version": faiss.__version__})
@@ -474,7 +478,7 @@ class Index:
                                                                                   config.gpu_float16)
         else:
             searcher = _FaissSearcher(cpu_index, config, gpu=device == "gpu")
-        return cls(searcher, config, dim, ids, meta.get("encoder"))
+        return cls(searcher, config, dim, ids, meta.get("encoder"), meta.get("passage_file_bytes"))
 
 
 def _sample_shards(vector_files: Sequence[Path], sizes: Sequence[int], train_size: int) -> np.ndarray:

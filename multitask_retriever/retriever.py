@@ -31,12 +31,18 @@ class Retriever:
     `encoder` is a DualEncoder (anything with `dim` and `encode_queries(texts, task, batch_size)`).
     """
 
-    def __init__(self, encoder: Any, index: Index, passages: PassageStore, batch_size: int = 64):
+    def __init__(self, encoder: Any, index: Index, passages: PassageStore, batch_size: int = 64,
+                 force: bool = False):
         if index.dim != encoder.dim:
             raise ValueError(f"index dim {index.dim} != encoder dim {encoder.dim}")
         if len(index) and int(index.ids.max()) >= len(passages):
             raise ValueError(f"the index holds passage id {int(index.ids.max())} but {passages.path} has only "
                              f"{len(passages)} passages: index and passage file do not belong together")
+        size = Path(passages.path).stat().st_size
+        if index.passage_file_bytes not in (None, size) and not force:
+            raise ValueError(f"the index was built from a passage file of {index.passage_file_bytes} bytes, but "
+                             f"{passages.path} has {size}: index and passage file do not belong together "
+                             f"(force to use them anyway)")
         self.encoder = encoder
         self.index = index
         self.passages = passages
@@ -77,13 +83,19 @@ class Retriever:
                             task=task, require_task=True, batch_size=batch_size, progress=progress)
 
 
+def _same_model(a: str, b: str) -> bool:
+    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
+
+
 def load_retriever(encoder_path: str | Path, index_dir: str | Path, passage_file: str | Path,
-                   device: str | None = None, progress: bool = True, **index_overrides: Any) -> Retriever:
+                   device: str | None = None, progress: bool = True, force: bool = False,
+                   **index_overrides: Any) -> Retriever:
     """A Retriever from a saved DualEncoder, an `Index.save` folder and the passage file.
 
     `device` (auto | cpu | cuda) places the encoder and the index search (unset: the encoder
     stays on the CPU and the index searches as saved); `index_overrides` are `Index.load`
-    search settings.
+    search settings. An index built from another encoder's vectors or another passage file is
+    refused unless `force`.
     """
     from .devices import resolve_device
     from .encoder import DualEncoder
@@ -93,7 +105,8 @@ def load_retriever(encoder_path: str | Path, index_dir: str | Path, passage_file
         encoder.to(resolve_device(device))
         index_overrides = {"device": device, **index_overrides}
     index = Index.load(index_dir, expected_dim=encoder.dim, **index_overrides)
-    if index.encoder_name not in (None, encoder.config.model_name_or_path):
-        logger.warning("%s was built from vectors of %s; queries are encoded by %s",
-                       index_dir, index.encoder_name, encoder.config.model_name_or_path)
-    return Retriever(encoder, index, PassageStore(passage_file, progress=progress))
+    name = encoder.config.model_name_or_path
+    if index.encoder_name is not None and not _same_model(index.encoder_name, name) and not force:
+        raise ValueError(f"{index_dir} holds vectors of {index.encoder_name}, but queries would be encoded by "
+                         f"{name}: index and encoder do not belong together (force to use them anyway)")
+    return Retriever(encoder, index, PassageStore(passage_file, progress=progress), force=force)

@@ -5,6 +5,7 @@ on a tiny T5 and a tiny BERT built from configs (random weights), through the AP
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,27 @@ def test_mtr_retrieve_device_places_the_index_too(tiny_bert, passage_file, mini_
     assert _retrieve(tiny_bert, index, passage_file, mini_kilt / "nq-dev-kilt.jsonl", tmp_path / "p.jsonl") == 0
     loaded = load_retriever(tiny_bert, index, passage_file, device="cpu", progress=False)
     assert loaded.index.config.device == "cpu" and not loaded.index.on_gpu
+
+
+def test_an_index_with_another_passage_file_is_refused_unless_forced(tiny_bert, passage_file, mini_kilt, tmp_path,
+                                                                      capsys):
+    index = _encode_and_index(tiny_bert, passage_file, tmp_path)
+    other = tmp_path / "other.jsonl"
+    other.write_text(passage_file.read_text().replace(" the ", " a ", 1))  # the same ids, other text
+    capsys.readouterr()
+    queries = mini_kilt / "nq-dev-kilt.jsonl"
+    assert _retrieve(tiny_bert, index, other, queries, tmp_path / "p.jsonl") == 2
+    assert "index and passage file do not belong together" in capsys.readouterr().err
+    assert not (tmp_path / "p.jsonl").exists()
+    assert _retrieve(tiny_bert, index, other, queries, tmp_path / "p.jsonl", "--force") == 0
+
+
+def test_an_index_of_another_encoder_is_refused_unless_forced(tiny_bert, passage_file, mini_kilt, tmp_path, capsys):
+    index = _encode_and_index(tiny_bert, passage_file, tmp_path)
+    copy = tmp_path / "same-weights-other-name"
+    shutil.copytree(tiny_bert, copy)
+    queries = mini_kilt / "nq-dev-kilt.jsonl"
+    capsys.readouterr()
+    assert _retrieve(copy, index, passage_file, queries, tmp_path / "p.jsonl") == 2
+    assert "index and encoder do not belong together" in capsys.readouterr().err
+    assert _retrieve(copy, index, passage_file, queries, tmp_path / "p.jsonl", "--force") == 0
