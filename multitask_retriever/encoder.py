@@ -217,7 +217,7 @@ class DualEncoder(nn.Module):
         known = {f.name for f in dataclasses.fields(EncoderConfig)} - {"model_name_or_path"}
         unknown = set(overrides) - known
         if unknown:
-            raise TypeError(f"unknown EncoderConfig fields {sorted(unknown)}; known: {', '.join(sorted(known))}")
+            raise ValueError(f"unknown EncoderConfig fields {sorted(unknown)}; known: {', '.join(sorted(known))}")
         values: dict[str, Any] = {}
         saved = Path(name_or_path) / CONFIG_NAME
         if saved.is_file():
@@ -231,6 +231,10 @@ class DualEncoder(nn.Module):
         values["model_name_or_path"] = name_or_path
         hf_config = AutoConfig.from_pretrained(name_or_path)
         config = _resolve(EncoderConfig(**values), hf_config)
+        limit = getattr(hf_config, "max_position_embeddings", None)
+        for name in ("query_max_length", "passage_max_length"):
+            if limit is not None and getattr(config, name) > limit:
+                raise ValueError(f"{name} {getattr(config, name)} is above {name_or_path}'s {limit} positions")
         backbone = _load_backbone(name_or_path, hf_config, config.pooling)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         return cls(backbone, tokenizer, config)

@@ -100,6 +100,10 @@ def _new_faiss_index(config: IndexConfig, dim: int, n: int) -> faiss.Index:
         index.hnsw.efConstruction = config.hnsw_ef_construction
         return index
     nlist = config.ivf_nlist or default_nlist(n)
+    needed = max(nlist, 2 ** config.pq_bits if config.index_type == "ivfpq" else 0)
+    if n < needed:
+        raise ValueError(f"an {config.index_type} index of {nlist} cells needs at least {needed} vectors to train "
+                         f"on, got {n}; use a flat index or a smaller ivf_nlist")
     if config.index_type == "ivf":
         return faiss.index_factory(dim, f"IVF{nlist},Flat", ip)
     pq_m = config.pq_m or default_pq_m(dim)

@@ -71,7 +71,7 @@ def test_first_decoder_pooling_needs_an_encoder_decoder(tiny_bert):
 
 
 def test_unknown_override_is_rejected(tiny_bert):
-    with pytest.raises(TypeError, match="unknown EncoderConfig fields \\['poolin'\\]"):
+    with pytest.raises(ValueError, match="unknown EncoderConfig fields \\['poolin'\\]"):
         DualEncoder.from_pretrained(tiny_bert, poolin="mean")
 
 
@@ -406,3 +406,11 @@ def test_minilm_matches_sentence_transformers(minilm):
     ours_passages = minilm.encode_passages([("ignored", q) for q in QUERIES])
     assert (ours_queries * reference).sum(1).min() > 0.9999
     assert (ours_passages * reference).sum(1).min() > 0.9999
+
+
+def test_a_length_above_the_models_positions_is_refused(tiny_bert):
+    from transformers import AutoConfig
+
+    limit = AutoConfig.from_pretrained(tiny_bert).max_position_embeddings
+    with pytest.raises(ValueError, match=rf"query_max_length {limit + 1} is above .* {limit} positions"):
+        DualEncoder.from_pretrained(tiny_bert, query_max_length=limit + 1)

@@ -464,3 +464,9 @@ def test_k_is_clamped_to_the_index_size(vectors, queries):
     index = Index.build(vectors[:5], IndexConfig(device="cpu"))
     scores, ids = index.search(queries, 10**8)
     assert ids.shape == (len(queries), 5) and sorted(ids[0].tolist()) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("index_type, nlist, needed", [("ivf", 64, 64), ("ivfpq", 4, 256)])
+def test_too_few_vectors_for_ivf_are_a_clear_error(vectors, index_type, nlist, needed):
+    with pytest.raises(ValueError, match=rf"needs at least {needed} vectors to train on, got 50"):
+        Index.build(vectors[:50], IndexConfig(index_type=index_type, ivf_nlist=nlist, device="cpu"))

@@ -166,7 +166,7 @@ def test_unknown_methods_and_config_fields_are_named():
     with pytest.raises(ValueError, match="unknown reranker method 'qpeft-x'; known: qpeft-a, qpeft-r, idspam, "
                                          "prompt-tuning, lora, zero-shot, cross-encoder"):
         make_reranker("qpeft-x", "")
-    with pytest.raises(TypeError, match="unknown LLMScoringConfig fields \\['temperatur'\\]"):
+    with pytest.raises(ValueError, match="unknown LLMScoringConfig fields \\['temperatur'\\]"):
         ZeroShotReranker.create("", temperatur=2)
     with pytest.raises(ValueError, match="reduction must be mean or sum"):
         LLMScoringConfig(reduction="max")

@@ -54,11 +54,11 @@ def write_reranker_meta(folder: Path, method: str, config: Any, **extra: Any) ->
 
 
 def make_config(config_class: type[C], values: dict[str, Any]) -> C:
-    """`config_class(**values)`; unknown names are a TypeError listing the known fields."""
+    """`config_class(**values)`; unknown names are a ValueError listing the known fields."""
     known = {f.name for f in dataclasses.fields(config_class)}
     unknown = set(values) - known
     if unknown:
-        raise TypeError(f"unknown {config_class.__name__} fields {sorted(unknown)}; known: {', '.join(sorted(known))}")
+        raise ValueError(f"unknown {config_class.__name__} fields {sorted(unknown)}; known: {', '.join(sorted(known))}")
     return config_class(**values)
 
 
