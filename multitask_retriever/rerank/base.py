@@ -73,6 +73,15 @@ def check_rows(queries: Sequence[str], passages: Sequence[Sequence[str]]) -> Non
             raise ValueError(f"empty query (number {i} of the call)")
 
 
+def split_rows(flat: Sequence[float], rows: Sequence[Sequence[Any]]) -> list[list[float]]:
+    """`flat` (the scores of every row's items, in order) cut back into one list per row."""
+    out, start = [], 0
+    for row in rows:
+        out.append(list(flat[start : start + len(row)]))
+        start += len(row)
+    return out
+
+
 class Reranker(nn.Module, ABC):
     """Scores (query, passage) pairs; higher is more relevant."""
 

@@ -19,7 +19,8 @@ from kilt.io import atomic_directory
 
 from ..devices import DTYPES, autocast, check_dtype_name
 from ..models import check_model_path, own_memory, packaged_minilm_path
-from .base import CONFIG_NAME, Reranker, check_rows, group_size, make_config, read_reranker_meta, write_reranker_meta
+from .base import (CONFIG_NAME, Reranker, check_rows, group_size, make_config, read_reranker_meta, split_rows,
+                   write_reranker_meta)
 
 
 @dataclass
@@ -125,11 +126,7 @@ class CrossEncoderReranker(Reranker):
                             flat[i] = s
             finally:
                 self.train(was_training)
-        out, start = [], 0
-        for row in rows:
-            out.append(flat[start : start + len(row)])
-            start += len(row)
-        return out
+        return split_rows(flat, rows)
 
     # ------------------------------------------------------------------ internals
     def _logits(self, batch: BatchEncoding | dict) -> torch.Tensor:

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from ..devices import DTYPES, autocast, check_dtype_name
-from .base import Reranker, check_rows, group_size, make_config, read_reranker_meta, write_reranker_meta
+from .base import (Reranker, check_rows, group_size, make_config, read_reranker_meta, split_rows,
+                   write_reranker_meta)
 
 WEIGHTS_NAME = "module.safetensors"
 SOFT_POSITIONS = ("start", "before_instruction")
@@ -418,11 +419,7 @@ class LLMReranker(Reranker):
                 flat = self._score_flat(flat_ctx, flat_q, flat_p, flat_t).float().tolist() if flat_p else []
         finally:
             self.train(was_training)
-        out, start = [], 0
-        for row in rows:
-            out.append(flat[start : start + len(row)])
-            start += len(row)
-        return out
+        return split_rows(flat, rows)
 
     # ---------------------------------------------------------------- saving
     def _module_state(self) -> dict[str, torch.Tensor]:
