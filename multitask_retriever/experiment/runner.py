@@ -74,13 +74,18 @@ class Experiment:
         start = time.perf_counter()
         retriever_name, reranker_name = self._parse_system(name)
         reranker = self.build.reranker(reranker_name, retriever_name) if reranker_name else None
-        fusion = {"fused": lambda: self.build.fusion(retriever_name, reranker_name, reranker),
-                  "rrf": lambda: Fusion("rrf"), None: lambda: None}[split_fusion(name)[1]]()
+        fusion = self._fusion(split_fusion(name)[1], retriever_name, reranker_name, reranker)
         result = self._predict(name, self.build.retriever(retriever_name), reranker, fusion)
         result.seconds = time.perf_counter() - start
         result.fusion = asdict(fusion) if fusion is not None else None
         self._results[name] = result
         return result
+
+    def _fusion(self, kind: str | None, retriever_name: str, reranker_name: str | None, reranker) -> Fusion | None:
+        """How a system's final order combines both scores: fitted interpolation, rrf, or none."""
+        if kind == "fused":
+            return self.build.fusion(retriever_name, reranker_name, reranker)
+        return Fusion("rrf") if kind == "rrf" else None
 
     def _predict(self, name: str, search, rerank=None, fusion: Fusion | None = None) -> SystemResult:
         """Predictions for every dev file, scored page-level; cached under predictions/<name>."""
