@@ -108,3 +108,17 @@ def test_an_int_is_a_float_in_a_file():
     from multitask_retriever.trainer import TrainConfig
 
     assert config_from_args(TrainConfig, None, {"lr": 1}).lr == 1.0
+
+
+def test_every_committed_config_file_loads():
+    """Each YAML under scripts/configs fills its dataclass (TrainConfig for train-*, else ExperimentConfig)."""
+    from pathlib import Path
+
+    from multitask_retriever.experiment import ExperimentConfig
+    from multitask_retriever.trainer import TrainConfig
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "scripts" / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        cls = TrainConfig if path.name.startswith("train-") else ExperimentConfig
+        config_from_args(cls, None, load_config_file(path), **({} if cls is TrainConfig else {"data_dir": "d"}))
