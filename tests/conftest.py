@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -67,3 +68,13 @@ tiny_t5_lm = _model_fixture(tiny_models.make_tiny_t5_lm)
 tiny_bert = _model_fixture(tiny_models.make_tiny_bert)
 tiny_gpt2 = _model_fixture(tiny_models.make_tiny_gpt2)
 tiny_llama = _model_fixture(tiny_models.make_tiny_llama)
+
+
+def kilt_folder(source: Path, folder: Path, tasks: list[str]) -> Path:
+    """`folder` holding `source`'s knowledge source and the train and dev files of `tasks`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source / "knowledge_source.jsonl", folder)
+    for task in tasks:
+        for split in ("train", "dev"):
+            shutil.copy(source / f"{task}-{split}-kilt.jsonl", folder)
+    return folder

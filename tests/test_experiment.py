@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import kilt_folder
 from kilt.io import read_task_file
 from multitask_retriever.cli import main
 from multitask_retriever.experiment import Experiment, ExperimentConfig
@@ -18,12 +19,7 @@ TASKS = ["fever", "nq", "wow"]
 @pytest.fixture(scope="module")
 def small_kilt(mini_kilt, tmp_path_factory) -> Path:
     """Three tasks of the mini KILT, copied so tests may change them."""
-    folder = tmp_path_factory.mktemp("small_kilt")
-    shutil.copy(mini_kilt / "knowledge_source.jsonl", folder)
-    for task in TASKS:
-        for split in ("train", "dev"):
-            shutil.copy(mini_kilt / f"{task}-{split}-kilt.jsonl", folder)
-    return folder
+    return kilt_folder(mini_kilt, tmp_path_factory.mktemp("small_kilt"), TASKS)
 
 
 def _config(data: Path, work: Path, **overrides) -> ExperimentConfig:

@@ -3,11 +3,11 @@ reranker's training, never on dev queries; raw and fused systems paired with the
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
+from conftest import kilt_folder
 from kilt.io import read_task_file
 from multitask_retriever.experiment import Experiment, ExperimentConfig
 from multitask_retriever.experiment.builders import SystemBuilder
@@ -18,12 +18,7 @@ TASKS = ["fever", "nq"]
 
 @pytest.fixture(scope="module")
 def small_kilt(mini_kilt, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("small_kilt")
-    shutil.copy(mini_kilt / "knowledge_source.jsonl", folder)
-    for task in TASKS:
-        for split in ("train", "dev"):
-            shutil.copy(mini_kilt / f"{task}-{split}-kilt.jsonl", folder)
-    return folder
+    return kilt_folder(mini_kilt, tmp_path_factory.mktemp("small_kilt"), TASKS)
 
 
 def _config(data: Path, work: Path, tiny_bert: Path, **overrides) -> ExperimentConfig:
