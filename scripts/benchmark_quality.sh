@@ -8,7 +8,7 @@
 #       -> rerankers-realkilt-slice.json: every reranker and cross-encoder schedule on the slice
 #   scripts/benchmark_quality.sh --rerank [extra args]
 #       -> rerank-realkilt.json: taco, its cross-encoder raw, fused (weights fitted on held-out
-#          training queries) and rrf, every dev query of the 30k-page set
+#          training queries), every dev query of the 30k-page set
 . "$(dirname "$0")/_env.sh"
 case "${1:-}" in
     --rerank)
