@@ -199,10 +199,11 @@ def _train_reranker(args) -> None:
         hits = backend.search([e.input for e in queries], task=task, k=args.depth)
         examples += examples_from_candidates(queries, hits, store, num_negatives=args.num_negatives, task=task)
     print(f"{len(examples)} training queries with a retrieved gold passage")
-    seed_everything(config_from_args(RerankTrainConfig, args).seed)  # a new head or module is drawn from it
+    config = config_from_args(RerankTrainConfig, args)
+    seed_everything(config.seed)  # a new head or module is drawn from the global RNG
     reranker = make_reranker(args.method, args.model, **_option_values(args.option))
     print(f"{args.method}: {reranker.num_trainable_parameters():,} trainable parameters")
-    config = config_from_args(RerankTrainConfig, args, loss=args.loss or reranker.training_loss)
+    config = dataclasses.replace(config, loss=args.loss or reranker.training_loss)
     stages = []
     for name in args.stages.split(","):
         if name == "contrastive":

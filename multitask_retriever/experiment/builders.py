@@ -85,6 +85,7 @@ class SystemBuilder:
         self.warnings: list[str] = []
         self.device = resolve_device(config.device)
         self._store: PassageStore | None = None
+        self._splits: dict[str, tuple[list, list]] = {}
         self._retrievers: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- passages
@@ -364,15 +365,17 @@ class SystemBuilder:
 
     # ----------------------------------------------------------------- hold-out and fusion
     def _split(self, task: str) -> tuple[list, list]:
-        """(training, validation) queries of `task`: the capped train file, split by id hash."""
+        """(training, validation) queries of `task`: the capped train file, split by id hash
+        (read and split once per run)."""
         from ..rerank.fusion import split_validation
 
-        queries = read_task_file(self.task_files[task]["train"])
-        if self.config.max_train_queries:
-            queries = queries[: self.config.max_train_queries]
-        if not self.config.fusion_validation:
-            return queries, []
-        return split_validation(queries, self.config.fusion_validation, seed=self.config.seed)
+        if task not in self._splits:
+            queries = read_task_file(self.task_files[task]["train"])
+            if self.config.max_train_queries:
+                queries = queries[: self.config.max_train_queries]
+            self._splits[task] = (split_validation(queries, self.config.fusion_validation, seed=self.config.seed)
+                                  if self.config.fusion_validation else (queries, []))
+        return self._splits[task]
 
     def train_queries(self, task: str) -> list:
         """The queries rerankers train on: the train file less the fusion validation part."""
