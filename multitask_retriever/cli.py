@@ -251,13 +251,18 @@ def _pipeline(args) -> None:
 @command("benchmark-quality")
 def _benchmark_quality(args) -> None:
     from .config import config_from_args, load_config_file
-    from .experiment import Experiment, ExperimentConfig, markdown_table, write_report
+    from .experiment import Experiment, ExperimentConfig, SeedStudy, markdown_table, seed_study_table, write_report
 
     cfg = config_from_args(ExperimentConfig, args, [load_config_file(path) for path in args.config],
                            data_dir=args.data_dir)
-    doc = Experiment(cfg, progress=not args.quiet).run()
-    paths = write_report(doc, args.out)
-    print(markdown_table(doc))
+    if cfg.seeds:
+        doc = SeedStudy(cfg, cfg.seeds, progress=not args.quiet).run()
+        paths = write_report(doc, args.out)
+        print(seed_study_table(doc))
+    else:
+        doc = Experiment(cfg, progress=not args.quiet).run()
+        paths = write_report(doc, args.out)
+        print(markdown_table(doc))
     print("wrote " + ", ".join(map(str, paths)))
 
 

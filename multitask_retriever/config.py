@@ -65,6 +65,28 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+def _list_parser(hint: Any) -> Any:
+    """argparse type of a list field: comma-separated items of the list's element type."""
+    args = typing.get_args(_optional_inner(hint))
+    item = args[0] if args and args[0] in (int, float, str) else str
+
+    def parse(text: str) -> list:
+        try:
+            return [item(x) for x in text.split(",") if x]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {item.__name__}s, got {text!r}") from None
+
+    return parse
+
+
+def _optional_inner(tp: Any) -> Any:
+    """X of Optional[X]; tp itself otherwise."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else tp
+    return tp
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: set[str] = frozenset(),
                          prefix: str = "") -> None:
     """Add one `--field-name` flag per scalar or list field of dataclass `cls` (default: unset),
@@ -87,7 +109,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: set[s
         if kind is bool:
             group.add_argument(flag, dest=dest, type=_parse_bool, default=None, metavar="BOOL", help=help_text)
         elif kind == "list":
-            group.add_argument(flag, dest=dest, type=lambda s: [x for x in s.split(",") if x], default=None,
+            group.add_argument(flag, dest=dest, type=_list_parser(hints[f.name]), default=None,
                                metavar="A,B,...", help=help_text)
         else:
             group.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)

@@ -35,6 +35,8 @@ DEFAULT_DEPTH = 100
 #: hard negatives kept per query (a batch samples `n_negatives` of them)
 DEFAULT_KEEP = 30
 _RANDOM_TRIES = 1000
+#: how a batch takes each query's hard negatives: sampled from its kept ones, or its top-ranked
+NEGATIVE_SAMPLING = ("sample", "top")
 
 
 # --------------------------------------------------------------------------- examples
@@ -312,14 +314,17 @@ class MultitaskBatches:
     """Per-task batches as a pure function of (seed, task, step, process).
 
     Query order is a fresh seeded permutation per task and epoch; each query takes one
-    positive and `n_negatives` hard negatives sampled per step, topped up with random
+    positive and `n_negatives` hard negatives sampled per step (``sampling="top"``: its first
+    positive and its top-ranked negatives, as the official TACO code), topped up with random
     passages off its gold pages when it has too few. With several processes, process r
     takes the r-th slice of each step's queries (each process holds its own batch size).
     """
 
     def __init__(self, examples: Mapping[str, Sequence[TrainingExample]], store: PassageStore,
                  batch_sizes: int | Mapping[str, int], n_negatives: int = 1, seed: int = 0,
-                 num_processes: int = 1, process_index: int = 0):
+                 num_processes: int = 1, process_index: int = 0, sampling: str = "sample"):
+        if sampling not in NEGATIVE_SAMPLING:
+            raise ValueError(f"negative sampling must be one of {', '.join(NEGATIVE_SAMPLING)}, got {sampling!r}")
         if not examples:
             raise ValueError("no tasks to train on")
         for task, task_examples in examples.items():
@@ -338,6 +343,7 @@ class MultitaskBatches:
             if size < 1:
                 raise ValueError(f"task {task}: batch size must be >= 1, got {size}")
         self.n_negatives = n_negatives
+        self.sampling = sampling
         self.seed = seed
         self.num_processes = num_processes
         self.process_index = process_index
@@ -375,8 +381,11 @@ class MultitaskBatches:
         chosen = [self._example(task, position) for position in range(first, first + size)]
         ids: list[int] = []
         for example in chosen:
-            positive = example.positives[rng.randrange(len(example.positives))]
-            negatives = rng.sample(example.negatives, min(self.n_negatives, len(example.negatives)))
+            if self.sampling == "top":
+                positive, negatives = example.positives[0], list(example.negatives[:self.n_negatives])
+            else:
+                positive = example.positives[rng.randrange(len(example.positives))]
+                negatives = rng.sample(example.negatives, min(self.n_negatives, len(example.negatives)))
             taken = {positive, *negatives}
             gold = set(example.gold_pages)
             while len(negatives) < self.n_negatives:
@@ -397,7 +406,7 @@ class MultitaskBatches:
         """What fixes the batch sequence (the step is the position; it is saved by the trainer)."""
         return {"seed": self.seed, "tasks": {t: len(e) for t, e in self.examples.items()},
                 "batch_sizes": dict(self.batch_sizes), "n_negatives": self.n_negatives,
-                "num_processes": self.num_processes}
+                "num_processes": self.num_processes, "sampling": self.sampling}
 
     def check_state(self, state: Mapping[str, Any], where: str) -> None:
         """Raise if a checkpoint's batch sequence differs from this one's (resume would diverge)."""
@@ -405,6 +414,29 @@ class MultitaskBatches:
         if dict(state) != mine:
             raise ValueError(f"{where}: the checkpoint was trained on other data or batching ({dict(state)}); "
                              f"now {mine}")
+
+
+def temperature_batch_sizes(counts: Mapping[str, int], total: int, temperature: float) -> dict[str, int]:
+    """Split `total` queries per step over tasks by rates proportional to n_t^(1/T) (TACO's
+    task mixing; its KILT scripts use T=4; T=1 is proportional, a large T near-equal): each
+    task one query, plus the floor of total * rate - 1, the remainder going to the largest
+    fractional parts, as the official code rounds."""
+    if temperature <= 0:
+        raise ValueError(f"task temperature must be > 0, got {temperature}")
+    if total < len(counts):
+        raise ValueError(f"{total} queries per step cannot give each of {len(counts)} tasks one")
+    if any(n < 1 for n in counts.values()):
+        raise ValueError(f"every task needs training queries, got {dict(counts)}")
+    tasks = list(counts)
+    rates = np.array([counts[t] ** (1.0 / temperature) for t in tasks])
+    raw = total * rates / rates.sum() - 1.0
+    extra = np.maximum(np.floor(raw), 0).astype(int)
+    spare = total - len(tasks)
+    while extra.sum() < spare:
+        extra[np.argmax(raw - extra)] += 1
+    while extra.sum() > spare:
+        extra[np.argmax(extra)] -= 1
+    return {t: 1 + int(x) for t, x in zip(tasks, extra)}
 
 
 def example_counts(examples: Mapping[str, Sequence[TrainingExample]]) -> dict[str, dict[str, float]]:

@@ -450,10 +450,14 @@ def _held_tensors(obj: Any, skip: list[nn.Parameter]) -> Iterator[torch.Tensor]:
 # ----------------------------------------------------------------------------- PCGrad, CGD
 
 class _FlatRows(GradientCombiner):
-    """Keeps the K task gradients as rows of a K x P float32 matrix (what PCGrad and CGD need)."""
+    """Keeps the K task gradients as rows of a K x P float32 matrix (what PCGrad and CGD need);
+    the first `warmup_steps` steps write their plain mean (a naive warm-up)."""
 
-    def __init__(self, params: Iterable[nn.Parameter], num_tasks: int, seed: int = 0):
+    def __init__(self, params: Iterable[nn.Parameter], num_tasks: int, seed: int = 0, warmup_steps: int = 0):
         super().__init__(params, num_tasks, seed)
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        self.warmup_steps = warmup_steps
         self._rows = torch.zeros(num_tasks, sum(p.numel() for p in self.params), device=self.params[0].device)
 
     def _observe(self, task: int, grads: list[torch.Tensor]) -> None:
@@ -463,7 +467,7 @@ class _FlatRows(GradientCombiner):
         self._require_all_tasks()
         with torch.no_grad():
             rows = self._rows
-            if not bool(torch.isfinite(rows).all()):
+            if self.steps < self.warmup_steps or not bool(torch.isfinite(rows).all()):
                 return _unflat(rows.sum(0) / self.num_tasks, self.params)
             return _unflat(self._combine_rows(rows), self.params)
 
@@ -481,8 +485,8 @@ class PCGrad(_FlatRows):
     skips it. A non-finite gradient gives the plain mean.
     """
 
-    def __init__(self, params: Iterable[nn.Parameter], num_tasks: int, seed: int = 0):
-        super().__init__(params, num_tasks, seed)
+    def __init__(self, params: Iterable[nn.Parameter], num_tasks: int, seed: int = 0, warmup_steps: int = 0):
+        super().__init__(params, num_tasks, seed, warmup_steps)
         self._rng = torch.Generator().manual_seed(seed)
 
     def _combine_rows(self, rows: torch.Tensor) -> torch.Tensor:
@@ -516,8 +520,8 @@ class CGD(_FlatRows):
     """
 
     def __init__(self, params: Iterable[nn.Parameter], num_tasks: int, beta: float = 0.25,
-                 tau: float = 100.0, normalize: bool = True, seed: int = 0):
-        super().__init__(params, num_tasks, seed)
+                 tau: float = 100.0, normalize: bool = True, seed: int = 0, warmup_steps: int = 0):
+        super().__init__(params, num_tasks, seed, warmup_steps)
         if tau <= 0:
             raise ValueError(f"tau must be > 0, got {tau}")
         self.beta, self.tau, self.normalize = beta, tau, normalize

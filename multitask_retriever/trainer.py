@@ -26,10 +26,12 @@ from kilt.passages import PassageStore
 from .data import (
     DEFAULT_DEPTH,
     DEFAULT_KEEP,
+    NEGATIVE_SAMPLING,
     MultitaskBatches,
     TrainingExample,
     example_counts,
     prepare_training_data,
+    temperature_batch_sizes,
 )
 from .losses import ContrastiveLoss
 from .specialization import COMBINERS, TacoConfig
@@ -61,15 +63,24 @@ class TrainConfig:
     method: str = field(default="naive", metadata={"help": "a gradient combiner (naive | taco | pcgrad | cgd) or single (one task)"})
     per_task_batch_size: int = field(default=16, metadata={"help": "queries per task per step and process"})
     task_batch_sizes: dict[str, int] = field(default_factory=dict, metadata={"help": "per-task overrides"})
+    task_temperature: float = field(default=0.0, metadata={
+        "help": "0: per_task_batch_size queries of every task per step; T > 0: the same total split over "
+                "tasks in proportion to n_t^(1/T), n_t a task's training queries (official TACO: 4)"})
     n_negatives: int = field(default=2, metadata={"help": "hard negatives per query (plus in-batch negatives)"})
     negatives: str = field(default="bm25", metadata={
         "help": "bm25 | none (random only) | a file from `mtr mine-negatives` (ANCE-style rounds)"})
+    negative_sampling: str = field(default="sample", metadata={
+        "help": "sample: n_negatives drawn from a query's kept hard negatives each step; top: its top-ranked "
+                "ones and first positive, as the official TACO code"})
     negative_depth: int = field(default=DEFAULT_DEPTH, metadata={"help": "hits searched per query for negatives"})
     negatives_per_query: int = field(default=DEFAULT_KEEP, metadata={"help": "hard negatives kept per query"})
     max_train_queries: int = field(default=0, metadata={"help": "cap on training queries per task (0 = all)"})
     lr: float = 5e-6
     weight_decay: float = 0.0
-    warmup_steps: int = 0
+    warmup_steps: int = field(default=0, metadata={"help": "learning-rate warm-up steps"})
+    warmup_ratio: float = field(default=0.0, metadata={
+        "help": "share of steps with learning-rate warm-up AND naive task weighting for every combiner "
+                "(official TACO: 0.1); replaces warmup_steps and taco.warmup_steps"})
     steps: int = 1000
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = none)"})
     temperature: float = field(default=1.0, metadata={"help": "softmax temperature (TACO: 1, raw dot product)"})
@@ -101,6 +112,17 @@ class TrainConfig:
         for name in ("n_negatives", "warmup_steps", "save_every", "max_train_queries"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.warmup_ratio and (self.warmup_steps or self.taco.warmup_steps):
+            raise ValueError("set warmup_ratio or warmup_steps / taco.warmup_steps, not both")
+        if self.task_temperature < 0:
+            raise ValueError(f"task_temperature must be >= 0, got {self.task_temperature}")
+        if self.task_temperature and self.task_batch_sizes:
+            raise ValueError("set task_temperature or task_batch_sizes, not both")
+        if self.negative_sampling not in NEGATIVE_SAMPLING:
+            raise ValueError(f"negative_sampling must be one of {', '.join(NEGATIVE_SAMPLING)}, "
+                             f"got {self.negative_sampling!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -110,11 +132,26 @@ class TrainConfig:
     def combiner_method(self) -> str:
         return "naive" if self.method == "single" else self.method
 
+    @property
+    def lr_warmup_steps(self) -> int:
+        """Learning-rate warm-up steps: `warmup_ratio` of the steps, else `warmup_steps`."""
+        return round(self.warmup_ratio * self.steps) if self.warmup_ratio else self.warmup_steps
+
     def combiner_kwargs(self) -> dict[str, Any]:
-        """Options passed to `make_combiner`: the run's seed, TACO's settings for taco, then
-        `combiner_options`."""
-        taco = self.taco.combiner_options() if self.method == "taco" else {}
-        return {"seed": self.seed, **taco, **self.combiner_options}
+        """Options passed to `make_combiner`: the run's seed, TACO's settings for taco, the
+        naive warm-up of `warmup_ratio` for every combiner but naive, then `combiner_options`."""
+        options: dict[str, Any] = {"seed": self.seed}
+        if self.method == "taco":
+            options.update(self.taco.combiner_options())
+        if self.warmup_ratio and self.combiner_method != "naive":
+            options["warmup_steps"] = self.lr_warmup_steps
+        return {**options, **self.combiner_options}
+
+    def batch_sizes(self, counts: Mapping[str, int]) -> dict[str, int]:
+        """Queries per task and step, given each task's training-query count."""
+        if self.task_temperature:
+            return temperature_batch_sizes(counts, self.per_task_batch_size * len(counts), self.task_temperature)
+        return {t: self.task_batch_sizes.get(t, self.per_task_batch_size) for t in counts}
 
 
 @dataclass
@@ -209,9 +246,9 @@ class MultitaskTrainer:
             self._load_weights(encoder, loop.checkpoint / MODEL_DIR)
         if cfg.gradient_checkpointing:
             encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        sizes = {t: cfg.task_batch_sizes.get(t, cfg.per_task_batch_size) for t in tasks}
+        sizes = cfg.batch_sizes({t: len(examples[t]) for t in tasks})
         batches = MultitaskBatches(examples, store, sizes, cfg.n_negatives, cfg.seed,
-                                   accelerator.num_processes, accelerator.process_index)
+                                   accelerator.num_processes, accelerator.process_index, cfg.negative_sampling)
         query_lengths = {t: cfg.task_query_max_lengths.get(t, cfg.query_max_length) for t in tasks}
         loss_fn = ContrastiveLoss(cfg.temperature, gather=cfg.gather_negatives)
 
@@ -236,7 +273,7 @@ class MultitaskTrainer:
                     combiner.diagnostics(named, depth=cfg.diagnostics_depth), indent=1) + "\n")
             return {"combiner": combiner.state_dict(), "data": batches.state_dict()}
 
-        history = loop.run(step, params, save, stop_after=stop_after)
+        history = loop.run(step, params, save, stop_after=stop_after, warmup_steps=cfg.lr_warmup_steps)
         return self._result(loop.folder / MODEL_DIR, loop.step, history, started)
 
     def _step(self, step: int, tasks: list[str], batches: MultitaskBatches, query_lengths: dict[str, int],

@@ -192,9 +192,10 @@ class TrainingLoop:
 
     def run(self, step_fn: Callable[[int], dict[str, Any]], params: Sequence[torch.nn.Parameter],
             save: Callable[[Path], Mapping[str, Any]], schedule: str = "linear",
-            stop_after: int | None = None) -> list[dict]:
+            stop_after: int | None = None, warmup_steps: int | None = None) -> list[dict]:
         """Train from `self.step` to `config.steps` (or `stop_after`, which ends with a checkpoint
-        as an interruption would); returns the log rows of the whole run.
+        as an interruption would); returns the log rows of the whole run. The learning rate
+        warms up over `warmup_steps` (default: `config.warmup_steps`).
 
         `step_fn(step)` leaves the gradients of `params` in place and returns its log values;
         the loop clips them, steps AdamW and the `schedule` (a transformers scheduler name) and
@@ -209,7 +210,7 @@ class TrainingLoop:
         params = list(params)
         optimizer = accelerator.prepare(torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
         # stepped once per global step here, so it is not handed to accelerate
-        scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
+        scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=cfg.warmup_steps if warmup_steps is None else warmup_steps,
                                   num_training_steps=cfg.steps)
         if self.state is not None:
             optimizer.load_state_dict(self.state["optimizer"])

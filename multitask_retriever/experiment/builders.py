@@ -33,7 +33,8 @@ def train_config(c: ExperimentConfig, method: str, tasks: list[str], start: str,
     return TrainConfig(
         model_name_or_path=start, data_dir=data_dir, passages=passages, tasks=tasks, method=method,
         negatives=negatives, steps=c.steps, per_task_batch_size=c.per_task_batch_size, n_negatives=c.n_negatives,
-        lr=c.lr, warmup_steps=c.warmup_steps, temperature=c.temperature, query_max_length=c.query_max_length,
+        lr=c.lr, warmup_steps=c.warmup_steps, warmup_ratio=c.warmup_ratio, task_temperature=c.task_temperature,
+        negative_sampling=c.negative_sampling, temperature=c.temperature, query_max_length=c.query_max_length,
         passage_max_length=c.passage_max_length, taco=c.taco, seed=c.seed, output_dir=output_dir, progress=progress)
 
 

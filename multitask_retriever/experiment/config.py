@@ -33,6 +33,9 @@ class ExperimentConfig:
     llm: str = field(default="", metadata={"help": "LLM for LLM rerankers; default: packaged SmolLM2-135M (GGUF)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda: encoders, rerankers and indexes"})
     seed: int = 0
+    seeds: list[int] = field(default_factory=list, metadata={
+        "help": "two or more seeds: run every system once per seed (WORK_DIR/seed-<s>) and report means, "
+                "seed-to-seed spread and tests pooled over seeds against naive"})
     passage_words: int = 100
     k: int = 100
     encode_batch_size: int = 64
@@ -44,6 +47,12 @@ class ExperimentConfig:
     n_negatives: int = TrainConfig.n_negatives
     lr: float = 3e-5
     warmup_steps: int = TrainConfig.warmup_steps
+    warmup_ratio: float = field(default=TrainConfig.warmup_ratio, metadata={
+        "help": "share of steps with learning-rate warm-up and naive task weighting (TrainConfig)"})
+    task_temperature: float = field(default=TrainConfig.task_temperature, metadata={
+        "help": "0: equal per-task batches; T > 0: batch shares proportional to n_t^(1/T) (TrainConfig)"})
+    negative_sampling: str = field(default=TrainConfig.negative_sampling, metadata={
+        "help": "sample | top: how training batches take hard negatives (TrainConfig)"})
     temperature: float = field(default=0.05, metadata={"help": "softmax temperature over cosine similarities"})
     query_max_length: int = TrainConfig.query_max_length
     passage_max_length: int = TrainConfig.passage_max_length

@@ -71,15 +71,74 @@ def bar_chart(doc: dict[str, Any], path: str | Path) -> None:
     plt.close(fig)
 
 
-def write_report(doc: dict[str, Any], out: str | Path) -> tuple[Path, Path, Path]:
-    """FILE.json, FILE.md and FILE.png side by side."""
+def seed_study_table(doc: dict[str, Any]) -> str:
+    """A seed study's per-task R-precision (mean ± seed-to-seed std), its tests against naive
+    pooled over seeds, and TACO's per-layer specialisation."""
+    tasks = doc["data"]["tasks"]
+    lines = [f"Seeds {', '.join(map(str, doc['seeds']))}; R-precision mean ± std over seeds.", "",
+             "| system | " + " | ".join(tasks) + " | avg |", "|---" * (len(tasks) + 2) + "|"]
+    for name, r in doc["systems"].items():
+        cells = [f"{r['per_task'][t]['Rprec']:.3f} ± {r['per_task'][t]['Rprec_std']:.3f}" for t in tasks]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {r['avg']['Rprec']:.3f} ± {r['avg']['Rprec_std']:.3f} |")
+    lines.append("| n (per seed) | " + " | ".join(str(next(iter(doc["systems"].values()))["per_task"][t]["n"])
+                                             for t in tasks) + " | |")
+    if doc["significance"]:
+        lines += ["", "Paired tests over (seed, query) pairs: difference in R-precision, p (randomisation).", "",
+                  "| system vs naive | " + " | ".join(tasks) + " | all |", "|---" * (len(tasks) + 2) + "|"]
+        by = {}
+        for row in doc["significance"]:
+            by.setdefault(row["a"], {})[row["task"]] = row
+        for name, rows in by.items():
+            cells = [f"{rows[t]['diff']:+.3f} (p {rows[t]['p_randomization']:.2g})" for t in [*tasks, "all"]]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    spec = doc.get("specialization")
+    if spec:
+        lines += ["", f"TACO's task weights at the end of training, mean over seeds {spec['seeds']} "
+                      f"(entropy in nats; uniform = {spec['max_entropy']:.3f}):", "",
+                  "| layer | entropy | Gini | share of entries with a task weight > 0.5 |", "|---|---|---|---|"]
+        for name, v in spec["layers"].items():
+            lines.append(f"| {name} | {v['entropy']:.4f} | {v['gini']:.4f} | {v['top_share']:.4f} |")
+    return "\n".join(lines)
+
+
+def specialization_chart(doc: dict[str, Any], path: str | Path) -> None:
+    """PNG of TACO's per-layer weight entropy (and its uniform maximum), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    spec = doc["specialization"]
+    names = list(spec["layers"])
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(names) + 2), 6), sharex=True)
+    top.plot(range(len(names)), [spec["layers"][n]["entropy"] for n in names], marker="o", label="TACO")
+    top.axhline(spec["max_entropy"], color="grey", linestyle="--", label="uniform")
+    top.set_ylabel("task-weight entropy (nats)")
+    top.legend(fontsize=8)
+    bottom.bar(range(len(names)), [spec["layers"][n]["gini"] for n in names])
+    bottom.set_ylabel("Gini of task weights")
+    bottom.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    fig.suptitle("TACO specialisation per layer at the end of training")
+    fig.tight_layout()
+    with atomic_write(Path(path), mode="wb") as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write_report(doc: dict[str, Any], out: str | Path) -> tuple[Path, ...]:
+    """FILE.json, FILE.md and FILE.png side by side (a seed study adds FILE-specialization.png)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as f:
         json.dump(doc, f, indent=1)
+    study = "seeds" in doc
     md = out.with_suffix(".md")
     with atomic_write(md) as f:
-        f.write(markdown_table(doc) + "\n")
+        f.write((seed_study_table(doc) if study else markdown_table(doc)) + "\n")
     png = out.with_suffix(".png")
     bar_chart(doc, png)
-    return out, md, png
+    if not (study and doc.get("specialization")):
+        return out, md, png
+    spec_png = out.with_name(out.stem + "-specialization.png")
+    specialization_chart(doc, spec_png)
+    return out, md, png, spec_png

@@ -116,6 +116,11 @@ class Experiment:
         return SystemResult(per_task, queries, time.perf_counter() - start)
 
     # ----------------------------------------------------------------- document
+    @property
+    def results(self) -> dict[str, SystemResult]:
+        """Each system scored so far, by name."""
+        return dict(self._results)
+
     def significance(self) -> list[dict[str, Any]]:
         return significance(self._results, list(self.task_files), self.config.seed)
 

@@ -1,0 +1,118 @@
+"""The same experiment over several seeds: per-task means with their seed-to-seed spread,
+paired tests against ``naive`` over the pooled (seed, query) pairs, and TACO's per-layer
+specialisation at the end of training. ``single`` stands for the single-<task> models, each
+scored on its own task."""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from kilt.stats import compare
+
+from ..trainer import DIAGNOSTICS_NAME
+from .config import ExperimentConfig
+from .evaluation import SystemResult
+from .report import machine_info
+from .runner import Experiment
+
+BASELINE = "naive"
+
+
+def _combined(results: dict[str, SystemResult], tasks: Sequence[str]) -> dict[str, SystemResult]:
+    """Every system but single-<task>, plus ``single`` when each task has its single model."""
+    out = {n: r for n, r in results.items() if not n.startswith("single-")}
+    if all(f"single-{t}" in results for t in tasks):
+        out["single"] = SystemResult({t: results[f"single-{t}"].per_task[t] for t in tasks},
+                                     {t: results[f"single-{t}"].per_query[t] for t in tasks}, 0.0)
+    return out
+
+
+def _spread(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _specialization(work: Path) -> dict[str, dict[str, float]] | None:
+    """TACO's per-layer weight statistics saved with its final checkpoint, if it was trained."""
+    path = work / "train" / "taco" / "run" / "final" / DIAGNOSTICS_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class SeedStudy:
+    """Runs `config` once per seed, each in WORK_DIR/seed-<s>; `run()` returns the study document."""
+
+    def __init__(self, config: ExperimentConfig, seeds: Sequence[int], progress: bool = True):
+        if len(set(seeds)) < 2:
+            raise ValueError(f"a seed study needs at least two different seeds, got {list(seeds)}")
+        self.config = config
+        self.seeds = list(seeds)
+        self.progress = progress
+        self.work = Path(config.work_dir or Path("runs") / Path(config.data_dir).resolve().name)
+
+    def run(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        results: dict[int, dict[str, SystemResult]] = {}
+        layers: dict[int, dict[str, dict[str, float]]] = {}
+        tasks: list[str] = []
+        data: dict[str, Any] = {}
+        for seed in self.seeds:
+            work = self.work / f"seed-{seed}"
+            experiment = Experiment(replace(self.config, seed=seed, seeds=[], work_dir=str(work)), self.progress)
+            doc = experiment.run()
+            tasks, data = doc["data"]["tasks"], doc["data"]
+            results[seed] = _combined(experiment.results, tasks)
+            if (stats := _specialization(work)) is not None:
+                layers[seed] = stats
+        systems = list(results[self.seeds[0]])
+        return {"machine": machine_info(), "data": data, "config": asdict(self.config), "seeds": self.seeds,
+                "systems": {name: self._system(name, results, tasks) for name in systems},
+                "significance": self._tests(systems, results, tasks),
+                "specialization": self._layers(layers, len(tasks)),
+                "seconds": round(time.perf_counter() - start, 1)}
+
+    def _system(self, name: str, results: dict[int, dict[str, SystemResult]], tasks: list[str]) -> dict[str, Any]:
+        per_task = {}
+        for t in tasks:
+            values = [results[s][name].per_task[t]["Rprec"] for s in self.seeds]
+            per_task[t] = {"Rprec": statistics.fmean(values), "Rprec_std": _spread(values), "Rprec_seeds": values,
+                           "n": int(results[self.seeds[0]][name].per_task[t]["n"])}
+        macro = [statistics.fmean(results[s][name].per_task[t]["Rprec"] for t in tasks) for s in self.seeds]
+        return {"per_task": per_task, "avg": {"Rprec": statistics.fmean(macro), "Rprec_std": _spread(macro)}}
+
+    def _tests(self, systems: list[str], results: dict[int, dict[str, SystemResult]],
+               tasks: list[str]) -> list[dict[str, Any]]:
+        """Each system against naive per task and over all tasks, on (seed, query) pairs."""
+        rows = []
+        for name in systems:
+            if name == BASELINE or BASELINE not in systems or name == "bm25":
+                continue
+            pooled_a: list[float] = []
+            pooled_b: list[float] = []
+            for t in tasks:
+                a, b = [], []
+                for s in self.seeds:
+                    ours, base = results[s][name].per_query[t], results[s][BASELINE].per_query[t]
+                    ids = [q for q in ours if q in base]
+                    a += [ours[q]["Rprec"] for q in ids]
+                    b += [base[q]["Rprec"] for q in ids]
+                pooled_a += a
+                pooled_b += b
+                rows.append({"a": name, "b": BASELINE, "task": t, **asdict(compare(a, b, seed=self.config.seed))})
+            rows.append({"a": name, "b": BASELINE, "task": "all",
+                         **asdict(compare(pooled_a, pooled_b, seed=self.config.seed))})
+        return rows
+
+    def _layers(self, layers: dict[int, dict[str, dict[str, float]]], num_tasks: int) -> dict[str, Any] | None:
+        """TACO's per-layer weight entropy, Gini and top-task share, averaged over seeds."""
+        if not layers:
+            return None
+        names = list(next(iter(layers.values())))
+        mean = {n: {k: statistics.fmean(layers[s][n][k] for s in layers) for k in ("entropy", "gini", "top_share")}
+                for n in names}
+        for n in names:
+            mean[n]["entries"] = next(iter(layers.values()))[n]["entries"]
+        return {"seeds": sorted(layers), "max_entropy": math.log(num_tasks), "layers": mean}
