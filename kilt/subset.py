@@ -33,8 +33,9 @@ def _reservoir(items: Iterable[tuple[int, dict]], n: int, rng: random.Random) ->
 
 
 def _provenance_pages(record: dict) -> list[str]:
-    """wikipedia_ids of all provenance entries of a task record (none for test inputs)."""
-    return [str(p["wikipedia_id"]) for out in record.get("output") or []
+    """wikipedia_ids of all provenance entries of a task record (none for test inputs), made
+    strings and stripped as `kilt.io` and `kilt.eval` read them."""
+    return [str(p["wikipedia_id"]).strip() for out in record.get("output") or []
             for p in out.get("provenance") or [] if "wikipedia_id" in p]
 
 
@@ -98,7 +99,7 @@ def make_subset(kilt_dir_or_files: str | Path | Sequence[str | Path], knowledge_
     def others():
         for lineno, page in tqdm(iter_jsonl(knowledge_source), desc="scanning knowledge source",
                                  unit=" pages", disable=not progress):
-            if str(page.get("wikipedia_id")) in gold:
+            if str(page.get("wikipedia_id")).strip() in gold:
                 found.append((lineno, page))
             else:
                 yield lineno, page
@@ -108,7 +109,7 @@ def make_subset(kilt_dir_or_files: str | Path | Sequence[str | Path], knowledge_
     with atomic_write(out_dir / KNOWLEDGE_SOURCE_NAME) as f:
         for _, page in pages:
             f.write(json.dumps(page, ensure_ascii=False) + "\n")
-    missing = sorted(gold - {str(page["wikipedia_id"]) for _, page in found})
+    missing = sorted(gold - {str(page["wikipedia_id"]).strip() for _, page in found})
     return {
         "out_dir": str(out_dir),
         "queries": queries,

@@ -1,4 +1,4 @@
-"""The KILT task registry: each task's kind, official file names and short prompt name."""
+"""The KILT task registry: each task's kind, official file names and short prompt names."""
 from __future__ import annotations
 
 import re
@@ -14,15 +14,25 @@ DIALOGUE = "dialogue"
 
 SPLITS = ("train", "dev", "test")
 
+# KILT entity-linking inputs mark the mention to link: "... [START_ENT] mention [END_ENT] ..."
+MENTION_START = "[START_ENT]"
+MENTION_END = "[END_ENT]"
+
 
 @dataclass(frozen=True)
 class KiltTask:
-    """One KILT task. ``files`` maps split -> official file name (only the splits KILT ships)."""
+    """One KILT task. ``files`` maps split -> official file name (only the splits KILT ships);
+    ``taco_name`` is the upper-case task name of the official TACO code (default: ``prompt`` upper-cased)."""
 
     name: str
     kind: str
     prompt: str
     files: dict[str, str] = field(default_factory=dict)
+    taco_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.taco_name:
+            object.__setattr__(self, "taco_name", self.prompt.upper())
 
 
 def _files(name: str, splits: tuple[str, ...] = SPLITS, ids_only: bool = False) -> dict[str, str]:
@@ -32,17 +42,17 @@ def _files(name: str, splits: tuple[str, ...] = SPLITS, ids_only: bool = False) 
 
 
 TASKS: dict[str, KiltTask] = {task.name: task for task in [
-    KiltTask("fever", FACT_CHECKING, "fever", _files("fever")),
-    KiltTask("aidayago2", ENTITY_LINKING, "aida", _files("aidayago2")),
+    KiltTask("fever", FACT_CHECKING, "fever", _files("fever"), taco_name="FEVER"),
+    KiltTask("aidayago2", ENTITY_LINKING, "aida", _files("aidayago2"), taco_name="AIDA"),
     KiltTask("wned", ENTITY_LINKING, "wned", _files("wned", ("dev", "test"))),
     KiltTask("cweb", ENTITY_LINKING, "cweb", _files("cweb", ("dev", "test"))),
-    KiltTask("trex", SLOT_FILLING, "trex", _files("trex")),
-    KiltTask("structured_zeroshot", SLOT_FILLING, "zsre", _files("structured_zeroshot")),
-    KiltTask("nq", QA, "nq", _files("nq")),
-    KiltTask("hotpotqa", QA, "hotpotqa", _files("hotpotqa")),
-    KiltTask("triviaqa", QA, "triviaqa", _files("triviaqa", ids_only=True)),
+    KiltTask("trex", SLOT_FILLING, "trex", _files("trex"), taco_name="TREX"),
+    KiltTask("structured_zeroshot", SLOT_FILLING, "zsre", _files("structured_zeroshot"), taco_name="ZSRE"),
+    KiltTask("nq", QA, "nq", _files("nq"), taco_name="NQ"),
+    KiltTask("hotpotqa", QA, "hotpotqa", _files("hotpotqa"), taco_name="HOPO"),
+    KiltTask("triviaqa", QA, "triviaqa", _files("triviaqa", ids_only=True), taco_name="TQA"),
     KiltTask("eli5", QA, "eli5", _files("eli5")),
-    KiltTask("wow", DIALOGUE, "wow", _files("wow")),
+    KiltTask("wow", DIALOGUE, "wow", _files("wow"), taco_name="WOW"),
 ]}
 
 _FILENAME = re.compile(r"^(?P<task>[A-Za-z0-9_]+)-(?P<split>train|dev|test)(?:_id)?(?:_without_answers)?"

@@ -28,6 +28,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BatchEncoding, Pr
 from transformers.utils import cached_file
 
 from kilt.io import atomic_directory
+from kilt.tasks import MENTION_END, MENTION_START, TASKS
 
 from .devices import check_dtype_name, resolve_dtype
 
@@ -43,11 +44,23 @@ _FIRST_WINDOW_BATCHES = 4
 _CUDA_TOKENIZE_THREADS = 4
 
 
-def _default_query_prompts() -> dict[str, str]:
-    """One "<prompt>: {query}" template per KILT task, prompt names from `kilt.tasks`."""
-    from kilt.tasks import TASKS
+# named query prompt styles: "short" is "<prompt>: {query}"; "taco-t5" the official TACO code's
+# "<TASK NAME> <extra_id_1> {query}" (the T5 sentinel after the upper-case task name)
+PROMPT_STYLES = ("short", "taco-t5")
 
-    return {name: f"{task.prompt}: {{query}}" for name, task in TASKS.items()}
+
+def query_prompts_for(style: str) -> dict[str, str]:
+    """One query template per registered KILT task in a named style (see PROMPT_STYLES)."""
+    if style == "short":
+        return {name: f"{task.prompt}: {{query}}" for name, task in TASKS.items()}
+    if style == "taco-t5":
+        return {name: f"{task.taco_name} <extra_id_1> {{query}}" for name, task in TASKS.items()}
+    raise ValueError(f"unknown prompt style {style!r}; known: {', '.join(PROMPT_STYLES)}")
+
+
+def _default_query_prompts() -> dict[str, str]:
+    """The "short" style: one "<prompt>: {query}" template per KILT task."""
+    return query_prompts_for("short")
 
 
 def _template_parts(template: str, fields: set[str], required: set[str]) -> list[tuple[str, str | None]]:
@@ -287,7 +300,10 @@ class DualEncoder(nn.Module):
                               return_tensors="pt" if padding else None)
 
     def _fit_queries(self, texts: Sequence[str], task: str | None) -> list[str]:
-        """Formatted queries, over-long ones shortened by whole words so that the prompt survives."""
+        """Formatted queries, over-long ones shortened by whole words so that the prompt survives.
+
+        A query with a marked entity mention keeps the mention and context on both sides of it.
+        """
         texts = _check_queries(texts)
         if not texts:
             return []
@@ -297,8 +313,12 @@ class DualEncoder(nn.Module):
         room = self.config.query_max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
         for i, (text, offsets) in enumerate(zip(texts, encoded["offset_mapping"])):
             if len(offsets) > room:
-                kept = _keep_words(text, len(prefix), offsets, encoded.word_ids(i), room,
-                                   keep_end=self.config.query_truncation_side == "left")
+                mention = _mention_span(text)
+                if mention is not None:
+                    kept = _keep_mention(text, len(prefix), offsets, encoded.word_ids(i), room, mention)
+                else:
+                    kept = _keep_words(text, len(prefix), offsets, encoded.word_ids(i), room,
+                                       keep_end=self.config.query_truncation_side == "left")
                 if kept is None:
                     raise ValueError(f"the template for task {task!r} alone exceeds query_max_length "
                                      f"({self.config.query_max_length} tokens)")
@@ -534,6 +554,54 @@ def _keep_words(text: str, start: int, offsets: list[tuple[int, int]], words: li
     while stop > 1 and words[in_text[stop]] == words[in_text[stop - 1]]:
         stop -= 1
     return text[: min(offsets[in_text[stop - 1]][1], end) - start]
+
+
+def _mention_span(text: str) -> tuple[int, int] | None:
+    """Character span of the first "[START_ENT] ... [END_ENT]" in `text`, markers included; None if unmarked."""
+    begin = text.find(MENTION_START)
+    if begin < 0:
+        return None
+    end = text.find(MENTION_END, begin + len(MENTION_START))
+    return None if end < 0 else (begin, end + len(MENTION_END))
+
+
+def _keep_mention(text: str, start: int, offsets: list[tuple[int, int]], words: list[int | None], room: int,
+                  mention: tuple[int, int]) -> str | None:
+    """The part of `text` around its marked mention whose tokens fit in `room` beside the template's.
+
+    Keeps every token of the mention (markers included) and splits the tokens left over evenly
+    between the context on its left and on its right, a short side's unused share going to the
+    other; a mention too long by itself keeps its start. Cuts fall between words, as in
+    `_keep_words`. None if the template alone fills `room`.
+    """
+    end = start + len(text)
+    in_text = [j for j, (s, e) in enumerate(offsets) if e > start and s < end]
+    budget = room - (len(offsets) - len(in_text))
+    if budget <= 0:
+        return None
+    lo, hi = start + mention[0], start + mention[1]
+    inside = [k for k, j in enumerate(in_text) if offsets[j][1] > lo and offsets[j][0] < hi]
+    first, stop = inside[0], inside[-1] + 1  # the mention's tokens, as positions in in_text
+
+    def same_word(k: int) -> bool:
+        """Whether token k continues the word of token k - 1 (so no cut may fall before it)."""
+        return 0 < k < len(in_text) and words[in_text[k]] == words[in_text[k - 1]]
+
+    if stop - first >= budget:
+        stop = first + budget
+        while stop > first + 1 and same_word(stop):
+            stop -= 1
+    else:
+        rest, before, after = budget - (stop - first), first, len(in_text) - stop
+        left = min(before, max(rest // 2, rest - after))
+        right = min(after, rest - left)
+        mention_first, mention_stop = first, stop
+        first, stop = first - left, stop + right
+        while first < mention_first and same_word(first):
+            first += 1
+        while stop > mention_stop and same_word(stop):
+            stop -= 1
+    return text[max(offsets[in_text[first]][0], start) - start : min(offsets[in_text[stop - 1]][1], end) - start]
 
 
 def _title_text(passage: Any, position: int) -> tuple[str, str]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from multitask_retriever.encoder import DualEncoder, EncoderConfig
+from multitask_retriever.encoder import PROMPT_STYLES, DualEncoder, EncoderConfig, query_prompts_for
 from multitask_retriever.models import packaged_minilm_path
 
 PROMPTS = {"nq": "nq: {query}", "fever": "claim: {query} ?"}
@@ -94,6 +94,23 @@ def test_default_prompts_cover_every_kilt_task():
 
     prompts = EncoderConfig().query_prompts
     assert prompts == {name: f"{task.prompt}: {{query}}" for name, task in TASKS.items()}
+
+
+def test_prompt_styles():
+    from kilt.tasks import TASKS
+
+    assert PROMPT_STYLES == ("short", "taco-t5")
+    assert query_prompts_for("short") == EncoderConfig().query_prompts
+    taco = query_prompts_for("taco-t5")
+    assert set(taco) == set(TASKS)
+    assert taco["nq"].format(query="who") == "NQ <extra_id_1> who"
+    assert taco["hotpotqa"].format(query="who") == "HOPO <extra_id_1> who"
+    assert taco["aidayago2"].format(query="who") == "AIDA <extra_id_1> who"
+    assert (taco["triviaqa"], taco["structured_zeroshot"], taco["wned"]) == (
+        "TQA <extra_id_1> {query}", "ZSRE <extra_id_1> {query}", "WNED <extra_id_1> {query}")
+    EncoderConfig(query_prompts=taco)  # valid templates
+    with pytest.raises(ValueError, match="unknown prompt style 'taco'; known: short, taco-t5"):
+        query_prompts_for("taco")
 
 
 # ---------------------------------------------------------------- shapes and dtypes
