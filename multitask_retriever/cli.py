@@ -125,7 +125,8 @@ def _train(args) -> None:
 
     cfg = config_from_args(TrainConfig, args, [load_config_file(path) for path in args.config])
     result = MultitaskTrainer(cfg).train(resume=args.resume)
-    print(f"trained {cfg.method} for {result.step} steps; model: {result.model_path}")
+    rounds = f" in each of {cfg.negative_rounds + 1} rounds" if cfg.negative_rounds else ""
+    print(f"trained {cfg.method} for {result.step} steps{rounds}; model: {result.model_path}")
 
 
 @command("mine-negatives")

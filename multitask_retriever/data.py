@@ -205,16 +205,25 @@ def _file_inputs(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
+def _inputs_record(path: Path) -> Path:
+    return path.with_name(path.name + ".inputs.json")
+
+
+def is_cached(path: Path, inputs: dict[str, Any]) -> bool:
+    """Whether `path` exists and was built from `inputs` (as recorded by `_build_unless_cached`)."""
+    try:
+        saved = json.loads(_inputs_record(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return path.is_file() and saved == json.loads(json.dumps(inputs))
+
+
 def _build_unless_cached(path: Path, inputs: dict[str, Any], build: Callable[[Path], Any]) -> None:
     """Run `build(path)` unless `path` exists and was built from `inputs` (recorded beside it
     in PATH.inputs.json), so a file left by a run on other inputs is never reused."""
-    record = path.with_name(path.name + ".inputs.json")
+    record = _inputs_record(path)
     inputs = json.loads(json.dumps(inputs))
-    try:
-        saved = json.loads(record.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        saved = None
-    if path.is_file() and saved == inputs:
+    if is_cached(path, inputs):
         return
     if path.exists():
         log.info("%s: built from other inputs; rebuilding it", path)

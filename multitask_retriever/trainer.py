@@ -74,6 +74,9 @@ class TrainConfig:
                 "ones and first positive, as the official TACO code"})
     negative_depth: int = field(default=DEFAULT_DEPTH, metadata={"help": "hits searched per query for negatives"})
     negatives_per_query: int = field(default=DEFAULT_KEEP, metadata={"help": "hard negatives kept per query"})
+    negative_rounds: int = field(default=0, metadata={
+        "help": "ANCE-style rounds after the first run: each mines negatives with the previous round's model "
+                "and trains on from its weights for STEPS more steps (OUTPUT_DIR/round-K; 0 = one run)"})
     max_train_queries: int = field(default=0, metadata={"help": "cap on training queries per task (0 = all)"})
     lr: float = 5e-6
     weight_decay: float = 0.0
@@ -109,7 +112,7 @@ class TrainConfig:
         for name in ("steps", "per_task_batch_size", "query_max_length", "passage_max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("n_negatives", "warmup_steps", "save_every", "max_train_queries"):
+        for name in ("n_negatives", "warmup_steps", "save_every", "max_train_queries", "negative_rounds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -127,6 +130,8 @@ class TrainConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.negative_rounds and not self.data_dir:
+            raise ValueError("negative_rounds needs data_dir (the training queries negatives are mined for)")
 
     @property
     def combiner_method(self) -> str:
@@ -226,10 +231,19 @@ class MultitaskTrainer:
         """Train to `config.steps`; with `resume`, continue from the latest checkpoint in
         `output_dir` (a finished run only reports). `stop_after` ends this call after that
         global step with a checkpoint, as an interruption would (for tests and time slicing)."""
+        from .rounds import round_dir, train_with_rounds
         from .specialization import make_combiner
 
-        started = time.perf_counter()
         cfg = self.config
+        if cfg.negative_rounds:
+            if self._encoder is not None or self._examples is not None:
+                raise ValueError("negative_rounds trains on the data and model the config names; "
+                                 "do not pass encoder or examples")
+            return train_with_rounds(cfg, resume=resume, stop_after=stop_after)
+        if round_dir(self.output_dir, 0).is_dir():
+            raise ValueError(f"{self.output_dir}: holds a run with negative rounds ({round_dir(self.output_dir, 0)}); "
+                             "resume it with its negative_rounds, or choose another output_dir")
+        started = time.perf_counter()
         loop = TrainingLoop(cfg, resume=resume, desc=f"train {cfg.method}")
         if loop.finished:
             log.info("%s: already trained (%d steps)", self.output_dir, loop.step)

@@ -35,8 +35,9 @@ log = logging.getLogger("mtr.train")
 STATE_NAME = "trainer_state.pt"
 LOG_NAME = "train_log.jsonl"
 FINAL_NAME = "final"
-#: config fields a resumed run may change; every other field defines the run
-NOT_RUN_SETTINGS = frozenset({"output_dir", "progress", "save_every"})
+#: config fields a resumed run may change; every other field defines the run (negative_rounds:
+#: each round is a run of its own, and a run of N rounds is the start of one of more)
+NOT_RUN_SETTINGS = frozenset({"output_dir", "progress", "save_every", "negative_rounds"})
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
 
 

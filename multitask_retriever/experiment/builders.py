@@ -38,10 +38,17 @@ def train_config(c: ExperimentConfig, method: str, tasks: list[str], start: str,
         passage_max_length=c.passage_max_length, taco=c.taco, seed=c.seed, output_dir=output_dir, progress=progress)
 
 
+#: TrainConfig fields added after stage keys were first pinned: keyed only when set, so the
+#: finished stages of earlier work folders keep their keys
+_LATER_TRAIN_FIELDS = {"negative_rounds": 0}
+
+
 def train_stage_key(examples_key: str | None, train: TrainConfig) -> str:
     """A dual-encoder training stage's key: its training data's key and every TrainConfig field,
     sections spelled flat (taco_beta, ...)."""
-    return stage_key(examples=examples_key, train=flat_fields(train))
+    fields = {k: v for k, v in flat_fields(train).items()
+              if k not in _LATER_TRAIN_FIELDS or v != _LATER_TRAIN_FIELDS[k]}
+    return stage_key(examples=examples_key, train=fields)
 
 
 def llm_reranker_train_config(c: ExperimentConfig, loss: str, output_dir: str, progress: bool,

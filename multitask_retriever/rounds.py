@@ -1,0 +1,118 @@
+"""ANCE-style hard-negative rounds (`mtr train --negative-rounds N`): train, mine hard negatives
+with the model just trained, train on from its weights on them; N times after the first run.
+
+    OUTPUT_DIR/round-0/                   the first run (negatives as configured, e.g. BM25)
+    OUTPUT_DIR/round-K/negatives.jsonl    mined with round K-1's final model (inputs recorded beside it)
+    OUTPUT_DIR/round-K/final/model        round K's model; the last round's is the result
+
+Each round is a plain `MultitaskTrainer` run, so it resumes exactly and refuses other settings;
+finished rounds are not redone, and a negatives file is reused only if mined from the same model,
+passages and settings. The vectors encoded for mining are deleted once the negatives are written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .data import (PASSAGES_NAME, _build_unless_cached, _file_inputs, build_training_examples, is_cached,
+                   task_train_files, write_training_examples)
+from .trainer import MODEL_DIR, MultitaskTrainer, TrainConfig, TrainResult
+from .training_loop import FINAL_NAME, latest_checkpoint
+
+log = logging.getLogger("mtr.train")
+
+NEGATIVES_NAME = "negatives.jsonl"
+
+
+def round_dir(output_dir: str | Path, k: int) -> Path:
+    """The folder of round `k` of a run in `output_dir`."""
+    return Path(output_dir) / f"round-{k}"
+
+
+def _folder_inputs(folder: Path) -> dict[str, Any]:
+    """Path, size and mtime of every file in a model folder (a retrained model differs)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    return {"path": str(folder.resolve()), "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
+
+
+def mine_negatives(model: Path, out: Path, passage_file: Path, config: TrainConfig) -> Path:
+    """Hard negatives for the training queries of `config` from `model`'s top hits, written to
+    `out` (reused if mined from the same inputs); the corpus vectors are encoded into resumable
+    shards beside `out` and deleted once the negatives are written."""
+    from accelerate import PartialState
+
+    from kilt.passages import PassageStore
+
+    from .encoder import DualEncoder
+    from .encoding import encode_corpus
+    from .indexing import Index, IndexConfig
+    from .retriever import Retriever
+
+    cfg = config
+    files = task_train_files(cfg.data_dir, cfg.tasks)
+    inputs = {"model": _folder_inputs(model), "passages": _file_inputs(passage_file),
+              "task_files": {t: _file_inputs(Path(f)) for t, f in files.items()},
+              "depth": cfg.negative_depth, "keep": cfg.negatives_per_query, "max_queries": cfg.max_train_queries}
+    state = PartialState()
+    if not is_cached(out, inputs):
+        if latest_checkpoint(out.parent) is not None:
+            raise ValueError(f"{out.parent}: holds training on negatives mined from other inputs than "
+                             f"{model} and these settings give; delete {out.parent} to train the round again")
+        digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]
+        shards = out.parent / f"shards-{digest}"  # other inputs' shards are never resumed
+        encoder = DualEncoder.from_pretrained(model).to(state.device)
+        encode_corpus(encoder, passage_file, shards, progress=cfg.progress)  # every process its shards
+        if state.is_main_process:
+            def build(path: Path) -> None:
+                index = Index.from_shards(shards, IndexConfig(index_type="flat"), progress=cfg.progress)
+                retriever = Retriever(encoder, index, PassageStore(passage_file, progress=cfg.progress))
+                write_training_examples(path, build_training_examples(
+                    files, retriever.passages, retriever, depth=cfg.negative_depth, keep=cfg.negatives_per_query,
+                    max_queries=cfg.max_train_queries, progress=cfg.progress))
+
+            _build_unless_cached(out, inputs, build)
+        state.wait_for_everyone()
+    if state.is_main_process:
+        for shards in out.parent.glob("shards-*"):
+            shutil.rmtree(shards, ignore_errors=True)
+    return out
+
+
+def train_with_rounds(config: TrainConfig, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+    """Round 0 as configured, then `config.negative_rounds` rounds on negatives mined by the
+    previous round's model (module doc); returns the last round's result. `stop_after` ends the
+    call after that many steps in all (each round is `config.steps` long), as a kill would."""
+    cfg = config
+    if cfg.negative_rounds < 1:
+        raise ValueError(f"negative_rounds must be >= 1 here, got {cfg.negative_rounds}")
+    if stop_after is not None and stop_after < 1:
+        raise ValueError(f"stop_after must be >= 1, got {stop_after}")
+    output_dir = Path(cfg.output_dir)
+    if latest_checkpoint(output_dir) is not None:
+        raise ValueError(f"{output_dir}: holds a run without negative rounds; resume it with negative_rounds 0, "
+                         "or choose another output_dir")
+    passage_file = Path(cfg.passages) if cfg.passages else round_dir(output_dir, 0) / PASSAGES_NAME
+    round_cfg = dataclasses.replace(cfg, output_dir=str(round_dir(output_dir, 0)), negative_rounds=0)
+    result: TrainResult | None = None
+    for k in range(cfg.negative_rounds + 1):
+        left = None if stop_after is None else stop_after - k * cfg.steps
+        if left is not None and left <= 0:
+            break
+        if k:
+            previous = round_dir(output_dir, k - 1) / FINAL_NAME / MODEL_DIR
+            folder = round_dir(output_dir, k)
+            negatives = mine_negatives(previous, folder / NEGATIVES_NAME, passage_file, cfg)
+            round_cfg = dataclasses.replace(cfg, model_name_or_path=str(previous), passages=str(passage_file),
+                                            negatives=str(negatives), output_dir=str(folder), negative_rounds=0)
+            log.info("round %d of %d: training from %s on %s", k, cfg.negative_rounds, previous, negatives)
+        result = MultitaskTrainer(round_cfg).train(resume=resume, stop_after=left if left and left < cfg.steps
+                                                   else None)
+        if left is not None and left < cfg.steps:
+            break
+    assert result is not None
+    return result

@@ -1,0 +1,90 @@
+"""ANCE-style negative rounds (`negative_rounds`): round folders, negatives mined by the previous
+round's model, exact resume across and within rounds, refused setting changes, the plain layout at 0."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from multitask_retriever.data import read_training_examples
+from multitask_retriever.encoder import DualEncoder
+from multitask_retriever.trainer import MultitaskTrainer, TrainConfig
+
+STEPS = 3
+
+
+def _config(model, data_dir, out, **changes) -> TrainConfig:
+    values = dict(model_name_or_path=str(model), data_dir=str(data_dir), tasks=["nq"], method="single",
+                  per_task_batch_size=4, n_negatives=1, lr=2e-3, steps=STEPS, query_max_length=32,
+                  passage_max_length=64, seed=5, negative_rounds=1, output_dir=str(out), progress=False)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def test_round_1_trains_from_round_0_on_negatives_its_model_mined(tiny_bert, mini_kilt, tmp_path):
+    out = tmp_path / "run"
+    result = MultitaskTrainer(_config(tiny_bert, mini_kilt, out)).train()
+    round0 = out / "round-0" / "final" / "model"
+    assert result.model_path == str(out / "round-1" / "final" / "model") and result.step == STEPS
+    assert sorted(p.name for p in out.iterdir()) == ["round-0", "round-1"]
+    assert sorted(p.name for p in (out / "round-1").iterdir()) == [
+        "final", "negatives.jsonl", "negatives.jsonl.inputs.json", "train_log.jsonl"]  # no shards left
+    inputs = json.loads((out / "round-1" / "negatives.jsonl.inputs.json").read_text())
+    assert inputs["model"]["path"] == str(round0.resolve())
+    state = torch.load(out / "round-1" / "final" / "trainer_state.pt", weights_only=False)
+    assert state["config"]["model_name_or_path"] == str(round0)
+    assert state["config"]["passages"] == str(out / "round-0" / "passages.jsonl")
+    bm25 = read_training_examples(out / "round-0" / "training_examples.jsonl")["nq"]
+    dense = read_training_examples(out / "round-1" / "negatives.jsonl")["nq"]
+    assert [(e.qid, e.positives) for e in dense] == [(e.qid, e.positives) for e in bm25]
+    assert [e.negatives for e in dense] != [e.negatives for e in bm25]
+
+
+def _weights(path):
+    return DualEncoder.from_pretrained(path).state_dict()
+
+
+def test_a_run_stopped_inside_round_1_resumes_to_the_same_weights(tiny_bert, mini_kilt, tmp_path):
+    straight = MultitaskTrainer(_config(tiny_bert, mini_kilt, tmp_path / "a")).train()
+    b = tmp_path / "b"
+    stopped = MultitaskTrainer(_config(tiny_bert, mini_kilt, b)).train(stop_after=STEPS + 1)
+    assert stopped.model_path == str(b / "round-1" / "checkpoint-0000001" / "model")
+    mined = (b / "round-1" / "negatives.jsonl").stat().st_mtime_ns
+    resumed = MultitaskTrainer(_config(tiny_bert, mini_kilt, b)).train(resume=True)
+    assert (b / "round-1" / "negatives.jsonl").stat().st_mtime_ns == mined  # reused, not mined again
+    assert resumed.losses == straight.losses
+    a_weights, b_weights = _weights(straight.model_path), _weights(resumed.model_path)
+    assert a_weights.keys() == b_weights.keys()
+    for name, tensor in a_weights.items():
+        assert torch.equal(tensor, b_weights[name]), name
+
+
+def test_resuming_with_another_setting_is_refused(tiny_bert, mini_kilt, tmp_path):
+    MultitaskTrainer(_config(tiny_bert, mini_kilt, tmp_path)).train(stop_after=STEPS + 1)
+    with pytest.raises(ValueError, match=r"round-0/final: cannot resume with other settings .*lr: 0\.002 -> 0\.001"):
+        MultitaskTrainer(_config(tiny_bert, mini_kilt, tmp_path, lr=1e-3)).train(resume=True)
+
+
+def test_zero_rounds_keep_the_plain_layout_and_the_layouts_do_not_mix(tiny_bert, mini_kilt, tmp_path):
+    plain, rounds = tmp_path / "plain", tmp_path / "rounds"
+    result = MultitaskTrainer(_config(tiny_bert, mini_kilt, plain, negative_rounds=0, steps=1)).train()
+    assert result.model_path == str(plain / "final" / "model")
+    assert sorted(p.name for p in plain.iterdir()) == [
+        "final", "passages.jsonl", "passages.jsonl.inputs.json", "passages.jsonl.offsets.npy", "train_log.jsonl",
+        "training_examples.jsonl", "training_examples.jsonl.inputs.json"]
+    with pytest.raises(ValueError, match="holds a run without negative rounds"):
+        MultitaskTrainer(_config(tiny_bert, mini_kilt, plain, steps=1)).train(resume=True)
+    MultitaskTrainer(_config(tiny_bert, mini_kilt, rounds, steps=1)).train(stop_after=1)
+    with pytest.raises(ValueError, match="holds a run with negative rounds"):
+        MultitaskTrainer(_config(tiny_bert, mini_kilt, rounds, negative_rounds=0, steps=1)).train(resume=True)
+
+
+def test_negative_rounds_is_a_train_flag_and_needs_data_dir():
+    out = subprocess.run([sys.executable, "-m", "multitask_retriever.cli", "train", "--help"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "--negative-rounds" in out and "ANCE-style rounds" in out
+    with pytest.raises(ValueError, match="negative_rounds must be >= 0"):
+        TrainConfig(negative_rounds=-1, output_dir="x")
+    with pytest.raises(ValueError, match="negative_rounds needs data_dir"):
+        TrainConfig(negative_rounds=1, output_dir="x")
