@@ -88,6 +88,9 @@ class TrainConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = none)"})
     temperature: float = field(default=1.0, metadata={"help": "softmax temperature (TACO: 1, raw dot product)"})
     query_max_length: int = field(default=64, metadata={"help": "query tokens incl. prompt (saved with the model)"})
+    query_prompt_style: str = field(default="", metadata={
+        "help": "query prompts: short ('nq: {query}') | taco-t5 (the official '<TASK> <extra_id_1> {query}'); "
+                "empty: the start model's"})
     task_query_max_lengths: dict[str, int] = field(default_factory=dict, metadata={
         "help": "per-task query lengths used in training, e.g. {wow: 260, fever: 68}"})
     passage_max_length: int = 160
@@ -126,6 +129,10 @@ class TrainConfig:
         if self.negative_sampling not in NEGATIVE_SAMPLING:
             raise ValueError(f"negative_sampling must be one of {', '.join(NEGATIVE_SAMPLING)}, "
                              f"got {self.negative_sampling!r}")
+        if self.query_prompt_style:
+            from .encoder import query_prompts_for
+
+            query_prompts_for(self.query_prompt_style)  # ValueError listing the styles
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
@@ -214,7 +221,7 @@ class MultitaskTrainer:
     def encoder(self):
         """The DualEncoder to train (built from the config on first use)."""
         if self._encoder is None:
-            from .encoder import DualEncoder
+            from .encoder import DualEncoder, query_prompts_for
 
             cfg = self.config
             overrides: dict[str, Any] = {"query_max_length": cfg.query_max_length,
@@ -223,6 +230,8 @@ class MultitaskTrainer:
                 overrides["pooling"] = cfg.pooling
             if cfg.normalize is not None:
                 overrides["normalize"] = cfg.normalize
+            if cfg.query_prompt_style:
+                overrides["query_prompts"] = query_prompts_for(cfg.query_prompt_style)
             self._encoder = DualEncoder.from_pretrained(cfg.model_name_or_path, **overrides)
         return self._encoder
 

@@ -135,3 +135,15 @@ def test_a_run_logs_the_learning_rate_warm_up_and_mixed_batch_sizes(tiny_t5, dat
     sizes = state["data"]["batch_sizes"]
     assert sum(sizes.values()) == 6 and sizes == config.batch_sizes({t: len(examples[t]) for t in TASKS})
     assert state["data"]["sampling"] == "top"
+
+
+# --------------------------------------------------------------------------- prompts
+def test_the_prompt_style_sets_the_trained_models_query_prompts(tiny_t5, data, tmp_path):
+    store, examples = data
+    config = TrainConfig(model_name_or_path=str(tiny_t5), tasks=TASKS, per_task_batch_size=2, n_negatives=1,
+                         steps=1, query_prompt_style="taco-t5", query_max_length=32, passage_max_length=64,
+                         output_dir=str(tmp_path), progress=False)
+    trainer = MultitaskTrainer(config, examples=examples, store=store)
+    assert trainer.encoder().format_query("who?", "nq") == "NQ <extra_id_1> who?"
+    with pytest.raises(ValueError, match="unknown prompt style 'gtr'; known: short, taco-t5"):
+        TrainConfig(output_dir="x", query_prompt_style="gtr")

@@ -34,13 +34,14 @@ def train_config(c: ExperimentConfig, method: str, tasks: list[str], start: str,
         model_name_or_path=start, data_dir=data_dir, passages=passages, tasks=tasks, method=method,
         negatives=negatives, steps=c.steps, per_task_batch_size=c.per_task_batch_size, n_negatives=c.n_negatives,
         lr=c.lr, warmup_steps=c.warmup_steps, warmup_ratio=c.warmup_ratio, task_temperature=c.task_temperature,
-        negative_sampling=c.negative_sampling, temperature=c.temperature, query_max_length=c.query_max_length,
+        negative_sampling=c.negative_sampling, query_prompt_style=c.query_prompt_style, temperature=c.temperature, query_max_length=c.query_max_length,
         passage_max_length=c.passage_max_length, taco=c.taco, seed=c.seed, output_dir=output_dir, progress=progress)
 
 
 #: TrainConfig fields added after stage keys were first pinned: keyed only when set, so the
 #: finished stages of earlier work folders keep their keys
-_LATER_TRAIN_FIELDS = {"negative_rounds": 0}
+_LATER_TRAIN_FIELDS = {"negative_rounds": 0, "warmup_ratio": 0.0, "task_temperature": 0.0,
+                       "negative_sampling": "sample", "query_prompt_style": ""}
 
 
 def train_stage_key(examples_key: str | None, train: TrainConfig) -> str:

@@ -51,6 +51,8 @@ class ExperimentConfig:
         "help": "share of steps with learning-rate warm-up and naive task weighting (TrainConfig)"})
     task_temperature: float = field(default=TrainConfig.task_temperature, metadata={
         "help": "0: equal per-task batches; T > 0: batch shares proportional to n_t^(1/T) (TrainConfig)"})
+    query_prompt_style: str = field(default=TrainConfig.query_prompt_style, metadata={
+        "help": "fine-tuned systems' query prompts: short | taco-t5 (TrainConfig); empty: the encoder's"})
     negative_sampling: str = field(default=TrainConfig.negative_sampling, metadata={
         "help": "sample | top: how training batches take hard negatives (TrainConfig)"})
     temperature: float = field(default=0.05, metadata={"help": "softmax temperature over cosine similarities"})
