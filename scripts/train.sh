@@ -2,14 +2,14 @@
 # Multitask dual-encoder training with `accelerate launch` (all visible GPUs, or the settings of
 # `accelerate config`). Default recipe: TACO on real KILT (scripts/configs/train-kilt-taco.yaml:
 # 8 tasks, t5-base, first-decoder-token pooling, lr 5e-6, 64 queries per task and GPU, 1 positive +
-# 2 hard negatives, passages of 160 tokens, per-task query lengths, beta 0.999, tau 2).
+# 2 top-ranked hard negatives, passages of 160 tokens, per-task query lengths, task batches by
+# n_t^(1/4), 10 % naive + learning-rate warm-up, beta 0.999, tau 2).
 # It needs internet for t5-base and a GPU. An interrupted run continues where it stopped.
 #
 #   scripts/train.sh [--config FILE] [any `mtr train` flag, e.g. --method naive --output-dir DIR]
 #
-# ANCE-style rounds: after a round, encode + index the corpus with the model, then
-#   mtr mine-negatives --encoder RUN/final/model --index IDX --passages P --data-dir D --out NEG.jsonl --depth 110
-# and train the next round with --negatives NEG.jsonl --model-name-or-path RUN/final/model.
+# The config runs 3 ANCE-style rounds after the BM25 one (negative_rounds: each mines hard
+# negatives with the model just trained, then trains on from it); --negative-rounds 0 trains once.
 # Without the config's passage file, it is chunked first from DATA_DIR/kilt_knowledgesource.json.
 . "$(dirname "$0")/_env.sh"
 
