@@ -19,6 +19,30 @@ MENTION_START = "[START_ENT]"
 MENTION_END = "[END_ENT]"
 
 
+def mention_span(text: str) -> tuple[int, int] | None:
+    """Character span of the first "[START_ENT] ... [END_ENT]" in `text`, markers included; None if unmarked."""
+    begin = text.find(MENTION_START)
+    if begin < 0:
+        return None
+    end = text.find(MENTION_END, begin + len(MENTION_START))
+    return None if end < 0 else (begin, end + len(MENTION_END))
+
+
+def mention_window(offsets: list[tuple[int, int]], span: tuple[int, int], limit: int) -> tuple[int, int]:
+    """Token range [first, stop) of at most `limit` tokens (character `offsets`) that holds the
+    mention at character `span` with an even share of context on each side; a mention longer
+    than `limit` keeps its start."""
+    inside = [k for k, (s, e) in enumerate(offsets) if e > span[0] and s < span[1]]
+    if not inside or len(offsets) <= limit:
+        return 0, min(len(offsets), limit)
+    first, stop = inside[0], inside[-1] + 1
+    if stop - first >= limit:
+        return first, first + limit
+    rest = limit - (stop - first)
+    left = min(first, max(rest // 2, rest - (len(offsets) - stop)))
+    return first - left, stop + (rest - left)
+
+
 @dataclass(frozen=True)
 class KiltTask:
     """One KILT task. ``files`` maps split -> official file name (only the splits KILT ships);

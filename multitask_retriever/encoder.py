@@ -28,7 +28,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BatchEncoding, Pr
 from transformers.utils import cached_file
 
 from kilt.io import atomic_directory
-from kilt.tasks import MENTION_END, MENTION_START, TASKS
+from kilt.tasks import TASKS, mention_span
 
 from .devices import check_dtype_name, resolve_dtype
 
@@ -313,7 +313,7 @@ class DualEncoder(nn.Module):
         room = self.config.query_max_length - self.tokenizer.num_special_tokens_to_add(pair=False)
         for i, (text, offsets) in enumerate(zip(texts, encoded["offset_mapping"])):
             if len(offsets) > room:
-                mention = _mention_span(text)
+                mention = mention_span(text)
                 if mention is not None:
                     kept = _keep_mention(text, len(prefix), offsets, encoded.word_ids(i), room, mention)
                 else:
@@ -554,15 +554,6 @@ def _keep_words(text: str, start: int, offsets: list[tuple[int, int]], words: li
     while stop > 1 and words[in_text[stop]] == words[in_text[stop - 1]]:
         stop -= 1
     return text[: min(offsets[in_text[stop - 1]][1], end) - start]
-
-
-def _mention_span(text: str) -> tuple[int, int] | None:
-    """Character span of the first "[START_ENT] ... [END_ENT]" in `text`, markers included; None if unmarked."""
-    begin = text.find(MENTION_START)
-    if begin < 0:
-        return None
-    end = text.find(MENTION_END, begin + len(MENTION_START))
-    return None if end < 0 else (begin, end + len(MENTION_END))
 
 
 def _keep_mention(text: str, start: int, offsets: list[tuple[int, int]], words: list[int | None], room: int,

@@ -119,3 +119,24 @@ def test_an_llm_whose_positions_cannot_hold_the_query_and_prompt_is_refused(tiny
     with pytest.raises(ValueError, match="leave no room for a passage within the LM's 512 positions"):
         reranker.rerank(QUERY + " " + QUERY, ["a passage"])
 
+
+
+MENTION = "[START_ENT] Elsinore [END_ENT]"
+EL_QUERY = f"{_text(300, 3)} {MENTION} {_text(300, 4)}"
+
+
+def test_the_cross_encoder_keeps_an_entity_mention_and_context_on_both_sides(tiny_bert):
+    reranker = make_reranker("cross-encoder", tiny_bert, max_length=64, max_query_length=16)
+    limit = len(reranker.tokenizer(MENTION, add_special_tokens=False)["input_ids"]) + 10
+    (query,), (count,), cut = reranker._cut([EL_QUERY], [limit])
+    assert cut and count == limit and MENTION in query
+    left, right = query.split(MENTION)
+    assert left.strip() and right.strip()  # context on both sides
+
+
+def test_an_llm_query_keeps_an_entity_mention_and_context_on_both_sides(tiny_gpt2):
+    scorer = make_reranker("zero-shot", str(tiny_gpt2), max_query_tokens=40).scorer
+    (ids,) = scorer.query_ids([EL_QUERY])
+    mention = scorer.tokenizer(MENTION, add_special_tokens=False)["input_ids"]
+    at = next(i for i in range(len(ids)) if ids[i:i + len(mention)] == mention)
+    assert len(ids) == 40 and 0 < at and at + len(mention) < 40  # the mention, with context on both sides

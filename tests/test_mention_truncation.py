@@ -102,3 +102,14 @@ def test_an_encoder_decoder_keeps_the_mention_too(tiny_t5):
     ids = enc.tokenize_queries([f"{LEFT} {MENTION} {RIGHT}"], "aidayago2")["input_ids"][0].tolist()
     assert len(ids) <= 48 and _contains(ids, enc.tokenizer(MENTION, add_special_tokens=False)["input_ids"])
     assert enc.tokenizer.decode(ids, skip_special_tokens=True).startswith("aida :")
+
+
+def test_mention_window_centres_the_mention_in_the_token_budget():
+    from kilt.tasks import mention_window
+
+    offsets = [(i * 2, i * 2 + 1) for i in range(20)]  # 20 one-character tokens at 0, 2, 4, ...
+    assert mention_window(offsets, (20, 25), 7) == (8, 15)   # tokens 10-12 with 2 left, 2 right
+    assert mention_window(offsets, (0, 3), 7) == (0, 7)      # at the start: all spare on the right
+    assert mention_window(offsets, (36, 39), 7) == (13, 20)  # at the end: all spare on the left
+    assert mention_window(offsets, (10, 30), 4) == (5, 9)    # too long: its start
+    assert mention_window(offsets, (20, 25), 30) == (0, 20)  # fits: everything

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BatchEncoding
 
 from kilt.io import atomic_directory
+from kilt.tasks import mention_span, mention_window
 
 from ..devices import DTYPES, autocast, check_dtype_name
 from ..models import check_model_path, own_memory, packaged_minilm_path
@@ -134,14 +135,18 @@ class CrossEncoderReranker(Reranker):
         return self.model(**batch).logits[:, 0]
 
     def _cut(self, texts: Sequence[str], limits: Sequence[int]) -> tuple[list[str], list[int], bool]:
-        """Each text cut after its first limits[i] tokens, at a token boundary of the original
-        text; returns the texts, their token counts and whether any was cut."""
-        enc = self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
-                             max_length=max(limits) + 1, return_offsets_mapping=True)
+        """Each text cut to limits[i] tokens at token boundaries of the original text: its start,
+        or for an entity-linking input the window around its marked mention; returns the texts,
+        their token counts and whether any was cut."""
+        marked = [mention_span(t) for t in texts]
+        enc = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True) if any(marked) \
+            else self.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max(limits) + 1,
+                                return_offsets_mapping=True)
         out, counts, cut = [], [], False
-        for text, offsets, limit in zip(texts, enc["offset_mapping"], limits):
+        for text, offsets, limit, span in zip(texts, enc["offset_mapping"], limits, marked):
             if len(offsets) > limit:
-                text, cut = text[: offsets[limit - 1][1]], True
+                first, stop = mention_window(offsets, span, limit) if span else (0, limit)
+                text, cut = text[offsets[first][0]: offsets[stop - 1][1]], True
             out.append(text)
             counts.append(min(len(offsets), limit))
         return out, counts, cut

@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
+from kilt.tasks import mention_span, mention_window
+
 from ..devices import DTYPES, autocast, check_dtype_name
 from .base import (Reranker, check_rows, group_size, make_config, read_reranker_meta, split_rows,
                    write_reranker_meta)
@@ -170,7 +172,16 @@ class LLMScorer(nn.Module):
         if any(not q or not q.strip() for q in queries):
             raise ValueError("empty query")
         enc = self.tokenizer(list(queries), add_special_tokens=False)["input_ids"]
-        return [self._cut(ids, self.config.max_query_tokens, "queries") for ids in enc]
+        limit = self.config.max_query_tokens
+        out = []
+        for query, ids in zip(queries, enc):
+            span = mention_span(query)
+            if span and len(ids) > limit:  # an entity-linking input keeps its mention and the context around it
+                offsets = self.tokenizer(query, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+                first, stop = mention_window(offsets, span, limit)
+                ids = ids[first:stop]
+            out.append(self._cut(ids, limit, "queries"))
+        return out
 
     def instruction_ids(self, task: str | None) -> list[int]:
         """Token ids of the instruction for `task` (the task's own, else the general one)."""
