@@ -78,3 +78,19 @@ def kilt_folder(source: Path, folder: Path, tasks: list[str]) -> Path:
         for split in ("train", "dev"):
             shutil.copy(source / f"{task}-{split}-kilt.jsonl", folder)
     return folder
+
+
+#: the mini KILT tasks the trainer tests train on
+TRAIN_TASKS = ["nq", "fever", "wow"]
+
+
+@pytest.fixture(scope="module")
+def training_data(mini_kilt, tmp_path_factory):
+    """(PassageStore, {task: [TrainingExample]}) of the mini KILT's TRAIN_TASKS, BM25 negatives."""
+    from kilt.passages import PassageStore, write_passages
+    from multitask_retriever.data import build_training_examples, task_train_files
+
+    path = tmp_path_factory.mktemp("passages") / "passages.jsonl"
+    write_passages(mini_kilt / "knowledge_source.jsonl", path, progress=False)
+    store = PassageStore(path, progress=False)
+    return store, build_training_examples(task_train_files(mini_kilt, TRAIN_TASKS), store, "bm25", progress=False)

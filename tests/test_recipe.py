@@ -6,13 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from kilt.passages import PassageStore, write_passages
-from multitask_retriever.data import MultitaskBatches, build_training_examples, task_train_files, \
-    temperature_batch_sizes
+from conftest import TRAIN_TASKS as TASKS
+from multitask_retriever.data import MultitaskBatches, temperature_batch_sizes
 from multitask_retriever.specialization import make_combiner
 from multitask_retriever.trainer import MultitaskTrainer, TrainConfig
-
-TASKS = ["nq", "fever", "wow"]
 
 
 # --------------------------------------------------------------------------- task mixing
@@ -86,11 +83,8 @@ def test_combiners_write_the_plain_mean_during_the_naive_warm_up(method):
 
 # --------------------------------------------------------------------------- negatives
 @pytest.fixture(scope="module")
-def data(mini_kilt, tmp_path_factory):
-    path = tmp_path_factory.mktemp("passages") / "passages.jsonl"
-    write_passages(mini_kilt / "knowledge_source.jsonl", path, progress=False)
-    store = PassageStore(path, progress=False)
-    return store, build_training_examples(task_train_files(mini_kilt, TASKS), store, "bm25", progress=False)
+def data(training_data):
+    return training_data
 
 
 def test_top_sampling_takes_the_first_positive_and_top_ranked_negatives(data):

@@ -8,25 +8,20 @@ import sys
 import pytest
 import torch
 
-from kilt.passages import PassageStore, write_passages
+from conftest import TRAIN_TASKS as TASKS
 from multitask_retriever.cli import main
-from multitask_retriever.data import (MultitaskBatches, TrainingExample, build_training_examples,
-                                      read_training_examples, task_train_files, write_training_examples)
+from multitask_retriever.data import MultitaskBatches, TrainingExample, read_training_examples, write_training_examples
 from multitask_retriever.encoder import DualEncoder
 from multitask_retriever.losses import ContrastiveLoss
 from multitask_retriever.specialization import COMBINERS, TacoConfig
 from multitask_retriever.trainer import MultitaskTrainer, TrainConfig
 
-TASKS = ["nq", "fever", "wow"]
 METHODS = sorted(COMBINERS) + ["single"]
 
 
 @pytest.fixture(scope="module")
-def data(mini_kilt, tmp_path_factory):
-    path = tmp_path_factory.mktemp("passages") / "passages.jsonl"
-    write_passages(mini_kilt / "knowledge_source.jsonl", path, progress=False)
-    store = PassageStore(path, progress=False)
-    return store, build_training_examples(task_train_files(mini_kilt, TASKS), store, "bm25", progress=False)
+def data(training_data):
+    return training_data
 
 
 def _config(model, out, **changes):
