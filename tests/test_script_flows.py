@@ -141,8 +141,9 @@ def test_rerank_flow(method, script_env, mini_kilt, tiny_bert, tiny_llama, tmp_p
 
 # --------------------------------------------------------------------------- 3. quickstart
 def test_quickstart_with_cheap_systems(script_env, tiny_llama, tmp_path):
-    """The whole quickstart takes ~15 minutes on 2 CPU cores (MiniLM fine-tuned twice, a 60-step
-    cross-encoder); here its cheapest systems, one of them with an LLM reranker (tiny Llama)."""
+    """The whole quickstart takes many minutes on 2 CPU cores (MiniLM fine-tuned twice for 15 steps
+    of ~20 s each, a 60-step cross-encoder); here its cheapest systems, one of them with an LLM
+    reranker (Q-PEFT-A over the tiny Llama)."""
     systems = ["bm25", "zero-shot", "bm25+qpeft-a"]
     out = run_script(script_env, "quickstart.sh", "--systems", ",".join(systems), "--llm", tiny_llama,
                      "--out", tmp_path / "quickstart")
