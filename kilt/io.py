@@ -89,6 +89,19 @@ def refuse_overwriting_inputs(outputs: Iterable[str | Path], inputs: Iterable[st
                                           f"(pass --overwrite to allow it)")
 
 
+def check_writable(outputs: Iterable[str | Path]) -> None:
+    """Raise OSError naming the output before any work when a file could not be written there:
+    its nearest existing ancestor is not a folder, or is a folder this process may not write in."""
+    for output in map(Path, outputs):
+        ancestor = output.absolute().parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise NotADirectoryError(f"{output}: cannot write there ({ancestor} is not a folder)")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise PermissionError(f"{output}: cannot write there ({ancestor} is not writable)")
+
+
 def _umask() -> int:
     """The process umask, read without changing it where /proc allows."""
     try:

@@ -32,10 +32,11 @@ def command(name: str):
 # --------------------------------------------------------------------------- KILT layer
 @command("chunk")
 def _chunk(args) -> None:
-    from kilt.io import refuse_overwriting_inputs
+    from kilt.io import check_writable, refuse_overwriting_inputs
     from kilt.passages import write_passages
 
     refuse_overwriting_inputs([args.out], [args.knowledge_source], args.overwrite)
+    check_writable([args.out])
     n = write_passages(args.knowledge_source, args.out, words=args.words, skip_invalid=args.skip_invalid)
     print(f"wrote {n} passages to {args.out}")
 
@@ -43,7 +44,7 @@ def _chunk(args) -> None:
 @command("bm25")
 def _bm25(args) -> None:
     from kilt.bm25 import BM25Retriever
-    from kilt.io import refuse_overwriting_inputs
+    from kilt.io import check_writable, refuse_overwriting_inputs
     from kilt.passages import PassageStore
     from kilt.predict import predict_file
 
@@ -51,6 +52,7 @@ def _bm25(args) -> None:
     outs = [out_dir / (Path(f).name.removesuffix("-kilt.jsonl").removesuffix(".jsonl") + "-bm25.jsonl")
             for f in args.task_files]
     refuse_overwriting_inputs(outs, [args.passages, *args.task_files], args.overwrite)
+    check_writable(outs)
     retriever = BM25Retriever.build(PassageStore(args.passages))
     for task_file, out in zip(args.task_files, outs):
         n = predict_file(lambda queries, task: retriever.search_pages(queries, k=args.k), task_file, out)
@@ -104,11 +106,12 @@ def _index(args) -> None:
 
 @command("retrieve")
 def _retrieve(args) -> None:
-    from kilt.io import refuse_overwriting_inputs
+    from kilt.io import check_writable, refuse_overwriting_inputs
 
     from .retriever import load_retriever
 
     refuse_overwriting_inputs([args.out], [args.queries, args.passages, args.index, args.encoder], args.overwrite)
+    check_writable([args.out])
     overrides = {name: getattr(args, name) for name in ("nprobe", "hnsw_ef_search", "backend")
                  if getattr(args, name) is not None}
     retriever = load_retriever(args.encoder, args.index, args.passages, device=args.device, force=args.force,
@@ -232,12 +235,13 @@ def _pipeline(args) -> None:
     from .pipeline import Pipeline
     from .rerank import load_reranker
 
-    from kilt.io import refuse_overwriting_inputs
+    from kilt.io import check_writable, refuse_overwriting_inputs
 
     from .rerank.fusion import FUSION_NAME, Fusion
 
     refuse_overwriting_inputs([args.out], [p for p in (args.queries, args.passages, args.index, args.encoder,
                                                         args.reranker) if p], args.overwrite)
+    check_writable([args.out])
     if args.rerank_k < 0 or args.k < 1:
         raise ValueError(f"--k must be >= 1 and --rerank-k >= 0, got {args.k} and {args.rerank_k}")
     reranker = load_reranker(args.reranker).to(resolve_device(args.device)) if args.reranker else None

@@ -66,4 +66,6 @@ else
     echo "== indexing $OUT/shards -> $OUT/index ($TYPE)"
     mtr index --shards "$OUT/shards" --out "$OUT/index" --index-type "$TYPE" "${EXTRA[@]}"
 fi
-echo "done: scripts/retrieve.sh --encoder $ENCODER --build-dir $OUT --out-dir PRED_DIR TASK_FILE..."
+NEXT="--encoder $ENCODER --build-dir $OUT"
+[ "$PASSAGES" = "$OUT/passages.jsonl" ] || NEXT="$NEXT --passages $PASSAGES"   # retrieve.sh's default is DIR's
+echo "done: scripts/retrieve.sh $NEXT --out-dir PRED_DIR TASK_FILE..."

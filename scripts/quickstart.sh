@@ -4,15 +4,16 @@
 # (a cross-encoder from MiniLM, Q-PEFT-A over an LLM); prints one table.
 #
 #   scripts/quickstart.sh [--real | --data DIR] [--llm NAME_OR_PATH] [--systems a,b,...] [--fast] [--fresh]
+#                         [--out DIR]
 #
 # --real adds the same table on a slice of ../shared/realkilt (real KILT queries and pages: 100
 # queries per task and split, their gold pages and 1,000 distractor pages); --data DIR on any KILT
 # folder instead (knowledge_source.jsonl[.gz] + <task>-{train,dev}-kilt.jsonl).
 # --llm (or MTR_LLM) picks the LLM of the Q-PEFT stage (default: the packaged SmolLM2-135M,
-# a 4-bit GGUF). --fast runs only BM25 and zero-shot. Results go to runs/quickstart/.
+# a 4-bit GGUF). --fast runs only BM25 and zero-shot. Results go to runs/quickstart/ (or --out DIR).
 . "$(dirname "$0")/_env.sh"
 
-DATA=""; REAL=0; LLM="${MTR_LLM:-}"; SYSTEMS=""; EXTRA=()
+OUT="runs/quickstart"; DATA=""; REAL=0; LLM="${MTR_LLM:-}"; SYSTEMS=""; EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --data) DATA="$2"; shift 2 ;;
@@ -21,7 +22,8 @@ while [ $# -gt 0 ]; do
         --systems) SYSTEMS="$2"; shift 2 ;;
         --fast) SYSTEMS="bm25,zero-shot"; shift ;;
         --fresh) EXTRA+=(--fresh true); shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        --out) OUT="$2"; shift 2 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "quickstart: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -29,20 +31,20 @@ done
 [ -n "$SYSTEMS" ] && EXTRA+=(--systems "$SYSTEMS")
 
 echo "== bundled miniature KILT (tests/fixtures/mini_kilt, hand-written: a smoke run, not a quality claim) =="
-mtr benchmark-quality tests/fixtures/mini_kilt --out runs/quickstart/mini_kilt.json \
-    --work-dir runs/quickstart/mini_kilt --config scripts/configs/cpu.yaml \
+mtr benchmark-quality tests/fixtures/mini_kilt --out "$OUT/mini_kilt.json" \
+    --work-dir "$OUT/mini_kilt" --config scripts/configs/cpu.yaml \
     --config scripts/configs/quickstart-mini.yaml "${EXTRA[@]}"
 
 if [ "$REAL" = 1 ] && [ -z "$DATA" ]; then
     [ -d ../shared/realkilt ] || { echo "quickstart: --real needs ../shared/realkilt" >&2; exit 2; }
-    DATA=runs/quickstart/realkilt-slice
+    DATA="$OUT/realkilt-slice"
     [ -f "$DATA/knowledge_source.jsonl" ] || mtr kilt-subset ../shared/realkilt \
         ../shared/realkilt/knowledge_source.jsonl "$DATA" --queries 100 --distractors 1000 --seed 0 > /dev/null
 fi
 if [ -n "$DATA" ]; then
     echo
     echo "== real KILT data: $DATA =="
-    mtr benchmark-quality "$DATA" --out runs/quickstart/real.json --work-dir "runs/quickstart/work-$(basename "$DATA")" \
+    mtr benchmark-quality "$DATA" --out "$OUT/real.json" --work-dir "$OUT/work-$(basename "$DATA")" \
         --config scripts/configs/cpu.yaml --config scripts/configs/quickstart-real.yaml "${EXTRA[@]}"
 else
     echo

@@ -1,7 +1,9 @@
 """No `mtr` command writes over one of its own inputs unless --overwrite is given: it stops
-with one line naming the file, exit code 2, and the input is left as it was."""
+with one line naming the file, exit code 2, and the input is left as it was. Outputs that
+cannot be written, a finished training run without --resume and bad settings stop the same way."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -106,3 +108,74 @@ def test_a_missing_model_folder_is_named_in_one_line(command, mini_kilt, tmp_pat
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("model folder not found")
+
+
+@pytest.fixture
+def unwritable(tmp_path):
+    """A folder no file can be written in: read-only, or, where the tests run as root (whom
+    permissions do not stop), a path under a regular file."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    if os.access(folder, os.W_OK):
+        (tmp_path / "file.txt").write_text("")
+        yield tmp_path / "file.txt" / "sub"
+    else:
+        yield folder
+    folder.chmod(0o700)
+
+
+def _one_error_line(command: str, capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith(f"mtr {command}: error: ")
+    return err.strip()
+
+
+def test_chunk_into_an_unwritable_folder_is_one_line_naming_the_output(mini_kilt, unwritable, capsys):
+    out = unwritable / "passages.jsonl"
+    assert main(["chunk", str(mini_kilt / "knowledge_source.jsonl"), str(out)]) == 2
+    assert f"{out}: cannot write there" in _one_error_line("chunk", capsys)
+
+
+def test_bm25_into_an_unwritable_folder_is_one_line_naming_the_output(mini_kilt, unwritable, tmp_path, capsys):
+    passages = tmp_path / "passages.jsonl"
+    assert main(["chunk", str(mini_kilt / "knowledge_source.jsonl"), str(passages)]) == 0
+    capsys.readouterr()
+    assert main(["bm25", str(passages), str(mini_kilt / "nq-dev-kilt.jsonl"), "--out-dir", str(unwritable)]) == 2
+    assert f"{unwritable / 'nq-dev-bm25.jsonl'}: cannot write there" in _one_error_line("bm25", capsys)
+
+
+def test_retrieve_into_an_unwritable_folder_stops_before_loading_anything(mini_kilt, unwritable, capsys):
+    out = unwritable / "pred.jsonl"  # the encoder and index do not exist: the output is checked first
+    assert main(["retrieve", "--encoder", "e", "--index", "i", "--passages", "p",
+                 "--queries", str(mini_kilt / "nq-dev-kilt.jsonl"), "--out", str(out)]) == 2
+    assert f"{out}: cannot write there" in _one_error_line("retrieve", capsys)
+
+
+def test_train_again_in_a_finished_run_without_resume_is_one_line(tiny_bert, mini_kilt, tmp_path, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--model-name-or-path", str(tiny_bert), "--data-dir", str(mini_kilt), "--tasks", "nq",
+            "--method", "single", "--steps", "1", "--per-task-batch-size", "2", "--n-negatives", "1",
+            "--progress", "false", "--output-dir", str(run)]
+    assert main(argv) == 0
+    log = (run / "train_log.jsonl").read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 2
+    error = _one_error_line("train", capsys)
+    assert error.startswith(f"mtr train: error: {run}: holds a training run (final)") and "--resume" in error
+    assert (run / "train_log.jsonl").read_bytes() == log
+    assert main([*argv, "--resume"]) == 0  # with --resume: already trained, nothing to do
+
+
+@pytest.mark.parametrize("name, value", [("rerank_k", -1), ("rerank_k", 0), ("k", 0), ("rerank_queries", -1)])
+def test_experiment_config_refuses_out_of_range_depths(name, value):
+    from multitask_retriever.experiment import ExperimentConfig
+
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        ExperimentConfig(**{name: value})
+
+
+def test_benchmark_quality_refuses_a_negative_rerank_k_in_one_line(mini_kilt, tmp_path, capsys):
+    assert main(["benchmark-quality", str(mini_kilt), "--out", str(tmp_path / "r.json"), "--rerank-k", "-1"]) == 2
+    assert "rerank_k must be at least 1, got -1" in _one_error_line("benchmark-quality", capsys)
+    assert not (tmp_path / "r.json").exists()

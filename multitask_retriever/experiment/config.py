@@ -88,3 +88,10 @@ class ExperimentConfig:
     fusion_per_task: bool = field(default=True, metadata={
         "help": "one fusion weight per task (a task with fewer than 50 validation queries uses the global one)"})
     fresh: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("k", "rerank_k"):  # rerank_k is also the depth rerankers train on
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.rerank_queries < 0:
+            raise ValueError(f"rerank_queries must be >= 0 (0 = all), got {self.rerank_queries}")
