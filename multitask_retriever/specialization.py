@@ -149,16 +149,16 @@ def _stochastic_round_bf16(x: torch.Tensor, generator: torch.Generator) -> torch
     return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)
 
 
-def _weight_stats(w: torch.Tensor) -> tuple[float, float, float]:
-    """Sums over entries of (entropy in nats, Gini coefficient, top weight > 0.5) for task
-    weights ``w`` of shape (K, n), each column summing to one."""
+def _weight_stats(w: torch.Tensor) -> tuple[float, float, float, list[float]]:
+    """Sums over entries of (entropy in nats, Gini coefficient, top weight > 0.5, each task's
+    weight) for task weights ``w`` of shape (K, n), each column summing to one."""
     k = w.shape[0]
     entropy = -(w * torch.log(w.clamp_min(1e-30))).sum(0)
     ranked = torch.sort(w, dim=0).values  # ascending over tasks
     coef = (2 * torch.arange(1, k + 1, dtype=w.dtype, device=w.device) - k - 1).unsqueeze(1)
     gini = (coef * ranked).sum(0) / (k * w.sum(0).clamp_min(1e-30))
     top = (w.max(0).values > 0.5).to(w.dtype)
-    return float(entropy.sum()), float(gini.sum()), float(top.sum())
+    return float(entropy.sum()), float(gini.sum()), float(top.sum()), w.sum(1).tolist()
 
 
 # ----------------------------------------------------------------------------- TACO
@@ -384,26 +384,28 @@ class TaskSpecialization(GradientCombiner):
         return out
 
     def diagnostics(self, named_params: Iterable[tuple[str, nn.Parameter]] | None = None,
-                    depth: int | None = None) -> dict[str, dict[str, float]]:
-        """Per layer: mean entropy (nats) and Gini of the task weights over entries, and the
-        share of entries whose top task weight exceeds 0.5.
+                    depth: int | None = None) -> dict[str, dict[str, Any]]:
+        """Per layer: mean entropy (nats) and Gini of the task weights over entries, the share of
+        entries whose top task weight exceeds 0.5, and each task's mean weight (task order).
 
         Layers are parameter tensors (named by ``named_params``, else ``param{i}``) or, with
         ``depth``, module prefixes of ``depth`` dotted components. Gini is the mean absolute
         difference over task pairs / (2 * mean): 0 for uniform weights, (K-1)/K for one task.
         """
         names = {id(p): n for n, p in named_params} if named_params is not None else {}
-        sums: dict[str, list[float]] = {}
+        sums: dict[str, list] = {}
         for i, (p, w) in enumerate(zip(self.params, self.task_weights())):
             name = names.get(id(p), f"param{i}")
             if depth is not None:
                 name = ".".join(name.split(".")[:depth])
-            ent, gini, top = _weight_stats(w.reshape(self.num_tasks, -1).double())
-            acc = sums.setdefault(name, [0.0, 0.0, 0.0, 0.0])
+            ent, gini, top, per_task = _weight_stats(w.reshape(self.num_tasks, -1).double())
+            acc = sums.setdefault(name, [0.0, 0.0, 0.0, 0.0, [0.0] * self.num_tasks])
             for j, v in enumerate((ent, gini, top, float(p.numel()))):
                 acc[j] += v
-        return {name: {"entropy": e / n, "gini": g / n, "top_share": t / n, "entries": int(n)}
-                for name, (e, g, t, n) in sums.items()}
+            acc[4] = [a + b for a, b in zip(acc[4], per_task)]
+        return {name: {"entropy": e / n, "gini": g / n, "top_share": t / n, "entries": int(n),
+                       "task_weights": [x / n for x in per_task]}
+                for name, (e, g, t, n, per_task) in sums.items()}
 
     def buffer_bytes(self) -> int:
         """Bytes of every tensor the combiner holds between calls (EMAs, copies, indices)."""

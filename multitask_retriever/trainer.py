@@ -166,6 +166,29 @@ class TrainConfig:
         return {t: self.task_batch_sizes.get(t, self.per_task_batch_size) for t in counts}
 
 
+def _specialization(combiner: Any, encoder: nn.Module, tasks: list[str], depth: int) -> dict[str, Any]:
+    """{"tasks": training order, "layers": per-layer task-weight statistics} of a TACO combiner."""
+    named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
+    return {"tasks": tasks, "layers": combiner.diagnostics(named, depth=depth)}
+
+
+def specialization_summary(checkpoint: str | Path, depth: int = 4) -> dict[str, Any]:
+    """TACO's per-layer task-weight statistics at a saved checkpoint of a taco run (its `final/`
+    or a `checkpoint-<step>/` folder), rebuilt from the saved weights and combiner state."""
+    from .encoder import DualEncoder
+    from .specialization import TaskSpecialization
+    from .training_loop import STATE_NAME
+
+    checkpoint = Path(checkpoint)
+    state = torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=False)
+    tasks = list(state["data"]["tasks"])
+    encoder = DualEncoder.from_pretrained(checkpoint / MODEL_DIR)
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    combiner = TaskSpecialization(params, len(tasks), exact=bool(state["combiner"]["exact"]))
+    combiner.load_state_dict(state["combiner"])
+    return _specialization(combiner, encoder, tasks, depth)
+
+
 @dataclass
 class TrainResult:
     """What a run produced: the final DualEncoder folder and the per-step log."""
@@ -291,9 +314,8 @@ class MultitaskTrainer:
         def save(folder: Path) -> dict[str, Any]:
             accelerator.unwrap_model(model).encoder.save_pretrained(folder / MODEL_DIR)
             if hasattr(combiner, "diagnostics"):  # per-layer task-weight statistics (taco)
-                named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
-                (folder / DIAGNOSTICS_NAME).write_text(json.dumps(
-                    combiner.diagnostics(named, depth=cfg.diagnostics_depth), indent=1) + "\n")
+                summary = _specialization(combiner, encoder, tasks, cfg.diagnostics_depth)
+                (folder / DIAGNOSTICS_NAME).write_text(json.dumps(summary, indent=1) + "\n")
             return {"combiner": combiner.state_dict(), "data": batches.state_dict()}
 
         history = loop.run(step, params, save, stop_after=stop_after, warmup_steps=cfg.lr_warmup_steps)

@@ -68,7 +68,9 @@ def test_taco_specialisation_and_the_reports_are_written(study):
     spec = doc["specialization"]
     assert spec["seeds"] == [3, 4]
     assert spec["max_entropy"] == pytest.approx(0.6931, abs=1e-4)
+    assert spec["tasks"] == TASKS
     assert all(0.0 <= layer["entropy"] <= spec["max_entropy"] + 1e-6 for layer in spec["layers"].values())
+    assert all(sum(layer["task_weights"].values()) == pytest.approx(1.0) for layer in spec["layers"].values())
     table = out.with_suffix(".md").read_text()
     assert "| taco vs naive |" not in table and "| taco |" in table and "uniform = 0.693" in table
     assert out.with_name("study-specialization.png").stat().st_size > 1000

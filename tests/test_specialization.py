@@ -330,15 +330,19 @@ def test_diagnostics_on_hand_built_weights():
     ema[0, 8:] = 2.0 * math.log(6.0)  # weights (6, 1, 1) / 8 = (.75, .125, .125)
     spec.load_state_dict({"steps": 5, "exact": True, "ema": ema})
     diag = spec.diagnostics([("enc.a", a), ("enc.b", b), ("head", head)])
-    assert diag["enc.a"] == pytest.approx({"entropy": 0.0, "gini": 2 / 3, "top_share": 1.0, "entries": 4})
-    assert diag["enc.b"] == pytest.approx({"entropy": math.log(3), "gini": 0.0, "top_share": 0.0, "entries": 4})
     w = [0.75, 0.125, 0.125]
     gini = sum(abs(x - y) for x in w for y in w) / (2 * K)
-    assert diag["head"] == pytest.approx({"entropy": -sum(x * math.log(x) for x in w), "gini": gini,
-                                          "top_share": 1.0, "entries": 2})
+    expected = {"enc.a": ({"entropy": 0.0, "gini": 2 / 3, "top_share": 1.0, "entries": 4}, [1.0, 0.0, 0.0]),
+                "enc.b": ({"entropy": math.log(3), "gini": 0.0, "top_share": 0.0, "entries": 4}, [1 / 3] * 3),
+                "head": ({"entropy": -sum(x * math.log(x) for x in w), "gini": gini, "top_share": 1.0,
+                          "entries": 2}, w)}
     grouped = spec.diagnostics([("enc.a", a), ("enc.b", b), ("head", head)], depth=1)
-    assert grouped["enc"] == pytest.approx({"entropy": math.log(3) / 2, "gini": 1 / 3, "top_share": 0.5,
-                                            "entries": 8})
+    expected_grouped = {"enc": ({"entropy": math.log(3) / 2, "gini": 1 / 3, "top_share": 0.5, "entries": 8},
+                                [2 / 3, 1 / 6, 1 / 6])}
+    for got, want in ((diag, expected), (grouped, expected_grouped)):
+        for name, (stats, task_weights) in want.items():
+            assert {k: v for k, v in got[name].items() if k != "task_weights"} == pytest.approx(stats)
+            assert got[name]["task_weights"] == pytest.approx(task_weights)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -14,7 +14,7 @@ from multitask_retriever.data import MultitaskBatches, TrainingExample, read_tra
 from multitask_retriever.encoder import DualEncoder
 from multitask_retriever.losses import ContrastiveLoss
 from multitask_retriever.specialization import COMBINERS, TacoConfig
-from multitask_retriever.trainer import MultitaskTrainer, TrainConfig
+from multitask_retriever.trainer import MultitaskTrainer, TrainConfig, specialization_summary
 
 METHODS = sorted(COMBINERS) + ["single"]
 
@@ -211,5 +211,13 @@ def test_taco_writes_per_layer_specialisation_summaries(tiny_t5, data, tmp_path)
     store, examples = data
     MultitaskTrainer(_config(tiny_t5, tmp_path, method="taco", steps=3), examples=examples, store=store).train()
     summary = json.loads((tmp_path / "final" / "specialization.json").read_text())
-    assert "backbone.encoder.block.0" in summary and "backbone.decoder.block.1" in summary
-    assert set(summary["backbone.encoder.block.0"]) >= {"entropy", "gini", "top_share"}
+    assert summary["tasks"] == TASKS
+    layers = summary["layers"]
+    assert "backbone.encoder.block.0" in layers and "backbone.decoder.block.1" in layers
+    assert set(layers["backbone.encoder.block.0"]) >= {"entropy", "gini", "top_share", "task_weights"}
+    assert sum(layers["backbone.encoder.block.0"]["task_weights"]) == pytest.approx(1.0)
+    rebuilt = specialization_summary(tmp_path / "final", depth=4)  # from the checkpoint on disk
+    assert rebuilt["tasks"] == TASKS and rebuilt["layers"].keys() == layers.keys()
+    for name, stats in layers.items():
+        assert rebuilt["layers"][name]["entropy"] == pytest.approx(stats["entropy"])
+        assert rebuilt["layers"][name]["task_weights"] == pytest.approx(stats["task_weights"])

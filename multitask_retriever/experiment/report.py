@@ -95,9 +95,11 @@ def seed_study_table(doc: dict[str, Any]) -> str:
     if spec:
         lines += ["", f"TACO's task weights at the end of training, mean over seeds {spec['seeds']} "
                       f"(entropy in nats; uniform = {spec['max_entropy']:.3f}):", "",
-                  "| layer | entropy | Gini | share of entries with a task weight > 0.5 |", "|---|---|---|---|"]
+                  "| layer | entropy | Gini | share of entries with a task weight > 0.5 | mean weight per task |",
+                  "|---|---|---|---|---|"]
         for name, v in spec["layers"].items():
-            lines.append(f"| {name} | {v['entropy']:.4f} | {v['gini']:.4f} | {v['top_share']:.4f} |")
+            weights = ", ".join(f"{t} {w:.3f}" for t, w in sorted(v["task_weights"].items(), key=lambda x: -x[1]))
+            lines.append(f"| {name} | {v['entropy']:.4f} | {v['gini']:.4f} | {v['top_share']:.4f} | {weights} |")
     return "\n".join(lines)
 
 
@@ -110,13 +112,20 @@ def specialization_chart(doc: dict[str, Any], path: str | Path) -> None:
 
     spec = doc["specialization"]
     names = list(spec["layers"])
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.35 * len(names) + 2), 6), sharex=True)
+    fig, (top, middle, bottom) = plt.subplots(3, 1, figsize=(max(6, 0.35 * len(names) + 2), 8), sharex=True)
     top.plot(range(len(names)), [spec["layers"][n]["entropy"] for n in names], marker="o", label="TACO")
     top.axhline(spec["max_entropy"], color="grey", linestyle="--", label="uniform")
     top.set_ylabel("task-weight entropy (nats)")
     top.legend(fontsize=8)
-    bottom.bar(range(len(names)), [spec["layers"][n]["gini"] for n in names])
-    bottom.set_ylabel("Gini of task weights")
+    middle.bar(range(len(names)), [spec["layers"][n]["gini"] for n in names])
+    middle.set_ylabel("Gini of task weights")
+    base = [0.0] * len(names)
+    for task in spec["tasks"]:
+        shares = [spec["layers"][n]["task_weights"][task] for n in names]
+        bottom.bar(range(len(names)), shares, bottom=base, label=task)
+        base = [b + x for b, x in zip(base, shares)]
+    bottom.set_ylabel("mean task weight")
+    bottom.legend(fontsize=6, ncol=len(spec["tasks"]), loc="upper center")
     bottom.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
     fig.suptitle("TACO specialisation per layer at the end of training")
     fig.tight_layout()

@@ -4,7 +4,6 @@ specialisation at the end of training. ``single`` stands for the single-<task> m
 scored on its own task."""
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -14,7 +13,8 @@ from typing import Any, Sequence
 
 from kilt.stats import compare
 
-from ..trainer import DIAGNOSTICS_NAME
+from ..trainer import specialization_summary
+from ..training_loop import FINAL_NAME
 from .config import ExperimentConfig
 from .evaluation import SystemResult
 from .report import machine_info
@@ -36,10 +36,10 @@ def _spread(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _specialization(work: Path) -> dict[str, dict[str, float]] | None:
-    """TACO's per-layer weight statistics saved with its final checkpoint, if it was trained."""
-    path = work / "train" / "taco" / "run" / "final" / DIAGNOSTICS_NAME
-    return json.loads(path.read_text()) if path.is_file() else None
+def _specialization(work: Path) -> dict[str, Any] | None:
+    """TACO's per-layer task-weight statistics at the end of its training, if it was trained."""
+    final = work / "train" / "taco" / "run" / FINAL_NAME
+    return specialization_summary(final) if final.is_dir() else None
 
 
 class SeedStudy:
@@ -56,7 +56,7 @@ class SeedStudy:
     def run(self) -> dict[str, Any]:
         start = time.perf_counter()
         results: dict[int, dict[str, SystemResult]] = {}
-        layers: dict[int, dict[str, dict[str, float]]] = {}
+        layers: dict[int, dict[str, Any]] = {}
         tasks: list[str] = []
         data: dict[str, Any] = {}
         for seed in self.seeds:
@@ -71,7 +71,7 @@ class SeedStudy:
         return {"machine": machine_info(), "data": data, "config": asdict(self.config), "seeds": self.seeds,
                 "systems": {name: self._system(name, results, tasks) for name in systems},
                 "significance": self._tests(systems, results, tasks),
-                "specialization": self._layers(layers, len(tasks)),
+                "specialization": self._layers(layers),
                 "seconds": round(time.perf_counter() - start, 1)}
 
     def _system(self, name: str, results: dict[int, dict[str, SystemResult]], tasks: list[str]) -> dict[str, Any]:
@@ -106,13 +106,18 @@ class SeedStudy:
                          **asdict(compare(pooled_a, pooled_b, seed=self.config.seed))})
         return rows
 
-    def _layers(self, layers: dict[int, dict[str, dict[str, float]]], num_tasks: int) -> dict[str, Any] | None:
-        """TACO's per-layer weight entropy, Gini and top-task share, averaged over seeds."""
-        if not layers:
+    def _layers(self, summaries: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+        """TACO's per-layer weight entropy, Gini, top-task share and mean task weights, averaged over seeds."""
+        if not summaries:
             return None
-        names = list(next(iter(layers.values())))
-        mean = {n: {k: statistics.fmean(layers[s][n][k] for s in layers) for k in ("entropy", "gini", "top_share")}
-                for n in names}
-        for n in names:
-            mean[n]["entries"] = next(iter(layers.values()))[n]["entries"]
-        return {"seeds": sorted(layers), "max_entropy": math.log(num_tasks), "layers": mean}
+        first = next(iter(summaries.values()))
+        layers = {}
+        for name, stats in first["layers"].items():
+            per_seed = [summaries[s]["layers"][name] for s in summaries]
+            layers[name] = {k: statistics.fmean(x[k] for x in per_seed) for k in ("entropy", "gini", "top_share")}
+            layers[name]["entries"] = stats["entries"]
+            layers[name]["task_weights"] = dict(zip(first["tasks"], (statistics.fmean(x["task_weights"][i]
+                                                                                      for x in per_seed)
+                                                                    for i in range(len(first["tasks"])))))
+        return {"seeds": sorted(summaries), "tasks": first["tasks"], "max_entropy": math.log(len(first["tasks"])),
+                "layers": layers}
