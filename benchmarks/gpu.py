@@ -13,6 +13,7 @@ the command and its figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -63,13 +64,17 @@ def training(args: argparse.Namespace, device: str, out: Path) -> dict:
             trainer = MultitaskTrainer(config, examples=examples, store=store)
             trainer.encoder()  # loaded before the clock starts
             starts = _step_starts(trainer)
-            result = trainer.train()
+            with _host_time() as host:
+                result = trainer.train()
             if device == "cuda":
                 torch.cuda.synchronize()
             steady = starts[1:] if len(starts) > 2 else starts  # without the first step's warm-up
             per_s = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 1 else None
+            host_per_step = sum(host[1:len(steady)]) / (len(steady) - 1) if len(steady) > 1 else None
             rows.append({"method": method, "steps": result.step, "seconds": round(result.seconds, 3),
-                         "steps_per_s": per_s, "first_loss": result.losses[0], "last_loss": result.losses[-1]})
+                         "steps_per_s": per_s, "host_seconds_per_step": host_per_step,
+                         "host_share": host_per_step * per_s if per_s and host_per_step is not None else None,
+                         "first_loss": result.losses[0], "last_loss": result.losses[-1]})
             print(json.dumps(rows[-1]), flush=True)
     by_method = {r["method"]: r for r in rows}
     ratio = None
@@ -82,10 +87,40 @@ def training(args: argparse.Namespace, device: str, out: Path) -> dict:
                      "mixed_precision": config.mixed_precision,
                      "note": "steps_per_s: from the start of step 2 to the start of the last step (each step "
                              "waits for its losses), so neither the first step's warm-up nor the final save "
-                             "counts; seconds: the whole train() call"},
+                             "counts; seconds: the whole train() call; host_seconds_per_step: building the "
+                             "step's task batches and tokenising them (MultitaskBatches.batch, "
+                             "TaskBatch.tokenize), host_share its share of the step time"},
            "results": rows, "taco_time_vs_naive": ratio}
     write_result(out, doc)
     return doc
+
+
+@contextlib.contextmanager
+def _host_time():
+    """Seconds per training step spent building and tokenising task batches (a list, one entry
+    per step, filled while the block runs): the host-side work a GPU would wait for."""
+    from multitask_retriever.data import MultitaskBatches, TaskBatch
+
+    per_step: list[float] = []
+    saved = MultitaskBatches.batch, TaskBatch.tokenize
+
+    def timed(fn, new_step: bool):
+        def wrapper(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(self, *args, **kwargs)
+            finally:
+                step = args[1] if new_step and len(args) > 1 else None
+                if step is not None and step >= len(per_step):
+                    per_step.extend([0.0] * (step + 1 - len(per_step)))
+                per_step[-1] += time.perf_counter() - start
+        return wrapper
+
+    MultitaskBatches.batch, TaskBatch.tokenize = timed(saved[0], True), timed(saved[1], False)
+    try:
+        yield per_step
+    finally:
+        MultitaskBatches.batch, TaskBatch.tokenize = saved
 
 
 def _step_starts(trainer) -> list[float]:
