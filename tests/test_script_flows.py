@@ -88,29 +88,34 @@ def fake_download(env, mini_kilt: Path, data: Path, tasks: list[str]) -> None:
 def test_full_kilt_flow_train_build_index_retrieve(script_env, mini_kilt, tiny_t5, tmp_path):
     data, run, build, pred = tmp_path / "data" / "kilt", tmp_path / "run", tmp_path / "build", tmp_path / "pred"
     fake_download(script_env, mini_kilt, data, ["nq", "fever"])
-    # the recipe of train-kilt-taco.yaml, sized down: tiny T5, 2 tasks, 2 steps, 2 queries per task
+    # the recipe of train-kilt-taco.yaml, sized down: tiny T5, 2 tasks, 2 steps, 2 queries per task,
+    # one self-mined negative round after the BM25 one
     config = yaml.safe_load((SCRIPTS / "configs" / "train-kilt-taco.yaml").read_text())
     config.update(model_name_or_path=str(tiny_t5), data_dir=str(data), passages=str(data / "passages.jsonl"),
                   tasks=["nq", "fever"], task_query_max_lengths={"nq": 16, "fever": 24}, query_max_length=32,
-                  passage_max_length=64, per_task_batch_size=2, n_negatives=1, steps=2, lr=1e-4,
+                  passage_max_length=64, per_task_batch_size=2, n_negatives=1, steps=2, lr=1e-4, negative_rounds=1,
                   mixed_precision="no", save_every=0, progress=False, output_dir=str(tmp_path / "unused"))
     config_file = tmp_path / "train.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
 
     out = run_script(script_env, "train.sh", "--config", config_file, "--output-dir", run)
     assert "wrote 94 passages" in out and (data / "passages.jsonl").is_file()  # chunked from KILT's file first
-    assert f"trained taco for 2 steps; model: {run / 'final' / 'model'}" in out
-    assert len((run / "train_log.jsonl").read_text().splitlines()) == 2 and not (tmp_path / "unused").exists()
+    model = run / "round-1" / "final" / "model"
+    assert f"trained taco for 2 steps in each of 2 rounds; model: {model}" in out
+    assert (run / "round-1" / "negatives.jsonl").is_file()  # mined by round 0's model
+    assert len((run / "round-1" / "train_log.jsonl").read_text().splitlines()) == 2
+    assert not (tmp_path / "unused").exists()
     from multitask_retriever.encoder import DualEncoder
 
-    assert DualEncoder.from_pretrained(run / "final" / "model").config.pooling == "first_decoder"
+    loaded = DualEncoder.from_pretrained(model)
+    assert loaded.config.pooling == "first_decoder" and loaded.format_query("q", "nq") == "NQ <extra_id_1> q"
 
-    out = run_script(script_env, "build_index.sh", "--encoder", run / "final" / "model", "--out", build,
+    out = run_script(script_env, "build_index.sh", "--encoder", model, "--out", build,
                      "--passages", data / "passages.jsonl", "--batch-size", "32")
     assert json.loads((build / "index" / "index_meta.json").read_text())
     assert len(list((build / "shards").iterdir())) >= 1
     next_step = out.strip().splitlines()[-1]
-    assert next_step == (f"done: scripts/retrieve.sh --encoder {run / 'final' / 'model'} --build-dir {build} "
+    assert next_step == (f"done: scripts/retrieve.sh --encoder {model} --build-dir {build} "
                          f"--passages {data / 'passages.jsonl'} --out-dir PRED_DIR TASK_FILE...")
 
     # the next step as build_index.sh printed it
