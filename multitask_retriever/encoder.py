@@ -28,7 +28,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BatchEncoding, Pr
 from transformers.utils import cached_file
 
 from kilt.io import atomic_directory
-from kilt.tasks import TASKS, mention_span
+from kilt.tasks import TASKS, mention_span, mention_window
 
 from .devices import check_dtype_name, resolve_dtype
 
@@ -571,27 +571,19 @@ def _keep_mention(text: str, start: int, offsets: list[tuple[int, int]], words: 
     if budget <= 0:
         return None
     lo, hi = start + mention[0], start + mention[1]
+    first, stop = mention_window([offsets[j] for j in in_text], (lo, hi), budget)  # positions in in_text
     inside = [k for k, j in enumerate(in_text) if offsets[j][1] > lo and offsets[j][0] < hi]
-    first, stop = inside[0], inside[-1] + 1  # the mention's tokens, as positions in in_text
 
     def same_word(k: int) -> bool:
         """Whether token k continues the word of token k - 1 (so no cut may fall before it)."""
         return 0 < k < len(in_text) and words[in_text[k]] == words[in_text[k - 1]]
 
-    if stop - first >= budget:
-        stop = first + budget
-        while stop > first + 1 and same_word(stop):
-            stop -= 1
-    else:
-        rest, before, after = budget - (stop - first), first, len(in_text) - stop
-        left = min(before, max(rest // 2, rest - after))
-        right = min(after, rest - left)
-        mention_first, mention_stop = first, stop
-        first, stop = first - left, stop + right
-        while first < mention_first and same_word(first):
-            first += 1
-        while stop > mention_stop and same_word(stop):
-            stop -= 1
+    # move the cuts inwards to word boundaries, never into the mention (unless it alone is too long)
+    floor = inside[-1] + 1 if stop > inside[-1] else first + 1
+    while first < inside[0] and same_word(first):
+        first += 1
+    while stop > floor and same_word(stop):
+        stop -= 1
     return text[max(offsets[in_text[first]][0], start) - start : min(offsets[in_text[stop - 1]][1], end) - start]
 
 
