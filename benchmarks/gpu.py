@@ -70,7 +70,8 @@ def training(args: argparse.Namespace, device: str, out: Path) -> dict:
                 torch.cuda.synchronize()
             steady = starts[1:] if len(starts) > 2 else starts  # without the first step's warm-up
             per_s = (len(steady) - 1) / (steady[-1] - steady[0]) if len(steady) > 1 else None
-            host_per_step = sum(host[1:len(steady)]) / (len(steady) - 1) if len(steady) > 1 else None
+            host_per_step = (sum(d for t, d in host if steady[0] <= t < steady[-1]) / (len(steady) - 1)
+                             if len(steady) > 1 else None)  # over the same steps as steps_per_s
             rows.append({"method": method, "steps": result.step, "seconds": round(result.seconds, 3),
                          "steps_per_s": per_s, "host_seconds_per_step": host_per_step,
                          "host_share": host_per_step * per_s if per_s and host_per_step is not None else None,
@@ -97,28 +98,25 @@ def training(args: argparse.Namespace, device: str, out: Path) -> dict:
 
 @contextlib.contextmanager
 def _host_time():
-    """Seconds per training step spent building and tokenising task batches (a list, one entry
-    per step, filled while the block runs): the host-side work a GPU would wait for."""
+    """(start time, seconds) of every task-batch build and tokenisation while the block runs: the
+    host-side work of a training step that a GPU would wait for."""
     from multitask_retriever.data import MultitaskBatches, TaskBatch
 
-    per_step: list[float] = []
+    calls: list[tuple[float, float]] = []
     saved = MultitaskBatches.batch, TaskBatch.tokenize
 
-    def timed(fn, new_step: bool):
-        def wrapper(self, *args, **kwargs):
+    def timed(fn):
+        def wrapper(*args, **kwargs):
             start = time.perf_counter()
             try:
-                return fn(self, *args, **kwargs)
+                return fn(*args, **kwargs)
             finally:
-                step = args[1] if new_step and len(args) > 1 else None
-                if step is not None and step >= len(per_step):
-                    per_step.extend([0.0] * (step + 1 - len(per_step)))
-                per_step[-1] += time.perf_counter() - start
+                calls.append((start, time.perf_counter() - start))
         return wrapper
 
-    MultitaskBatches.batch, TaskBatch.tokenize = timed(saved[0], True), timed(saved[1], False)
+    MultitaskBatches.batch, TaskBatch.tokenize = timed(saved[0]), timed(saved[1])
     try:
-        yield per_step
+        yield calls
     finally:
         MultitaskBatches.batch, TaskBatch.tokenize = saved
 

@@ -41,5 +41,6 @@ def test_the_gpu_benchmark_runs_every_part_on_cpu(tmp_path, mini_kilt, tiny_bert
     training = docs["training-cpu.json"]["results"]
     assert [(r["method"], r["steps"]) for r in training] == [("naive", 2), ("taco", 2)]
     assert all(r["steps_per_s"] > 0 for r in training)
+    assert all(0 < r["host_share"] < 1 and r["host_seconds_per_step"] > 0 for r in training)
     rerank = docs["rerank-cpu.json"]["results"]
     assert [(r["method"], r["passages"]) for r in rerank] == [("zero-shot", 6), ("cross-encoder", 6)]

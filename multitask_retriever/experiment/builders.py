@@ -18,7 +18,8 @@ from ..rerank.base import default_passage_text
 from ..rerank.fusion import Fusion
 from ..rerank.losses import make_loss
 from ..rerank.train import RerankTrainConfig
-from ..trainer import TrainConfig
+from ..trainer import MODEL_DIR, TrainConfig
+from ..training_loop import FINAL_NAME
 from .cache import StageCache, file_key, read_key, stage_key
 from .config import ExperimentConfig
 from .systems import cross_encoder_schedule, schedule_name
@@ -207,14 +208,18 @@ class SystemBuilder:
         examples = self._training_examples()
         folder = self.work / "train" / name
         train = train_config(self.config, method, tasks, start, str(self.data_dir), str(self.passages().path),
-                             str(examples), str(folder / "run"), self.progress)
+                             str(examples), str(self.training_run(name)), self.progress)
         key = train_stage_key(read_key(examples.parent / "stage.json"), train)
         with self.cache.stage(f"train {name}"):
             if not self.cache.cached(folder, key):
                 result = MultitaskTrainer(train).train(resume=True)
                 log.info("trained %s for %d steps in %.0f s", name, result.step, result.seconds)
                 self.cache.finish(folder, key)
-        return str(folder / "run" / "final" / "model"), key
+        return str(self.training_run(name) / FINAL_NAME / MODEL_DIR), key
+
+    def training_run(self, name: str) -> Path:
+        """The trainer's output folder of fine-tuned system `name` (checkpoints, final/, log)."""
+        return self.work / "train" / name / "run"
 
     def _dense(self, name: str):
         """Encode the passages with system `name`'s encoder, build a flat index, and search it."""

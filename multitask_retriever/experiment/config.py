@@ -6,6 +6,7 @@ GPU; scripts/configs/cpu.yaml holds the budgets of the committed CPU runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..rerank.losses import distill_losses
 from ..rerank.train import RerankTrainConfig
@@ -88,6 +89,11 @@ class ExperimentConfig:
     fusion_per_task: bool = field(default=True, metadata={
         "help": "one fusion weight per task (a task with fewer than 50 validation queries uses the global one)"})
     fresh: bool = False
+
+    @property
+    def work_path(self) -> Path:
+        """The stage cache folder: `work_dir`, else runs/<data folder name>."""
+        return Path(self.work_dir or Path("runs") / Path(self.data_dir).resolve().name)
 
     def __post_init__(self) -> None:
         for name in ("k", "rerank_k"):  # rerank_k is also the depth rerankers train on

@@ -35,7 +35,7 @@ class Experiment:
             self._parse_system(name)
             if split_fusion(name)[1] == "fused" and not config.fusion_validation:
                 raise ValueError(f"{name} needs fusion_validation > 0: training queries held out to fit on")
-        work = Path(config.work_dir or Path("runs") / self.data_dir.resolve().name)
+        work = config.work_path
         work.mkdir(parents=True, exist_ok=True)
         self.cache = StageCache(work, fresh=config.fresh)
         self.build = SystemBuilder(config, self.knowledge_source, self.task_files, self.cache, progress)

@@ -8,7 +8,6 @@ import math
 import statistics
 import time
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import Any, Sequence
 
 from kilt.stats import compare
@@ -36,9 +35,9 @@ def _spread(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _specialization(work: Path) -> dict[str, Any] | None:
+def _specialization(experiment: Experiment) -> dict[str, Any] | None:
     """TACO's per-layer task-weight statistics at the end of its training, if it was trained."""
-    final = work / "train" / "taco" / "run" / FINAL_NAME
+    final = experiment.build.training_run("taco") / FINAL_NAME
     return specialization_summary(final) if final.is_dir() else None
 
 
@@ -51,7 +50,7 @@ class SeedStudy:
         self.config = config
         self.seeds = list(seeds)
         self.progress = progress
-        self.work = Path(config.work_dir or Path("runs") / Path(config.data_dir).resolve().name)
+        self.work = config.work_path
 
     def run(self) -> dict[str, Any]:
         start = time.perf_counter()
@@ -65,7 +64,7 @@ class SeedStudy:
             doc = experiment.run()
             tasks, data = doc["data"]["tasks"], doc["data"]
             results[seed] = _combined(experiment.results, tasks)
-            if (stats := _specialization(work)) is not None:
+            if (stats := _specialization(experiment)) is not None:
                 layers[seed] = stats
         systems = list(results[self.seeds[0]])
         return {"machine": machine_info(), "data": data, "config": asdict(self.config), "seeds": self.seeds,
