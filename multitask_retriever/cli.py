@@ -255,11 +255,18 @@ def _pipeline(args) -> None:
 # --------------------------------------------------------------------------- benchmark
 @command("benchmark-quality")
 def _benchmark_quality(args) -> None:
+    from kilt.io import refuse_overwriting_inputs
+
     from .config import config_from_args, load_config_file
     from .experiment import Experiment, ExperimentConfig, SeedStudy, markdown_table, seed_study_table, write_report
+    from .experiment.report import report_files
 
     cfg = config_from_args(ExperimentConfig, args, [load_config_file(path) for path in args.config],
                            data_dir=args.data_dir)
+    data_files = list(Path(args.data_dir).iterdir()) if Path(args.data_dir).is_dir() else []
+    refuse_overwriting_inputs(report_files(args.out), [*args.config, *data_files,
+                                                       *([cfg.knowledge_source] if cfg.knowledge_source else [])],
+                              args.overwrite)
     if cfg.seeds:
         doc = SeedStudy(cfg, cfg.seeds, progress=not args.quiet).run()
         paths = write_report(doc, args.out)
@@ -428,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML/JSON with ExperimentConfig fields; repeatable, later files and flags override "
                         "earlier (the committed CPU runs: scripts/configs/cpu.yaml, then the run's file)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    overwrite_argument(p)
     add_config_arguments(p, ExperimentConfig, skip={"data_dir"})
     return parser
 

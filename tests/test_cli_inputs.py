@@ -179,3 +179,13 @@ def test_benchmark_quality_refuses_a_negative_rerank_k_in_one_line(mini_kilt, tm
     assert main(["benchmark-quality", str(mini_kilt), "--out", str(tmp_path / "r.json"), "--rerank-k", "-1"]) == 2
     assert "rerank_k must be at least 1, got -1" in _one_error_line("benchmark-quality", capsys)
     assert not (tmp_path / "r.json").exists()
+
+
+def test_benchmark_quality_refuses_a_report_over_its_data_or_config(kilt_copy, tmp_path, capsys):
+    gold = kilt_copy / "nq-dev-kilt.jsonl"
+    _refused(["benchmark-quality", str(kilt_copy), "--out", str(gold), "--quiet"], gold, capsys)
+    config = tmp_path / "run.json"
+    config.write_text('{"systems": ["bm25"]}')
+    _refused(["benchmark-quality", str(kilt_copy), "--config", str(config), "--out", str(config), "--quiet"],
+             config, capsys)
+    assert config.read_text() == '{"systems": ["bm25"]}'

@@ -134,20 +134,24 @@ def specialization_chart(doc: dict[str, Any], path: str | Path) -> None:
     plt.close(fig)
 
 
+def report_files(out: str | Path) -> list[Path]:
+    """Every file `write_report` may write for result FILE.json: the JSON, FILE.md, FILE.png and
+    (a seed study's) FILE-specialization.png."""
+    out = Path(out)
+    return [out, out.with_suffix(".md"), out.with_suffix(".png"), out.with_name(out.stem + "-specialization.png")]
+
+
 def write_report(doc: dict[str, Any], out: str | Path) -> tuple[Path, ...]:
     """FILE.json, FILE.md and FILE.png side by side (a seed study adds FILE-specialization.png)."""
-    out = Path(out)
+    out, md, png, spec_png = report_files(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as f:
         json.dump(doc, f, indent=1)
     study = "seeds" in doc
-    md = out.with_suffix(".md")
     with atomic_write(md) as f:
         f.write((seed_study_table(doc) if study else markdown_table(doc)) + "\n")
-    png = out.with_suffix(".png")
     bar_chart(doc, png)
     if not (study and doc.get("specialization")):
         return out, md, png
-    spec_png = out.with_name(out.stem + "-specialization.png")
     specialization_chart(doc, spec_png)
     return out, md, png, spec_png
