@@ -91,3 +91,25 @@ def test_a_fused_system_needs_held_out_queries(small_kilt, tiny_bert, tmp_path):
 def test_a_bad_fusion_name_is_refused_before_any_work(small_kilt, tiny_bert, tmp_path):
     with pytest.raises(ValueError, match="a reranked system takes @fused or @rrf"):
         Experiment(_config(small_kilt, tmp_path, tiny_bert, systems=["bm25@fused"]), progress=False)
+
+
+def test_fusion_min_validation_holds_out_more_of_a_small_task(small_kilt, tiny_bert, tmp_path):
+    def held(**overrides) -> dict[str, int]:
+        build = Experiment(_config(small_kilt, tmp_path, tiny_bert, fusion_validation=0.1, **overrides),
+                           progress=False).build
+        return {t: len(build.validation_queries(t)) for t in TASKS}
+
+    sizes = {t: len(read_task_file(small_kilt / f"{t}-train-kilt.jsonl")) for t in TASKS}
+    assert held() == {t: round(0.1 * n) for t, n in sizes.items()}
+    assert held(fusion_min_validation=3) == {t: max(round(0.1 * n), min(3, n // 2)) for t, n in sizes.items()}
+
+
+def test_fusion_min_validation_is_part_of_the_rerankers_stage_key(small_kilt, tiny_bert, tmp_path):
+    def key(**overrides) -> dict:
+        return Experiment(_config(small_kilt, tmp_path, tiny_bert, **overrides), progress=False).build._holdout_key()
+
+    assert "fusion_min_validation" not in key()
+    assert key(fusion_min_validation=3)["fusion_min_validation"] == 3
+    assert "fusion_min_validation" not in key(fusion_validation=0.0, fusion_min_validation=3, systems=["bm25"])
+    with pytest.raises(ValueError, match="fusion_min_validation must be >= 0"):
+        _config(small_kilt, tmp_path, tiny_bert, fusion_min_validation=-1)

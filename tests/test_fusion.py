@@ -189,6 +189,18 @@ def test_examples_sharing_an_id_stay_together_and_qid_is_the_id_of_rerank_exampl
     assert {e.qid for e in train}.isdisjoint(e.qid for e in validation)
 
 
+def test_a_minimum_raises_a_small_task_s_validation_part_up_to_half_of_it():
+    assert len(split_validation(_examples(127), 0.1, minimum=50)[1]) == 50  # 13 without it
+    assert len(split_validation(_examples(1000), 0.1, minimum=50)[1]) == 100  # the fraction is larger
+    assert len(split_validation(_examples(60), 0.1, minimum=50)[1]) == 30  # never more than half
+    assert split_validation(_examples(60), 0.0, minimum=50) == (_examples(60), [])  # no hold-out asked for
+    _, small = split_validation(_examples(127), 0.1, seed=3)
+    _, raised = split_validation(_examples(127), 0.1, seed=3, minimum=50)
+    assert {e.id for e in small} < {e.id for e in raised}  # the same hash order, only longer
+    with pytest.raises(ValueError, match="validation minimum must be >= 0"):
+        split_validation(_examples(5), 0.1, minimum=-1)
+
+
 def test_split_fraction_ends_and_bad_fractions():
     examples = _examples(5)
     assert split_validation(examples, 0.0) == (examples, [])

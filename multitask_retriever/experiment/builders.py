@@ -387,8 +387,8 @@ class SystemBuilder:
             queries = read_task_file(self.task_files[task]["train"])
             if self.config.max_train_queries:
                 queries = queries[: self.config.max_train_queries]
-            self._splits[task] = (split_validation(queries, self.config.fusion_validation, seed=self.config.seed)
-                                  if self.config.fusion_validation else (queries, []))
+            self._splits[task] = split_validation(queries, self.config.fusion_validation, seed=self.config.seed,
+                                                  minimum=self.config.fusion_min_validation)
         return self._splits[task]
 
     def train_queries(self, task: str) -> list:
@@ -403,6 +403,8 @@ class SystemBuilder:
         """What the hold-out and epoch sizing add to a reranker's stage key (nothing when unused)."""
         c = self.config
         return {**({"fusion_validation": c.fusion_validation} if c.fusion_validation else {}),
+                **({"fusion_min_validation": c.fusion_min_validation}
+                   if c.fusion_validation and c.fusion_min_validation else {}),
                 **({"epochs": c.reranker_epochs} if c.reranker_epochs else {})}
 
     def _epoch_steps(self) -> int:

@@ -86,6 +86,9 @@ class ExperimentConfig:
     fusion_validation: float = field(default=0.1, metadata={
         "help": "share of each task's training queries held out from reranker training, on which the weights "
                 "of <system>@fused are fitted (0: none held out, and no @fused system)"})
+    fusion_min_validation: int = field(default=0, metadata={
+        "help": "hold out at least this many of each task's training queries (never more than half of them), "
+                "so that a small task has enough to fit its own weight on (50: the per-task minimum)"})
     fusion_per_task: bool = field(default=True, metadata={
         "help": "one fusion weight per task (a task with fewer than 50 validation queries uses the global one)"})
     fresh: bool = False
@@ -99,5 +102,7 @@ class ExperimentConfig:
         for name in ("k", "rerank_k"):  # rerank_k is also the depth rerankers train on
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.fusion_min_validation < 0:
+            raise ValueError(f"fusion_min_validation must be >= 0, got {self.fusion_min_validation}")
         if self.rerank_queries < 0:
             raise ValueError(f"rerank_queries must be >= 0 (0 = all), got {self.rerank_queries}")

@@ -246,22 +246,26 @@ def _example_id(example: Any) -> str:
 
 
 def split_validation(examples: Sequence[T], fraction: float, seed: int = 0,
-                     key: Callable[[T], str] = _example_id) -> tuple[list[T], list[T]]:
+                     key: Callable[[T], str] = _example_id, minimum: int = 0) -> tuple[list[T], list[T]]:
     """(train, validation) parts of training `examples`, each in input order.
 
-    The validation part holds round(fraction * distinct ids) ids: those whose hash of
-    (seed, id) is smallest, so the split depends only on the ids and the seed, never on
-    the input order; examples sharing an id stay together. `key` gives an example's id
-    (default: `qid`, else `id`, as RerankExample and KiltExample have).
+    The validation part holds round(fraction * distinct ids) ids, raised to `minimum` but
+    never above half of them (so a small task still gets enough to fit its own weight on):
+    those whose hash of (seed, id) is smallest, so the split depends only on the ids and the
+    seed, never on the input order; examples sharing an id stay together. `key` gives an
+    example's id (default: `qid`, else `id`, as RerankExample and KiltExample have).
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"the validation fraction must be in [0, 1], got {fraction}")
+    if minimum < 0:
+        raise ValueError(f"the validation minimum must be >= 0, got {minimum}")
     ids = list(dict.fromkeys(key(e) for e in examples))
 
     def digest(qid: str) -> bytes:
         return hashlib.sha256(f"{seed}\0{qid}".encode()).digest()
 
-    held = set(sorted(ids, key=digest)[: round(fraction * len(ids))])
+    size = max(round(fraction * len(ids)), min(minimum, len(ids) // 2)) if fraction else 0
+    held = set(sorted(ids, key=digest)[:size])
     train = [e for e in examples if key(e) not in held]
     validation = [e for e in examples if key(e) in held]
     return train, validation
