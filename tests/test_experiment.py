@@ -141,8 +141,17 @@ def test_the_fine_tuned_systems_really_trained(doc):
 def test_significance_pairs_taco_with_naive_and_each_reranker_with_its_retriever(doc):
     pairs = {(row["a"], row["b"], row["task"]) for row in doc["significance"]}
     for a, b in (("taco", "naive"), ("taco+cross-encoder", "taco"), ("taco+qpeft-a", "taco")):
-        assert {(a, b, t) for t in TASKS + ["all"]} <= pairs
+        assert {(a, b, t) for t in TASKS + ["all", "macro"]} <= pairs
     for row in doc["significance"]:
         assert 0.0 < row["p_randomization"] <= 1.0 and 0.0 <= row["p_ttest"] <= 1.0
         if "+" in row["a"]:  # reranked systems ran 3 dev queries per task
-            assert row["n"] == (3 * len(TASKS) if row["task"] == "all" else 3)
+            assert row["n"] == (3 * len(TASKS) if row["task"] in ("all", "macro") else 3)
+
+
+def test_the_macro_test_compares_the_mean_over_tasks_of_the_shared_queries(doc):
+    rows = {(row["a"], row["b"], row["task"]): row for row in doc["significance"]}
+    for (a, b, task), row in rows.items():
+        if task == "macro":
+            assert row["diff"] == pytest.approx(sum(rows[(a, b, t)]["diff"] for t in TASKS) / len(TASKS))
+    taco, naive = doc["systems"]["taco"]["avg"]["Rprec"], doc["systems"]["naive"]["avg"]["Rprec"]
+    assert rows[("taco", "naive", "macro")]["diff"] == pytest.approx(taco - naive)  # the same queries: the avgs

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from kilt.eval import per_query
-from kilt.stats import compare
+from kilt.stats import compare, compare_macro
 
 from .systems import RERANKERS
 
@@ -58,18 +58,21 @@ def compared_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def significance(results: dict[str, SystemResult], tasks: Sequence[str], seed: int) -> list[dict[str, Any]]:
-    """Paired tests of R-precision over the queries both systems answered, per task and over all."""
+    """Paired tests of R-precision over the queries both systems answered: per task, over all
+    queries pooled ("all") and on the mean over tasks ("macro", the tables' avg)."""
     rows = []
     for a, b in compared_pairs(list(results)):
         ra, rb = results[a], results[b]
-        all_a: list[float] = []
-        all_b: list[float] = []
+        per_a: list[list[float]] = []
+        per_b: list[list[float]] = []
         for task in tasks:
             ids = [q for q in ra.per_query[task] if q in rb.per_query[task]]
-            xa = [ra.per_query[task][q]["Rprec"] for q in ids]
-            xb = [rb.per_query[task][q]["Rprec"] for q in ids]
-            all_a += xa
-            all_b += xb
-            rows.append({"a": a, "b": b, "task": task, "metric": "Rprec", **asdict(compare(xa, xb, seed=seed))})
-        rows.append({"a": a, "b": b, "task": "all", "metric": "Rprec", **asdict(compare(all_a, all_b, seed=seed))})
+            per_a.append([ra.per_query[task][q]["Rprec"] for q in ids])
+            per_b.append([rb.per_query[task][q]["Rprec"] for q in ids])
+            rows.append({"a": a, "b": b, "task": task, "metric": "Rprec",
+                         **asdict(compare(per_a[-1], per_b[-1], seed=seed))})
+        pooled = compare([x for xs in per_a for x in xs], [x for xs in per_b for x in xs], seed=seed)
+        rows.append({"a": a, "b": b, "task": "all", "metric": "Rprec", **asdict(pooled)})
+        rows.append({"a": a, "b": b, "task": "macro", "metric": "Rprec",
+                     **asdict(compare_macro(per_a, per_b, seed=seed))})
     return rows
