@@ -79,11 +79,11 @@ def compare_macro(groups_a: Sequence[Sequence[float]], groups_b: Sequence[Sequen
     """
     if len(groups_a) != len(groups_b):
         raise ValueError(f"paired test needs the same groups, got {len(groups_a)} and {len(groups_b)}")
-    diffs = [_diffs(a, b) for a, b in zip(groups_a, groups_b) if len(a)]
-    if not diffs:
-        return PairedTest(0, 0.0, 0.0, 0.0, 1.0, 1.0)
-    k = len(diffs)
     nonempty = [(a, b) for a, b in zip(groups_a, groups_b) if len(a)]
+    if not nonempty:
+        return PairedTest(0, 0.0, 0.0, 0.0, 1.0, 1.0)
+    diffs = [_diffs(a, b) for a, b in nonempty]
+    k = len(diffs)
     weights = np.concatenate([np.full(d.size, 1.0 / (k * d.size)) for d in diffs])
     flat_a = [x for a, _ in nonempty for x in a]
     flat_b = [x for _, b in nonempty for x in b]
