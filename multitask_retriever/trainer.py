@@ -177,10 +177,10 @@ def specialization_summary(checkpoint: str | Path, depth: int = 4) -> dict[str, 
     or a `checkpoint-<step>/` folder), rebuilt from the saved weights and combiner state."""
     from .encoder import DualEncoder
     from .specialization import TaskSpecialization
-    from .training_loop import STATE_NAME
+    from .training_loop import STATE_NAME, load_state
 
     checkpoint = Path(checkpoint)
-    state = torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=False)
+    state = load_state(checkpoint / STATE_NAME, ("data", "combiner"))
     tasks = list(state["data"]["tasks"])
     encoder = DualEncoder.from_pretrained(checkpoint / MODEL_DIR)
     params = [p for p in encoder.parameters() if p.requires_grad]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import pickle
 import random
 import re
 import shutil
@@ -26,9 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kilt.io import atomic_write, iter_jsonl
-
-from kilt.io import atomic_directory, remove_orphans_in
+from kilt.io import atomic_directory, atomic_write, iter_jsonl, remove_orphans_in
 
 log = logging.getLogger("mtr.train")
 
@@ -84,6 +83,37 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointError(ValueError):
+    """A saved trainer state that cannot be used: unreadable, not tensors and plain values, or incomplete."""
+
+
+def load_state(path: str | Path, required: Sequence[str] = ("step",)) -> dict[str, Any]:
+    """A trainer state file, read with ``weights_only=True``: tensors, numbers, strings, lists,
+    tuples and dicts only, so a planted file cannot run code. `required` keys must be present."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\. |\n\n|$)", str(err), re.S)
+        reason = " ".join((detail.group(1) if detail else str(err)).split())
+        if "Unsupported global" in reason:
+            raise CheckpointError(f"{path}: refused, it holds objects other than tensors and plain values "
+                                  f"({reason}); only resume from trainer states written by mtr") from None
+        raise CheckpointError(f"{path}: not a readable trainer state ({reason}); delete the checkpoint "
+                              "folder to start over") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable trainer state ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); delete the checkpoint "
+                              "folder to start over") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a trainer state (a {type(state).__name__}, not a dict)")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: trainer state lacks {', '.join(missing)}; it was not written by "
+                              "this run's trainer (delete the checkpoint folder to start over)")
+    return state
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
@@ -152,7 +182,7 @@ class TrainingLoop:
                                   "resume=True (mtr ... --resume) to continue it, or choose another output_dir")
         self.state: dict[str, Any] | None = None
         if self.checkpoint is not None:
-            self.state = torch.load(self.checkpoint / STATE_NAME, map_location="cpu", weights_only=False)
+            self.state = load_state(self.checkpoint / STATE_NAME, ("step", "config"))
             if "settings" in self.state:
                 _check_settings(self.state["settings"], self.settings, self.checkpoint)
             else:  # written before runs recorded their settings: the config is what there is
@@ -214,11 +244,16 @@ class TrainingLoop:
         scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=cfg.warmup_steps if warmup_steps is None else warmup_steps,
                                   num_training_steps=cfg.steps)
         if self.state is not None:
-            optimizer.load_state_dict(self.state["optimizer"])
-            scheduler.load_state_dict(self.state["scheduler"])
-            if accelerator.scaler is not None and self.state["scaler"]:
-                accelerator.scaler.load_state_dict(self.state["scaler"])
-            set_rng_state(self.state["rng"])  # last: nothing may draw between here and the first step
+            try:
+                optimizer.load_state_dict(self.state["optimizer"])
+                scheduler.load_state_dict(self.state["scheduler"])
+                if accelerator.scaler is not None and self.state["scaler"]:
+                    accelerator.scaler.load_state_dict(self.state["scaler"])
+                set_rng_state(self.state["rng"])  # last: nothing may draw between here and the first step
+            except (KeyError, TypeError, ValueError, RuntimeError) as err:
+                raise CheckpointError(f"{self.checkpoint / STATE_NAME}: cannot restore the run from it "
+                                      f"({type(err).__name__}: {err}); delete the checkpoint folder to "
+                                      "start over") from None
             log.info("%s: resuming at step %d", out, self.step)
         history = self.history()
         if accelerator.is_main_process:

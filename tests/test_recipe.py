@@ -125,7 +125,7 @@ def test_a_run_logs_the_learning_rate_warm_up_and_mixed_batch_sizes(tiny_t5, dat
     MultitaskTrainer(config, examples=examples, store=store).train()
     rows = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [round(r["lr"], 6) for r in rows] == [0.0, 0.0005, 0.001, 0.0005]
-    state = torch.load(tmp_path / "final" / "trainer_state.pt", weights_only=False)
+    state = torch.load(tmp_path / "final" / "trainer_state.pt", weights_only=True)
     sizes = state["data"]["batch_sizes"]
     assert sum(sizes.values()) == 6 and sizes == config.batch_sizes({t: len(examples[t]) for t in TASKS})
     assert state["data"]["sampling"] == "top"

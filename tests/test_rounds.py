@@ -32,7 +32,7 @@ def test_round_1_trains_from_round_0_on_negatives_its_model_mined(tiny_bert, min
         "final", "negatives.jsonl", "negatives.jsonl.inputs.json", "train_log.jsonl"]  # no shards left
     inputs = json.loads((out / "round-1" / "negatives.jsonl.inputs.json").read_text())
     assert inputs["model"]["path"] == str(round0.resolve())
-    state = torch.load(out / "round-1" / "final" / "trainer_state.pt", weights_only=False)
+    state = torch.load(out / "round-1" / "final" / "trainer_state.pt", weights_only=True)
     assert state["config"]["model_name_or_path"] == str(round0)
     assert state["config"]["passages"] == str(out / "round-0" / "passages.jsonl")
     bm25 = read_training_examples(out / "round-0" / "training_examples.jsonl")["nq"]

@@ -94,7 +94,7 @@ def test_resume_is_exact(method, exact, tiny_t5, data, tmp_path):
     straight = MultitaskTrainer(config("a"), examples=examples, store=store).train()
     stopped = MultitaskTrainer(config("b"), examples=examples, store=store).train(stop_after=3)
     assert stopped.step == 3 and stopped.model_path.endswith("checkpoint-0000003/model")
-    state = torch.load(tmp_path / "b" / "checkpoint-0000003" / "trainer_state.pt", weights_only=False)
+    state = torch.load(tmp_path / "b" / "checkpoint-0000003" / "trainer_state.pt", weights_only=True)
     assert state["step"] == 3 and state["combiner"]["steps"] == 3 and state["data"]["seed"] == 5
     with pytest.raises(FileExistsError, match="resume"):
         MultitaskTrainer(config("b"), examples=examples, store=store).train()
@@ -104,7 +104,7 @@ def test_resume_is_exact(method, exact, tiny_t5, data, tmp_path):
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(x, y, atol=1e-6, rtol=0, msg=name)
     assert not list((tmp_path / "b").glob("checkpoint-*"))  # replaced by final/
-    finals = [torch.load(tmp_path / run / "final" / "trainer_state.pt", weights_only=False) for run in "ab"]
+    finals = [torch.load(tmp_path / run / "final" / "trainer_state.pt", weights_only=True) for run in "ab"]
     _assert_same_state(finals[0]["combiner"], finals[1]["combiner"])
     assert finals[1]["combiner"]["steps"] == 6
     again = MultitaskTrainer(config("b")).train(resume=True)
