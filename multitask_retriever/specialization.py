@@ -13,6 +13,7 @@ as the trainer, the CLI and the experiment runner share them.
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
@@ -164,9 +165,13 @@ def _weight_stats(w: torch.Tensor) -> tuple[float, float, float, list[float]]:
 # ----------------------------------------------------------------------------- TACO
 
 MEDIANS = ("nonzero", "all")
+#: scale of TACO's weighted update: ``mean`` writes sum_t w_t g_t (the mean task gradient when the
+#: weights are uniform, so naive's scale), ``official`` sum_t w_t g_t / K as the official code
+SCALES = ("mean", "official")
 
 
-def _check_taco(beta: float, tau: float, warmup_steps: int, median: str, median_name: str) -> None:
+def _check_taco(beta: float, tau: float, warmup_steps: int, median: str, median_name: str,
+                scale: str = "mean") -> None:
     if not 0.0 <= beta < 1.0:
         raise ValueError(f"beta must be in [0, 1), got {beta}")
     if tau <= 0:
@@ -175,6 +180,8 @@ def _check_taco(beta: float, tau: float, warmup_steps: int, median: str, median_
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if median not in MEDIANS:
         raise ValueError(f"{median_name} must be 'nonzero' or 'all', got {median!r}")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
 
 
 @dataclass
@@ -188,14 +195,18 @@ class TacoConfig:
     median: str = field(default="nonzero", metadata={
         "help": "importance normaliser: median of the non-zero importances (nonzero), or of all "
                 "entries as the official code (all; 0 where most entries get no gradient)"})
+    scale: str = field(default="mean", metadata={
+        "help": "weighted update sum_t w_t g_t at the mean task gradient's scale (mean; uniform weights "
+                "give naive's update), or divided by the task count K as the official code (official; "
+                "K times smaller than naive's, which a short run does not recover from)"})
 
     def __post_init__(self) -> None:
-        _check_taco(self.beta, self.tau, self.warmup_steps, self.median, "median")
+        _check_taco(self.beta, self.tau, self.warmup_steps, self.median, "median", self.scale)
 
     def combiner_options(self) -> dict[str, Any]:
         """The TaskSpecialization keyword arguments these settings stand for."""
         return {"beta": self.beta, "tau": self.tau, "warmup_steps": self.warmup_steps, "exact": self.exact,
-                "median_over": self.median}
+                "median_over": self.median, "scale": self.scale}
 
 
 class TaskSpecialization(GradientCombiner):
@@ -214,16 +225,19 @@ class TaskSpecialization(GradientCombiner):
       every MiniLM layer after 30 steps; with T5-base's 11 % embedding share it stays finite).
     * finite step: E_t <- beta * E_t + (1 - beta) * I_t (from zero, warm-up steps included);
       then g = sum_t g_t / K while ``steps < warmup_steps``, else
-      g = sum_t softmax_t(E_t / tau) * g_t / K;
+      g = sum_t softmax_t(E_t / tau) * g_t (``scale="mean"``, default) or that / K
+      (``scale="official"``);
     * a step where any g_t has a NaN/inf: g = sum_t g_t / K and E is left unchanged.
+
+    Why ``mean``: with uniform weights it is exactly the warm-up's (and naive's) mean gradient,
+    so a huge tau gives naive training; ``official`` drops the update K-fold at the end of the
+    warm-up, which AdamW's second moment remembers for about 1 / (1 - beta2) steps.
 
     What the official code (WenzhengZhang/TACO, mt_trainer.py ``taco_backward``) does, checked:
     theta is the parameter value at the time of the step (``param.data`` before the optimiser
     moves it); E is updated with this step's importance *before* the weights are computed;
-    the warm-up test is ``global_step < warmup`` with the 0-based count of finished steps.
-    It scales differently: warm-up writes sum_t g_t and the weighted step sum_t w_t g_t (no
-    division by K; the non-finite fallback does divide). ``official_scale=True`` reproduces
-    that (finite steps K times larger); the default follows the issue's /K. Its median runs
+    the warm-up test is ``global_step < warmup`` with the 0-based count of finished steps;
+    every branch (warm-up, weighted, non-finite) divides its sum by K. Its median runs
     over every model parameter, frozen ones as zeros; here only over the trainable ones, and
     by default only over their non-zero importances (above).
     The official code keeps K x P gradient copies and K x P EMAs (plus K x P temporaries).
@@ -250,16 +264,16 @@ class TaskSpecialization(GradientCombiner):
     def __init__(self, params: Iterable[nn.Parameter], num_tasks: int, beta: float = 0.999,
                  tau: float = 2.0, warmup_steps: int = 0, exact: bool = False,
                  ema_dtype: torch.dtype = torch.float32, median_sample: int | None = 1 << 16,
-                 seed: int = 0, official_scale: bool = False, median_over: str = "nonzero"):
+                 seed: int = 0, scale: str = "mean", median_over: str = "nonzero"):
         super().__init__(params, num_tasks, seed)
-        _check_taco(beta, tau, warmup_steps, median_over, "median_over")
+        _check_taco(beta, tau, warmup_steps, median_over, "median_over", scale)
         if ema_dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"ema_dtype must be torch.float32 or torch.bfloat16, got {ema_dtype}")
         if exact and ema_dtype != torch.float32:
             raise ValueError("exact=True keeps its EMAs in float32")
         self.median_over = median_over
         self.beta, self.tau, self.warmup_steps = beta, tau, warmup_steps
-        self.exact, self.ema_dtype, self.official_scale = exact, ema_dtype, official_scale
+        self.exact, self.ema_dtype, self.scale = exact, ema_dtype, scale
         self.num_entries = sum(p.numel() for p in self.params)
         device = self.params[0].device
         k, n = num_tasks, self.num_entries
@@ -267,8 +281,10 @@ class TaskSpecialization(GradientCombiner):
             self._grad_rows = torch.zeros(k, n, device=device)  # K x P gradient copies
             self._ema = torch.zeros(k, n, device=device)  # E, K x P
         else:
-            # F_t per parameter tensor, shape (K, numel): log-weights up to a shared shift
-            self._logits = [torch.zeros(k, p.numel(), dtype=ema_dtype, device=device) for p in self.params]
+            # F_t per parameter tensor, shape (K, numel): log-weights up to a shared shift, from the
+            # uniform -log K so that the weights sum to one from the first step
+            self._logits = [torch.full((k, p.numel()), -math.log(k), dtype=ema_dtype, device=device)
+                            for p in self.params]
             self._acc: list[torch.Tensor] | None = None
             self._nonfinite = False
             self._rng = torch.Generator(device=device).manual_seed(seed)
@@ -299,9 +315,10 @@ class TaskSpecialization(GradientCombiner):
                      for p, g, i in zip(self.params, grads, self._sample)]
         return _median(torch.cat(parts), self.median_over == "nonzero")
 
-    def _scale(self) -> float:
-        """Divisor of the written gradient: K (issue), or 1 on finite steps (official code)."""
-        return 1.0 if self.official_scale and not self._nonfinite else float(self.num_tasks)
+    def _divisor(self, weighted: bool) -> float:
+        """What the summed task gradients are divided by: K for a plain sum (warm-up, non-finite)
+        and for a weighted one under ``scale="official"``, else 1."""
+        return 1.0 if weighted and self.scale == "mean" else float(self.num_tasks)
 
     def _observe(self, task: int, grads: list[torch.Tensor]) -> None:
         if self.exact:
@@ -344,7 +361,7 @@ class TaskSpecialization(GradientCombiner):
 
     def _combine_streamed(self) -> list[torch.Tensor]:
         assert self._acc is not None
-        div = self._scale()
+        div = self._divisor(self.steps >= self.warmup_steps and not self._nonfinite)
         out = [acc.div_(div).reshape(p.shape).to(p.dtype) for acc, p in zip(self._acc, self.params)]
         self._acc = None
         if self.steps + 1 >= self.warmup_steps:
@@ -363,11 +380,11 @@ class TaskSpecialization(GradientCombiner):
             med = torch.tensor([_median(row, self.median_over == "nonzero") for row in ipt], device=ipt.device)
             ipt = ipt / (med[:, None] + _EPS)
             self._ema.mul_(self.beta).add_(ipt, alpha=1.0 - self.beta)
-            div = 1.0 if self.official_scale else float(k)
             if self.steps < self.warmup_steps:
-                combined = grads.sum(0) / div
+                combined = grads.sum(0) / k
             else:
-                combined = (torch.softmax(self._ema / self.tau, dim=0) * grads).sum(0) / div
+                weights = torch.softmax(self._ema / self.tau, dim=0)
+                combined = (weights * grads).sum(0) / self._divisor(weighted=True)
         return _unflat(combined, self.params)
 
     # -- state and diagnostics

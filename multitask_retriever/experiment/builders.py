@@ -50,6 +50,8 @@ def train_stage_key(examples_key: str | None, train: TrainConfig) -> str:
     sections spelled flat (taco_beta, ...)."""
     fields = {k: v for k, v in flat_fields(train).items()
               if k not in _LATER_TRAIN_FIELDS or v != _LATER_TRAIN_FIELDS[k]}
+    if train.method != "taco":  # added later, and only TACO reads it: other methods keep their keys
+        fields.pop("taco_scale")
     return stage_key(examples=examples_key, train=fields)
 
 
