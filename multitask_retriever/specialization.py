@@ -36,6 +36,8 @@ class GradientCombiner(ABC):
         self.num_tasks = num_tasks
         self.seed = seed
         self.steps = 0
+        #: L2 norm of the gradient the last `apply` wrote (before any clipping)
+        self.last_update_norm = 0.0
         self._observed: set[int] = set()
         self._losses: dict[int, float] = {}
 
@@ -64,6 +66,8 @@ class GradientCombiner(ABC):
         combined = self._combine()
         for p, g in zip(self.params, combined):
             p.grad = g
+        self.last_update_norm = float(torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(g.float()) for g in combined])))
         self._observed.clear()
         self._losses.clear()
         self.steps += 1
@@ -399,6 +403,15 @@ class TaskSpecialization(GradientCombiner):
                 e = self._logits[i].float()
             out.append(torch.softmax(e, dim=0).reshape(self.num_tasks, *p.shape))
         return out
+
+    def weight_entropy(self) -> float:
+        """Mean entropy (nats) of the task weights over all entries: log K when uniform, 0 when
+        every entry follows one task."""
+        total = 0.0
+        for w in self.task_weights():
+            w = w.reshape(self.num_tasks, -1)
+            total += float(-(w * torch.log(w.clamp_min(1e-30))).sum())
+        return total / self.num_entries
 
     def diagnostics(self, named_params: Iterable[tuple[str, nn.Parameter]] | None = None,
                     depth: int | None = None) -> dict[str, dict[str, Any]]:

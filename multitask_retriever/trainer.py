@@ -344,6 +344,9 @@ class MultitaskTrainer:
             losses.append(loss)
         combiner.apply()
         row["loss"] = sum(losses) / len(losses)
+        row["update_norm"] = combiner.last_update_norm
+        if hasattr(combiner, "weight_entropy"):  # taco: how far the weights are from uniform
+            row["weight_entropy"] = combiner.weight_entropy()
         return row
 
     @staticmethod

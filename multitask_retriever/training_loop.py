@@ -158,6 +158,13 @@ def _accelerator(mixed_precision: str):
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
+def _distance(params: Sequence[torch.Tensor], before: Sequence[torch.Tensor]) -> float:
+    """L2 norm of what the optimiser step moved the parameters (the update actually taken)."""
+    with torch.no_grad():
+        norms = [torch.linalg.vector_norm(p.detach().float() - b.float()) for p, b in zip(params, before)]
+        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
 class TrainingLoop:
     """One run in `config.output_dir` (see the module doc).
 
@@ -230,7 +237,8 @@ class TrainingLoop:
 
         `step_fn(step)` leaves the gradients of `params` in place and returns its log values;
         the loop clips them, steps AdamW and the `schedule` (a transformers scheduler name) and
-        logs {"step", **values, "grad_norm", "lr"}. `save(folder)` writes the caller's files
+        logs {"step", **values, "grad_norm", "lr", "step_norm"} (step_norm: the L2 norm of the
+        parameter change the optimiser made). `save(folder)` writes the caller's files
         into a checkpoint folder and returns its entries of the saved state.
         """
         from transformers import get_scheduler
@@ -285,7 +293,9 @@ class TrainingLoop:
                 if cfg.max_grad_norm > 0:
                     row["grad_norm"] = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
                 row["lr"] = scheduler.get_last_lr()[0]
+                before = [p.detach().clone() for p in params]
                 optimizer.step()
+                row["step_norm"] = _distance(params, before)
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 self.step += 1

@@ -76,6 +76,17 @@ def test_taco_specialisation_and_the_reports_are_written(study):
     assert out.with_name("study-specialization.png").stat().st_size > 1000
 
 
+def test_training_curves_are_the_seed_means_of_each_step(study):
+    doc, out = study
+    curves = doc["training"]
+    assert sorted(curves) == ["naive", "single-fever", "single-nq", "taco"]
+    logs = [[json.loads(line) for line in (out.parent / "work" / f"seed-{s}" / "train" / "taco" / "run" /
+                                            "train_log.jsonl").read_text().splitlines()] for s in (3, 4)]
+    for key in ("loss", "update_norm", "step_norm", "weight_entropy"):
+        assert curves["taco"][key] == pytest.approx([statistics.fmean(r[i][key] for r in logs) for i in range(3)])
+    assert "weight_entropy" not in curves["naive"] and len(curves["naive"]["update_norm"]) == 3
+
+
 def test_a_study_needs_two_seeds(tmp_path):
     with pytest.raises(ValueError, match="at least two different seeds"):
         SeedStudy(ExperimentConfig(data_dir=str(tmp_path)), [1, 1])

@@ -508,3 +508,25 @@ def test_every_combiner_takes_the_runs_seed(method):
 def test_bad_taco_settings_are_named(field, value, message):
     with pytest.raises(ValueError, match=message):
         TacoConfig(**{field: value})
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+@pytest.mark.parametrize("method", sorted(COMBINERS))
+def test_every_combiner_reports_the_norm_of_the_gradient_it_wrote(method):
+    model = tiny_model()
+    combiner = make_combiner(method, model.parameters(), K)
+    _, _, written = run_step(model, combiner, task_batches(1)[0])
+    assert combiner.last_update_norm == pytest.approx(float(written.norm()), rel=1e-6)
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "streamed"])
+def test_taco_weight_entropy_is_log_k_when_uniform_and_lower_once_tasks_differ(exact: bool):
+    uniform, model = tiny_model(), tiny_model()
+    flat_weights = TaskSpecialization(uniform.parameters(), K, tau=1e9, exact=exact)
+    sharp = TaskSpecialization(model.parameters(), K, beta=0.5, tau=0.05, exact=exact)
+    for batch in task_batches(3):
+        run_step(uniform, flat_weights, batch)
+        run_step(model, sharp, batch)
+    assert flat_weights.weight_entropy() == pytest.approx(math.log(K), rel=1e-6)
+    assert sharp.weight_entropy() < 0.9 * math.log(K)

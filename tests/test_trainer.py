@@ -1,6 +1,7 @@
 """MultitaskTrainer: every combiner and single-task training lower the loss; resume is exact;
 `mtr train` runs from the command line."""
 import json
+import math
 import re
 import subprocess
 import sys
@@ -163,6 +164,20 @@ def test_log_and_final_model(tiny_t5, data, tmp_path):
     assert rows[0]["lr"] == pytest.approx(0.0) and rows[1]["lr"] == pytest.approx(2e-3)  # 1 warm-up step
     encoder = DualEncoder.from_pretrained(result.model_path)
     assert encoder.config.pooling == "first_decoder" and encoder.config.passage_max_length == 64
+
+
+@pytest.mark.parametrize("method, entropy", [("naive", False), ("taco", True)])
+def test_the_log_shows_each_steps_update_and_taco_weight_entropy(tiny_t5, data, tmp_path, method, entropy):
+    """update_norm: the combined gradient's norm; step_norm: how far AdamW moved the weights
+    (0 at step 1, whose learning rate is 0 in the warm-up); weight_entropy for TACO only."""
+    store, examples = data
+    MultitaskTrainer(_config(tiny_t5, tmp_path, method=method, steps=3), examples=examples, store=store).train()
+    rows = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["update_norm"] > 0 for r in rows)
+    assert rows[0]["step_norm"] == 0.0 and rows[1]["step_norm"] > 0
+    assert all(("weight_entropy" in r) == entropy for r in rows)
+    if entropy:
+        assert 0 < rows[-1]["weight_entropy"] <= math.log(len(TASKS)) + 1e-6
 
 
 def test_config_errors():

@@ -1,6 +1,7 @@
 """The same experiment over several seeds: per-task means with their seed-to-seed spread,
-paired tests against ``naive`` over the pooled (seed, query) pairs, and TACO's per-layer
-specialisation at the end of training. ``single`` stands for the single-<task> models, each
+paired tests against ``naive`` over the pooled (seed, query) pairs, TACO's per-layer
+specialisation at the end of training, and each fine-tuned system's training curves (loss, the
+norm of the written update and of the optimiser's step, TACO's weight entropy) averaged over seeds. ``single`` stands for the single-<task> models, each
 scored on its own task."""
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from typing import Any, Sequence
 from kilt.stats import compare
 
 from ..trainer import specialization_summary
-from ..training_loop import FINAL_NAME
+from ..training_loop import FINAL_NAME, LOG_NAME, read_log
 from .config import ExperimentConfig
 from .evaluation import SystemResult
 from .report import machine_info
 from .runner import Experiment
 
 BASELINE = "naive"
+#: per-step training-log values the study averages over seeds (learning curves and update sizes)
+CURVES = ("loss", "update_norm", "step_norm", "grad_norm", "lr", "weight_entropy")
 
 
 def _combined(results: dict[str, SystemResult], tasks: Sequence[str]) -> dict[str, SystemResult]:
@@ -33,6 +36,28 @@ def _combined(results: dict[str, SystemResult], tasks: Sequence[str]) -> dict[st
 
 def _spread(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _training_logs(experiment: Experiment, systems: Sequence[str]) -> dict[str, list[dict]]:
+    """Each fine-tuned system's training log (one row per step), where it trained in one run."""
+    logs = {}
+    for name in systems:
+        rows = read_log(experiment.build.training_run(name) / LOG_NAME)
+        if rows:
+            logs[name] = rows
+    return logs
+
+
+def _curves(logs: dict[int, dict[str, list[dict]]]) -> dict[str, dict[str, list[float]]]:
+    """Per system and logged value (`CURVES`, task losses too), the seed mean at every step."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for name in sorted({n for per_seed in logs.values() for n in per_seed}):
+        runs = [per_seed[name] for per_seed in logs.values() if name in per_seed]
+        steps = min(len(rows) for rows in runs)
+        keys = [k for k in runs[0][0] if k in CURVES or k.startswith("loss/")]
+        out[name] = {k: [statistics.fmean(rows[i][k] for rows in runs) for i in range(steps)]
+                     for k in keys if all(k in rows[i] for rows in runs for i in range(steps))}
+    return out
 
 
 def _specialization(experiment: Experiment) -> dict[str, Any] | None:
@@ -56,6 +81,7 @@ class SeedStudy:
         start = time.perf_counter()
         results: dict[int, dict[str, SystemResult]] = {}
         layers: dict[int, dict[str, Any]] = {}
+        logs: dict[int, dict[str, list[dict]]] = {}
         tasks: list[str] = []
         data: dict[str, Any] = {}
         for seed in self.seeds:
@@ -64,6 +90,7 @@ class SeedStudy:
             doc = experiment.run()
             tasks, data = doc["data"]["tasks"], doc["data"]
             results[seed] = _combined(experiment.results, tasks)
+            logs[seed] = _training_logs(experiment, list(experiment.results))
             if (stats := _specialization(experiment)) is not None:
                 layers[seed] = stats
         systems = list(results[self.seeds[0]])
@@ -71,6 +98,7 @@ class SeedStudy:
                 "systems": {name: self._system(name, results, tasks) for name in systems},
                 "significance": self._tests(systems, results, tasks),
                 "specialization": self._layers(layers),
+                "training": _curves(logs),
                 "seconds": round(time.perf_counter() - start, 1)}
 
     def _system(self, name: str, results: dict[int, dict[str, SystemResult]], tasks: list[str]) -> dict[str, Any]:
