@@ -6,6 +6,9 @@ with the model just trained, train on from its weights on them; N times after th
     OUTPUT_DIR/round-K/final/model        round K's model; the last round's is the result
 
 Each round is a plain `MultitaskTrainer` run, so it resumes exactly and refuses other settings;
+as in the official recipe, a round starts with the previous round's combiner state (TACO's EMAs)
+and optimiser moments (kept in each round's final folder, so that a run can be extended by more
+rounds), with a fresh learning-rate schedule;
 finished rounds are not redone, and a negatives file is reused only if mined from the same model,
 passages and settings. The vectors encoded for mining are deleted once the negatives are written.
 """
@@ -110,8 +113,9 @@ def train_with_rounds(config: TrainConfig, resume: bool = False, stop_after: int
             round_cfg = dataclasses.replace(cfg, model_name_or_path=str(previous), passages=str(passage_file),
                                             negatives=str(negatives), output_dir=str(folder), negative_rounds=0)
             log.info("round %d of %d: training from %s on %s", k, cfg.negative_rounds, previous, negatives)
+        carry = round_dir(output_dir, k - 1) / FINAL_NAME if k else None
         result = MultitaskTrainer(round_cfg).train(resume=resume, stop_after=left if left and left < cfg.steps
-                                                   else None)
+                                                   else None, carry_from=carry, keep_optimizer=True)
         if left is not None and left < cfg.steps:
             break
     assert result is not None

@@ -35,7 +35,7 @@ from .data import (
 )
 from .losses import ContrastiveLoss
 from .specialization import COMBINERS, TacoConfig
-from .training_loop import TrainingLoop, read_log
+from .training_loop import STATE_NAME, TrainingLoop, load_state, read_log
 
 log = logging.getLogger("mtr.train")
 
@@ -54,6 +54,10 @@ class TrainConfig:
     """Multitask dual-encoder training (`mtr train` flags and YAML keys)."""
 
     model_name_or_path: str = field(default="t5-base", metadata={"help": "Hugging Face name or local folder"})
+    init_from: str = field(default="", metadata={
+        "help": "start from a trained DualEncoder instead: its folder, or a finished `mtr train` output folder "
+                "(its final model); a fresh optimiser and schedule. The two-phase protocol: train a naive base, "
+                "then continue every method from it"})
     pooling: str = field(default="auto", metadata={"help": "auto | mean | cls | first_decoder (EncoderConfig)"})
     normalize: bool | None = field(default=None, metadata={"help": "L2-normalise embeddings; unset: as the checkpoint"})
     data_dir: str = field(default="", metadata={"help": "KILT folder with <task>-train-kilt.jsonl files"})
@@ -82,8 +86,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = field(default=0, metadata={"help": "learning-rate warm-up steps"})
     warmup_ratio: float = field(default=0.0, metadata={
-        "help": "share of steps with learning-rate warm-up AND naive task weighting for every combiner "
-                "(official TACO: 0.1); replaces warmup_steps and taco.warmup_steps"})
+        "help": "share of steps with learning-rate warm-up and, for taco, plain averaged task gradients "
+                "(official TACO: 0.1); replaces warmup_steps and taco.warmup_steps. pcgrad and cgd warm up "
+                "only when asked: combiner_options {warmup_steps: N}"})
     steps: int = 1000
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = none)"})
     temperature: float = field(default=1.0, metadata={"help": "softmax temperature (TACO: 1, raw dot product)"})
@@ -150,13 +155,14 @@ class TrainConfig:
         return round(self.warmup_ratio * self.steps) if self.warmup_ratio else self.warmup_steps
 
     def combiner_kwargs(self) -> dict[str, Any]:
-        """Options passed to `make_combiner`: the run's seed, TACO's settings for taco, the
-        naive warm-up of `warmup_ratio` for every combiner but naive, then `combiner_options`."""
+        """Options passed to `make_combiner`: the run's seed, TACO's settings and the naive warm-up
+        of `warmup_ratio` for taco (as the official recipe: PCGrad and CGD have none), then
+        `combiner_options`."""
         options: dict[str, Any] = {"seed": self.seed}
         if self.method == "taco":
             options.update(self.taco.combiner_options())
-        if self.warmup_ratio and self.combiner_method != "naive":
-            options["warmup_steps"] = self.lr_warmup_steps
+            if self.warmup_ratio:
+                options["warmup_steps"] = self.lr_warmup_steps
         return {**options, **self.combiner_options}
 
     def batch_sizes(self, counts: Mapping[str, int]) -> dict[str, int]:
@@ -164,6 +170,20 @@ class TrainConfig:
         if self.task_temperature:
             return temperature_batch_sizes(counts, self.per_task_batch_size * len(counts), self.task_temperature)
         return {t: self.task_batch_sizes.get(t, self.per_task_batch_size) for t in counts}
+
+
+def init_model_path(path: str | Path) -> Path:
+    """The DualEncoder folder `--init-from` names: the folder itself, or a finished training run's
+    final model (the last round's for a run with negative rounds)."""
+    from .training_loop import FINAL_NAME
+
+    folder = Path(path)
+    rounds = sorted(folder.glob("round-*"), key=lambda p: int(p.name.split("-")[1]) if p.name[6:].isdigit() else -1)
+    for candidate in (folder, folder / FINAL_NAME / MODEL_DIR, *(r / FINAL_NAME / MODEL_DIR for r in rounds[::-1])):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise FileNotFoundError(f"{folder}: init_from needs a trained model folder or a finished `mtr train` output "
+                            f"folder (no config.json, no {FINAL_NAME}/{MODEL_DIR}); finish or resume that run first")
 
 
 def _specialization(combiner: Any, encoder: nn.Module, tasks: list[str], depth: int) -> dict[str, Any]:
@@ -177,8 +197,6 @@ def specialization_summary(checkpoint: str | Path, depth: int = 4) -> dict[str, 
     or a `checkpoint-<step>/` folder), rebuilt from the saved weights and combiner state."""
     from .encoder import DualEncoder
     from .specialization import TaskSpecialization
-    from .training_loop import STATE_NAME, load_state
-
     checkpoint = Path(checkpoint)
     state = load_state(checkpoint / STATE_NAME, ("data", "combiner"))
     tasks = list(state["data"]["tasks"])
@@ -255,14 +273,20 @@ class MultitaskTrainer:
                 overrides["normalize"] = cfg.normalize
             if cfg.query_prompt_style:
                 overrides["query_prompts"] = query_prompts_for(cfg.query_prompt_style)
-            self._encoder = DualEncoder.from_pretrained(cfg.model_name_or_path, **overrides)
+            start = init_model_path(cfg.init_from) if cfg.init_from else cfg.model_name_or_path
+            self._encoder = DualEncoder.from_pretrained(start, **overrides)
         return self._encoder
 
     # ----------------------------------------------------------------- training
-    def train(self, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+    def train(self, resume: bool = False, stop_after: int | None = None, carry_from: Path | None = None,
+              keep_optimizer: bool = False) -> TrainResult:
         """Train to `config.steps`; with `resume`, continue from the latest checkpoint in
         `output_dir` (a finished run only reports). `stop_after` ends this call after that
-        global step with a checkpoint, as an interruption would (for tests and time slicing)."""
+        global step with a checkpoint, as an interruption would (for tests and time slicing).
+
+        `carry_from` (a finished run's final folder, kept with `keep_optimizer`) starts a new run
+        with that run's combiner state (TACO's EMAs) and optimiser moments, as the official
+        ANCE rounds do; the learning-rate schedule starts afresh."""
         from .rounds import round_dir, train_with_rounds
         from .specialization import make_combiner
 
@@ -302,11 +326,16 @@ class MultitaskTrainer:
         model = accelerator.prepare(_PairEncoder(encoder))
         params = [p for p in encoder.parameters() if p.requires_grad]
         combiner = make_combiner(cfg.combiner_method, params, len(tasks), **cfg.combiner_kwargs())
+        carried = None
         if loop.state is not None:
             batches.check_state(loop.state["data"], str(loop.checkpoint))
             combiner.load_state_dict(loop.state["combiner"])
-        elif accelerator.is_main_process:
-            log.info("training %s on %s", cfg.method, json.dumps(example_counts(examples)))
+        else:
+            if carry_from is not None:
+                carried = load_state(Path(carry_from) / STATE_NAME, ("combiner", "optimizer"))
+                combiner.load_state_dict(carried["combiner"])
+            if accelerator.is_main_process:
+                log.info("training %s on %s", cfg.method, json.dumps(example_counts(examples)))
 
         def step(index: int) -> dict[str, Any]:
             return self._step(index, tasks, batches, query_lengths, encoder, model, loss_fn, combiner, accelerator)
@@ -318,7 +347,9 @@ class MultitaskTrainer:
                 (folder / DIAGNOSTICS_NAME).write_text(json.dumps(summary, indent=1) + "\n")
             return {"combiner": combiner.state_dict(), "data": batches.state_dict()}
 
-        history = loop.run(step, params, save, stop_after=stop_after, warmup_steps=cfg.lr_warmup_steps)
+        history = loop.run(step, params, save, stop_after=stop_after, warmup_steps=cfg.lr_warmup_steps,
+                           keep_optimizer=keep_optimizer,
+                           optimizer_moments=carried["optimizer"]["state"] if carried else None)
         return self._result(loop.folder / MODEL_DIR, loop.step, history, started)
 
     def _step(self, step: int, tasks: list[str], batches: MultitaskBatches, query_lengths: dict[str, int],

@@ -230,7 +230,8 @@ class TrainingLoop:
 
     def run(self, step_fn: Callable[[int], dict[str, Any]], params: Sequence[torch.nn.Parameter],
             save: Callable[[Path], Mapping[str, Any]], schedule: str = "linear",
-            stop_after: int | None = None, warmup_steps: int | None = None) -> list[dict]:
+            stop_after: int | None = None, warmup_steps: int | None = None, keep_optimizer: bool = False,
+            optimizer_moments: Mapping[int, Any] | None = None) -> list[dict]:
         """Train from `self.step` to `config.steps` (or `stop_after`, which ends with a checkpoint
         as an interruption would); returns the log rows of the whole run. The learning rate
         warms up over `warmup_steps` (default: `config.warmup_steps`).
@@ -239,7 +240,9 @@ class TrainingLoop:
         the loop clips them, steps AdamW and the `schedule` (a transformers scheduler name) and
         logs {"step", **values, "grad_norm", "lr", "step_norm"} (step_norm: the L2 norm of the
         parameter change the optimiser made). `save(folder)` writes the caller's files
-        into a checkpoint folder and returns its entries of the saved state.
+        into a checkpoint folder and returns its entries of the saved state. `keep_optimizer`
+        keeps the optimiser state in the final folder too; `optimizer_moments` (the "state" of
+        such a saved optimiser) starts a new run with those moments.
         """
         from transformers import get_scheduler
 
@@ -251,6 +254,9 @@ class TrainingLoop:
         # stepped once per global step here, so it is not handed to accelerate
         scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=cfg.warmup_steps if warmup_steps is None else warmup_steps,
                                   num_training_steps=cfg.steps)
+        if self.state is None and optimizer_moments is not None:
+            fresh = optimizer.state_dict()  # this run's learning rates, the carried per-parameter state
+            optimizer.load_state_dict({**fresh, "state": dict(optimizer_moments)})
         if self.state is not None:
             try:
                 optimizer.load_state_dict(self.state["optimizer"])
@@ -274,6 +280,8 @@ class TrainingLoop:
                 with atomic_directory(folder) as tmp:
                     state = {"step": self.step, "config": dataclasses.asdict(cfg), "settings": self.settings,
                              **save(tmp)}
+                    if final and keep_optimizer:
+                        state.update(optimizer=optimizer.state_dict())
                     if not final:
                         state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                                      scaler=accelerator.scaler.state_dict() if accelerator.scaler else {},

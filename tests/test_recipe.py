@@ -46,11 +46,13 @@ def test_train_config_uses_the_mixing_for_its_batch_sizes():
 
 
 # --------------------------------------------------------------------------- warm-up
-def test_warmup_ratio_sets_the_learning_rate_and_combiner_warm_up():
+def test_warmup_ratio_sets_the_learning_rate_and_tacos_warm_up_only():
     config = TrainConfig(output_dir="x", method="taco", steps=50, warmup_ratio=0.1)
     assert config.lr_warmup_steps == 5
     assert config.combiner_kwargs()["warmup_steps"] == 5
-    assert TrainConfig(output_dir="x", method="pcgrad", steps=50, warmup_ratio=0.1).combiner_kwargs()["warmup_steps"] == 5
+    assert "warmup_steps" not in TrainConfig(output_dir="x", method="pcgrad", steps=50, warmup_ratio=0.1).combiner_kwargs()
+    asked = TrainConfig(output_dir="x", method="cgd", steps=50, warmup_ratio=0.1, combiner_options={"warmup_steps": 5})
+    assert asked.combiner_kwargs()["warmup_steps"] == 5
     assert "warmup_steps" not in TrainConfig(output_dir="x", steps=50, warmup_ratio=0.1).combiner_kwargs()
     assert TrainConfig(output_dir="x", steps=50, warmup_steps=3).lr_warmup_steps == 3
 

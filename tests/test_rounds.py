@@ -88,3 +88,18 @@ def test_negative_rounds_is_a_train_flag_and_needs_data_dir():
         TrainConfig(negative_rounds=-1, output_dir="x")
     with pytest.raises(ValueError, match="negative_rounds needs data_dir"):
         TrainConfig(negative_rounds=1, output_dir="x")
+
+
+def test_each_round_starts_with_the_previous_rounds_taco_state_and_optimiser_moments(tiny_bert, mini_kilt,
+                                                                                   tmp_path):
+    """As the official rounds: TACO's step count (so its warm-up is not repeated) and EMAs, and
+    AdamW's moments carry into round 1; its learning-rate schedule starts afresh."""
+    out = tmp_path / "run"
+    MultitaskTrainer(_config(tiny_bert, mini_kilt, out, method="taco", tasks=["fever", "nq"])).train()
+    round0 = torch.load(out / "round-0" / "final" / "trainer_state.pt", weights_only=True)
+    round1 = torch.load(out / "round-1" / "final" / "trainer_state.pt", weights_only=True)
+    assert round0["combiner"]["steps"] == STEPS and round1["combiner"]["steps"] == 2 * STEPS
+    assert {int(s["step"]) for s in round0["optimizer"]["state"].values()} == {STEPS}
+    assert {int(s["step"]) for s in round1["optimizer"]["state"].values()} == {2 * STEPS}
+    log1 = [json.loads(line) for line in (out / "round-1" / "train_log.jsonl").read_text().splitlines()]
+    assert log1[-1]["lr"] == pytest.approx(2e-3 * 1 / STEPS)  # linear decay over the round's own steps

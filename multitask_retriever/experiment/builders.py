@@ -39,10 +39,13 @@ def train_config(c: ExperimentConfig, method: str, tasks: list[str], start: str,
         passage_max_length=c.passage_max_length, taco=c.taco, seed=c.seed, output_dir=output_dir, progress=progress)
 
 
+#: the naive base model every fine-tuned system continues from under `base_steps`
+BASE_RUN = "naive-base"
+
 #: TrainConfig fields added after stage keys were first pinned: keyed only when set, so the
 #: finished stages of earlier work folders keep their keys
 _LATER_TRAIN_FIELDS = {"negative_rounds": 0, "warmup_ratio": 0.0, "task_temperature": 0.0,
-                       "negative_sampling": "sample", "query_prompt_style": ""}
+                       "negative_sampling": "sample", "query_prompt_style": "", "init_from": ""}
 
 
 def train_stage_key(examples_key: str | None, train: TrainConfig) -> str:
@@ -52,6 +55,10 @@ def train_stage_key(examples_key: str | None, train: TrainConfig) -> str:
               if k not in _LATER_TRAIN_FIELDS or v != _LATER_TRAIN_FIELDS[k]}
     if train.method != "taco":  # added later, and only TACO reads it: other methods keep their keys
         fields.pop("taco_scale")
+    if train.method in ("pcgrad", "cgd") and train.warmup_ratio:  # their naive warm-up became opt-in
+        fields["warmup_ratio_scope"] = "taco"
+    if train.negative_rounds:  # rounds now carry the combiner and optimiser state
+        fields["round_state"] = "carried"
     return stage_key(examples=examples_key, train=fields)
 
 
@@ -165,6 +172,9 @@ class SystemBuilder:
         start = self.config.encoder or str(packaged_minilm_path())
         if name == "zero-shot":
             return start, stage_key(encoder=start, prompts=self.config.zero_shot_prompts)
+        if self.config.base_steps:
+            base, base_key = self._train_encoder(BASE_RUN, start)
+            return self._train_encoder(name, base, base_key)
         return self._train_encoder(name, start)
 
     def _encoder_overrides(self, name: str) -> dict[str, Any]:
@@ -199,19 +209,25 @@ class SystemBuilder:
                 self.cache.finish(folder, key)
         return folder / "examples.jsonl"
 
-    def _train_encoder(self, name: str, start: str) -> tuple[str, str]:
-        """Fine-tune `start` with the project's trainer: a gradient combiner over every task, or single-<task>."""
+    def _train_encoder(self, name: str, start: str, start_key: str = "") -> tuple[str, str]:
+        """Fine-tune `start` with the project's trainer: a gradient combiner over every task, or
+        single-<task>; `BASE_RUN` is the naive base of the two-phase protocol (`base_steps`), and
+        `start_key` the stage key of a trained start (its content, where the path says nothing)."""
         from ..trainer import MultitaskTrainer
 
         method, tasks = ("single", [name.removeprefix("single-")]) if name.startswith("single-") \
-            else (name, self.train_tasks())
+            else ("naive" if name == BASE_RUN else name, self.train_tasks())
         if method == "single" and "train" not in self.task_files[tasks[0]]:
             raise FileNotFoundError(f"{self.data_dir}: no {tasks[0]}-train-kilt.jsonl for {name}")
         examples = self._training_examples()
         folder = self.work / "train" / name
         train = train_config(self.config, method, tasks, start, str(self.data_dir), str(self.passages().path),
                              str(examples), str(self.training_run(name)), self.progress)
+        if name == BASE_RUN:
+            train = dataclasses.replace(train, steps=self.config.base_steps)
         key = train_stage_key(read_key(examples.parent / "stage.json"), train)
+        if start_key:
+            key = stage_key(train=key, start=start_key)
         with self.cache.stage(f"train {name}"):
             if not self.cache.cached(folder, key):
                 result = MultitaskTrainer(train).train(resume=True)

@@ -44,6 +44,10 @@ class ExperimentConfig:
         "help": "task prompts on zero-shot queries (default off: the pretrained model never saw them)"})
     # dual-encoder fine-tuning (TrainConfig); lr and temperature suit the default MiniLM start point
     steps: int = TrainConfig.steps
+    base_steps: int = field(default=0, metadata={
+        "help": "two-phase protocol: a naive base trained this many steps, which every fine-tuned system "
+                "(naive, taco, pcgrad, cgd, single-<task>) then continues from for STEPS more with a fresh "
+                "optimiser; 0: each system trains from the start encoder"})
     per_task_batch_size: int = TrainConfig.per_task_batch_size
     n_negatives: int = TrainConfig.n_negatives
     lr: float = 3e-5

@@ -15,6 +15,7 @@ from kilt.stats import compare
 
 from ..trainer import specialization_summary
 from ..training_loop import FINAL_NAME, LOG_NAME, read_log
+from .builders import BASE_RUN
 from .config import ExperimentConfig
 from .evaluation import SystemResult
 from .report import machine_info
@@ -90,7 +91,7 @@ class SeedStudy:
             doc = experiment.run()
             tasks, data = doc["data"]["tasks"], doc["data"]
             results[seed] = _combined(experiment.results, tasks)
-            logs[seed] = _training_logs(experiment, list(experiment.results))
+            logs[seed] = _training_logs(experiment, [*experiment.results, BASE_RUN])
             if (stats := _specialization(experiment)) is not None:
                 layers[seed] = stats
         systems = list(results[self.seeds[0]])
