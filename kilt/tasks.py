@@ -5,6 +5,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Mapping
 
 FACT_CHECKING = "fact checking"
 ENTITY_LINKING = "entity linking"
@@ -41,6 +42,24 @@ def mention_window(offsets: list[tuple[int, int]], span: tuple[int, int], limit:
     rest = limit - (stop - first)
     left = min(first, max(rest // 2, rest - (len(offsets) - stop)))
     return first - left, stop + (rest - left)
+
+
+_TURN = re.compile(r"^(?P<conversation>.+)_\d+$")
+
+
+def query_group(query_id: str, meta: Mapping[str, Any] | None = None, task: str = "") -> str:
+    """What a split of `task`'s queries must keep on one side: the file's meta "group" (the
+    conversation, document or subject), else a slot-filling query's subject (meta "sub_uri"),
+    else a dialogue turn's conversation (the id before its "_<turn>"), else the query alone."""
+    meta = meta or {}
+    if isinstance(meta.get("group"), str) and meta["group"]:
+        return meta["group"]
+    kind = TASKS[task].kind if task in TASKS else ""
+    if kind == SLOT_FILLING and isinstance(meta.get("sub_uri"), str) and meta["sub_uri"]:
+        return meta["sub_uri"]
+    if kind == DIALOGUE and (match := _TURN.match(query_id)):
+        return match["conversation"]
+    return query_id
 
 
 @dataclass(frozen=True)

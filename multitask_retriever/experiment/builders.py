@@ -3,6 +3,7 @@ BM25, training data, fine-tuned dual encoders and their indexes, rerankers, teac
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import shutil
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kilt.io import iter_pages, read_task_file
+from kilt.tasks import query_group
 from kilt.passages import PassageStore, write_passages
 
 from ..config import flat_fields
@@ -198,11 +200,16 @@ class SystemBuilder:
             raise FileNotFoundError(f"{self.data_dir}: no <task>-train-kilt.jsonl files to fine-tune on")
         folder = self.work / "train-data"
         files = {t: self.task_files[t]["train"] for t in tasks}
+        held_out = self.config.fusion_holdout_retriever and self.config.fusion_validation
         key = stage_key(passages=self._passages_key(), files={t: file_key(p) for t, p in files.items()},
-                        max_train_queries=self.config.max_train_queries)
+                        max_train_queries=self.config.max_train_queries,
+                        **({"held_out": self._holdout_key()} if held_out else {}))
         bm25 = self.retriever("bm25")
         with self.cache.stage("training data"):
             if not self.cache.cached(folder, key):
+                if held_out:  # the dual encoder trains on what the rerankers train on
+                    files = {t: self._write_queries(folder / "queries" / p.name, p, self.train_queries(t))
+                             for t, p in files.items()}
                 examples = build_training_examples(files, self.passages(), bm25,
                                                    max_queries=self.config.max_train_queries, progress=self.progress)
                 write_training_examples(folder / "examples.jsonl", examples)
@@ -234,6 +241,19 @@ class SystemBuilder:
                 log.info("trained %s for %d steps in %.0f s", name, result.step, result.seconds)
                 self.cache.finish(folder, key)
         return str(self.training_run(name) / FINAL_NAME / MODEL_DIR), key
+
+    @staticmethod
+    def _write_queries(path: Path, source: Path, queries: list) -> Path:
+        """The records of task file `source` whose ids `queries` hold, as they are, into `path`."""
+        from kilt.io import atomic_write, iter_jsonl
+
+        keep = {q.id for q in queries}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as f:
+            for _, record in iter_jsonl(source):
+                if str(record.get("id", "")).strip() in keep:
+                    f.write(json.dumps(record) + "\n")
+        return path
 
     def training_run(self, name: str) -> Path:
         """The trainer's output folder of fine-tuned system `name` (checkpoints, final/, log)."""
@@ -397,8 +417,9 @@ class SystemBuilder:
 
     # ----------------------------------------------------------------- hold-out and fusion
     def _split(self, task: str) -> tuple[list, list]:
-        """(training, validation) queries of `task`: the capped train file, split by id hash
-        (read and split once per run)."""
+        """(training, validation) queries of `task`: the capped train file, split by the hash of
+        each query's group (a conversation, document or subject never sits on both sides; read
+        and split once per run)."""
         from ..rerank.fusion import split_validation
 
         if task not in self._splits:
@@ -406,7 +427,8 @@ class SystemBuilder:
             if self.config.max_train_queries:
                 queries = queries[: self.config.max_train_queries]
             self._splits[task] = split_validation(queries, self.config.fusion_validation, seed=self.config.seed,
-                                                  minimum=self.config.fusion_min_validation)
+                                                  minimum=self.config.fusion_min_validation,
+                                                  key=lambda e: query_group(e.id, e.meta, task))
         return self._splits[task]
 
     def train_queries(self, task: str) -> list:
@@ -420,7 +442,7 @@ class SystemBuilder:
     def _holdout_key(self) -> dict[str, Any]:
         """What the hold-out and epoch sizing add to a reranker's stage key (nothing when unused)."""
         c = self.config
-        return {**({"fusion_validation": c.fusion_validation} if c.fusion_validation else {}),
+        return {**({"fusion_validation": c.fusion_validation, "grouped": True} if c.fusion_validation else {}),
                 **({"fusion_min_validation": c.fusion_min_validation}
                    if c.fusion_validation and c.fusion_min_validation else {}),
                 **({"epochs": c.reranker_epochs} if c.reranker_epochs else {})}

@@ -93,6 +93,9 @@ class ExperimentConfig:
     fusion_min_validation: int = field(default=0, metadata={
         "help": "hold out at least this many of each task's training queries (never more than half of them), "
                 "so that a small task has enough to fit its own weight on (50: the per-task minimum)"})
+    fusion_holdout_retriever: bool = field(default=False, metadata={
+        "help": "hold the fusion validation queries out of the dual encoder's training too, so that the fit "
+                "does not favour a retriever that has seen them"})
     fusion_per_task: bool = field(default=True, metadata={
         "help": "one fusion weight per task (a task with fewer than 50 validation queries uses the global one)"})
     fresh: bool = False
