@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from .io import atomic_write, iter_jsonl
+from .io import atomic_write, check_outputs, iter_jsonl
 from .tasks import find_task_files, parse_task_filename
 
 KNOWLEDGE_SOURCE_NAME = "knowledge_source.jsonl"
@@ -73,16 +73,22 @@ def make_subset(kilt_dir_or_files: str | Path | Sequence[str | Path], knowledge_
     ``queries_per_split`` sampled queries each, and ``knowledge_source.jsonl`` holding
     their provenance pages plus ``distractors`` other pages, in knowledge-source order.
 
-    The same ``seed`` gives the same subset. Returns a summary: query counts per file,
-    page counts, and provenance pages the knowledge source lacks.
+    Inputs and ``out_dir`` are checked before anything is read. The same ``seed`` gives the
+    same subset. Returns a summary: query counts per file, page counts, and provenance pages
+    the knowledge source lacks.
     """
     if queries_per_split < 1 or distractors < 0:
         raise ValueError("queries_per_split must be >= 1 and distractors >= 0")
-    out_dir = Path(out_dir)
+    files = _task_files(kilt_dir_or_files, tasks)
+    knowledge_source, out_dir = Path(knowledge_source), Path(out_dir)
+    if not knowledge_source.is_file():
+        raise FileNotFoundError(f"{knowledge_source}: knowledge source not found")
+    open(knowledge_source, "rb").close()  # unreadable: fail now, not after sampling
+    check_outputs(folders=[out_dir], inputs=[knowledge_source, *(path for _, _, path in files)])
     out_dir.mkdir(parents=True, exist_ok=True)
     gold: set[str] = set()
     queries: dict[str, int] = {}
-    for task, split, path in _task_files(kilt_dir_or_files, tasks):
+    for task, split, path in files:
         rng = random.Random(f"{seed}/{path.name}")
         records = iter_jsonl(path)
         sample = _reservoir(tqdm(records, desc=f"sampling {path.name}", unit=" queries",
