@@ -280,9 +280,10 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     in one step where the system can swap two folders (Linux), else by two renames.
 
     The folder gets the mode ``mkdir`` would give (0777 less the umask); temporary folders of
-    earlier, killed writes of ``path`` are removed first, and on error the new one is.
+    earlier, killed writes of ``path`` are removed first, and on error the new one is. Where
+    ``path`` is a link, the folder it points to is replaced and the link kept.
     """
-    path = Path(path)
+    path = Path(path).resolve() if Path(path).is_symlink() else Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path}: exists and is not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
