@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import warnings
 import zlib
@@ -64,42 +65,84 @@ class Page:
 
 
 # --------------------------------------------------------------------------- files
-class InputOverwriteError(ValueError):
-    """An output would replace one of the command's own inputs."""
+class OutputError(ValueError):
+    """An output cannot be written safely; the message names it and what is in the way."""
 
 
-def refuse_overwriting_inputs(outputs: Iterable[str | Path], inputs: Iterable[str | Path],
-                              overwrite: bool = False) -> None:
-    """Raise InputOverwriteError unless ``overwrite`` when an output would replace an input.
+class InputOverwriteError(OutputError):
+    """An output would replace, hold or lie inside one of the command's own inputs."""
 
-    ``outputs`` are the files a command writes (for a folder it writes into, give each
-    ``folder / name``) and the folders it replaces whole; an output replaces an input when it
-    is the same path or file (also through a link), or is a folder holding the input.
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file: the same path once links are resolved, or hard links."""
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
+def _overlap(a: Path, b: Path) -> str | None:
+    """How ``a`` stands to ``b``, links resolved: "is", "holds" or "lies inside"; None when apart."""
+    if _same_file(a, b):
+        return "is"
+    if b.resolve().is_relative_to(a.resolve()):
+        return "holds"
+    if a.resolve().is_relative_to(b.resolve()):
+        return "lies inside"
+    return None
+
+
+def _kind(path: Path) -> str:
+    """What an existing path is, in words (links followed)."""
+    mode = path.stat().st_mode
+    kinds = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def _check_writable(output: Path, folder: bool) -> None:
+    """Raise OSError naming ``output`` when it could not be written: the nearest existing folder
+    it would be written in (a folder output itself, when it exists) is not a folder or not writable."""
+    ancestor = output.absolute() if folder else output.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(f"{output}: cannot write there ({ancestor} is not a folder)")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(f"{output}: cannot write there ({ancestor} is not writable)")
+
+
+def check_outputs(files: Iterable[str | Path] = (), folders: Iterable[str | Path] = (),
+                  inputs: Iterable[str | Path | None] = ()) -> None:
+    """Raise before any work unless every output of a command can be written without harm.
+
+    ``files`` are the files a command writes (each replaced whole), ``folders`` the folders it
+    writes into or replaces, ``inputs`` every file and folder it reads (absent ones, and None or ""
+    for an input not given, are skipped).
+    Refused, links resolved: an output that is, holds or lies inside an input
+    (InputOverwriteError; no option allows it: no command writes over its own inputs); two
+    outputs that are one path or one inside the other; an existing file output that is not a
+    regular file, or folder output that is not a folder (OutputError); a place this process
+    cannot write in (OSError).
     """
-    if overwrite:
-        return
-    existing = [(Path(p), Path(p).resolve()) for p in inputs if Path(p).exists()]
-    for output in map(Path, outputs):
-        resolved = output.resolve()
-        for given, source in existing:
-            same = resolved == source or (output.exists() and os.path.samefile(output, given))
-            if same or (output.is_dir() and source.is_relative_to(resolved)):
-                what = "is" if same else "holds"
-                raise InputOverwriteError(f"{output}: {what} the input {given}; refusing to write over an input "
-                                          f"(pass --overwrite to allow it)")
-
-
-def check_writable(outputs: Iterable[str | Path]) -> None:
-    """Raise OSError naming the output before any work when a file could not be written there:
-    its nearest existing ancestor is not a folder, or is a folder this process may not write in."""
-    for output in map(Path, outputs):
-        ancestor = output.absolute().parent
-        while not ancestor.exists() and ancestor != ancestor.parent:
-            ancestor = ancestor.parent
-        if not ancestor.is_dir():
-            raise NotADirectoryError(f"{output}: cannot write there ({ancestor} is not a folder)")
-        if not os.access(ancestor, os.W_OK | os.X_OK):
-            raise PermissionError(f"{output}: cannot write there ({ancestor} is not writable)")
+    files, folders = [Path(p) for p in files], [Path(p) for p in folders]
+    outputs = files + folders
+    existing = [Path(p) for p in inputs if p and Path(p).exists()]
+    for output in outputs:
+        for given in existing:
+            if overlap := _overlap(output, given):
+                raise InputOverwriteError(f"{output}: {overlap} the input {given}; refusing to write over an "
+                                          f"input (no option allows it: choose another output)")
+    for i, output in enumerate(outputs):
+        for other in outputs[i + 1:]:
+            if overlap := _overlap(output, other):
+                raise OutputError(f"{output}: {overlap} another output of the same command, {other}; "
+                                  f"each output needs a path of its own")
+    for output in files:
+        if output.exists() and not output.is_file():
+            raise OutputError(f"{output}: exists and is {_kind(output)}; only a regular file is replaced")
+    for output in folders:
+        if output.exists() and not output.is_dir():
+            raise OutputError(f"{output}: exists and is {_kind(output)}, not a folder")
+    for output in outputs:
+        _check_writable(output, folder=output in folders)
 
 
 def _umask() -> int:
@@ -237,9 +280,10 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     in one step where the system can swap two folders (Linux), else by two renames.
 
     The folder gets the mode ``mkdir`` would give (0777 less the umask); temporary folders of
-    earlier, killed writes of ``path`` are removed first, and on error the new one is.
+    earlier, killed writes of ``path`` are removed first, and on error the new one is. Where
+    ``path`` is a link, the folder it points to is replaced and the link kept.
     """
-    path = Path(path)
+    path = Path(path).resolve() if Path(path).is_symlink() else Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path}: exists and is not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)

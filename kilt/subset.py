@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from .io import atomic_write, iter_jsonl
+from .io import atomic_directory, atomic_write, check_outputs, iter_jsonl
 from .tasks import find_task_files, parse_task_filename
 
 KNOWLEDGE_SOURCE_NAME = "knowledge_source.jsonl"
@@ -66,6 +66,17 @@ def _task_files(kilt_dir_or_files: str | Path | Sequence[str | Path],
     return sorted(files, key=lambda f: f[2].name)
 
 
+def _check_subset_folder(out_dir: Path) -> None:
+    """Refuse an existing ``out_dir`` that holds anything but a subset's files: it is replaced whole."""
+    if not out_dir.is_dir():
+        return
+    foreign = sorted(p.name for p in out_dir.iterdir()
+                     if p.name != KNOWLEDGE_SOURCE_NAME and parse_task_filename(p.name) is None)
+    if foreign:
+        raise ValueError(f"{out_dir}: holds files that are not part of a KILT subset ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}); write the subset to a folder of its own")
+
+
 def make_subset(kilt_dir_or_files: str | Path | Sequence[str | Path], knowledge_source: str | Path,
                 out_dir: str | Path, queries_per_split: int = 100, distractors: int = 10_000,
                 seed: int = 0, tasks: Sequence[str] | None = None, progress: bool = True) -> dict:
@@ -73,16 +84,31 @@ def make_subset(kilt_dir_or_files: str | Path | Sequence[str | Path], knowledge_
     ``queries_per_split`` sampled queries each, and ``knowledge_source.jsonl`` holding
     their provenance pages plus ``distractors`` other pages, in knowledge-source order.
 
-    The same ``seed`` gives the same subset. Returns a summary: query counts per file,
-    page counts, and provenance pages the knowledge source lacks.
+    Inputs and ``out_dir`` are checked before anything is read; the subset is built in a
+    temporary folder that then replaces ``out_dir`` whole, so a failure leaves an earlier
+    subset there as it was. The same ``seed`` gives the same subset. Returns a summary: query
+    counts per file, page counts, and provenance pages the knowledge source lacks.
     """
     if queries_per_split < 1 or distractors < 0:
         raise ValueError("queries_per_split must be >= 1 and distractors >= 0")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    files = _task_files(kilt_dir_or_files, tasks)
+    knowledge_source, out_dir = Path(knowledge_source), Path(out_dir)
+    if not knowledge_source.is_file():
+        raise FileNotFoundError(f"{knowledge_source}: knowledge source not found")
+    open(knowledge_source, "rb").close()  # unreadable: fail now, not after sampling
+    check_outputs(folders=[out_dir], inputs=[knowledge_source, *(path for _, _, path in files)])
+    _check_subset_folder(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        summary = _write_subset(files, knowledge_source, tmp, queries_per_split, distractors, seed, progress)
+    return {"out_dir": str(out_dir), **summary}
+
+
+def _write_subset(files: list[tuple[str, str, Path]], knowledge_source: Path, out_dir: Path,
+                  queries_per_split: int, distractors: int, seed: int, progress: bool) -> dict:
+    """`make_subset`'s work, into the empty folder ``out_dir``; the summary less its folder."""
     gold: set[str] = set()
     queries: dict[str, int] = {}
-    for task, split, path in _task_files(kilt_dir_or_files, tasks):
+    for task, split, path in files:
         rng = random.Random(f"{seed}/{path.name}")
         records = iter_jsonl(path)
         sample = _reservoir(tqdm(records, desc=f"sampling {path.name}", unit=" queries",
@@ -111,7 +137,6 @@ def make_subset(kilt_dir_or_files: str | Path | Sequence[str | Path], knowledge_
             f.write(json.dumps(page, ensure_ascii=False) + "\n")
     missing = sorted(gold - {str(page["wikipedia_id"]).strip() for _, page in found})
     return {
-        "out_dir": str(out_dir),
         "queries": queries,
         "gold_pages": len(found),
         "distractor_pages": len(extra),

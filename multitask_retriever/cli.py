@@ -6,7 +6,9 @@
     mtr train-reranker / pipeline                      reranking
     mtr benchmark-quality                              every system on a KILT folder, scored
 
-Subcommands import their heavy modules (models, FAISS) only when they run.
+Subcommands import their heavy modules (models, FAISS) only when they run. Each checks its
+outputs against its inputs (kilt.io.check_outputs) before any work: no command writes over one
+of its own inputs.
 """
 from __future__ import annotations
 
@@ -29,14 +31,27 @@ def command(name: str):
     return register
 
 
+def _kilt_files(data_dir: str | Path) -> list[Path]:
+    """The task files and knowledge source of a KILT folder (none when it is absent): the inputs
+    a command reading that folder may not write over."""
+    from kilt.tasks import find_task_files
+
+    from .data import KNOWLEDGE_SOURCES
+
+    folder = Path(data_dir)
+    if not data_dir or not folder.is_dir():
+        return []
+    return [*(path for splits in find_task_files(folder).values() for path in splits.values()),
+            *(folder / name for name in KNOWLEDGE_SOURCES)]
+
+
 # --------------------------------------------------------------------------- KILT layer
 @command("chunk")
 def _chunk(args) -> None:
-    from kilt.io import check_writable, refuse_overwriting_inputs
+    from kilt.io import check_outputs
     from kilt.passages import write_passages
 
-    refuse_overwriting_inputs([args.out], [args.knowledge_source], args.overwrite)
-    check_writable([args.out])
+    check_outputs(files=[args.out], inputs=[args.knowledge_source])
     n = write_passages(args.knowledge_source, args.out, words=args.words, skip_invalid=args.skip_invalid)
     print(f"wrote {n} passages to {args.out}")
 
@@ -44,15 +59,14 @@ def _chunk(args) -> None:
 @command("bm25")
 def _bm25(args) -> None:
     from kilt.bm25 import BM25Retriever
-    from kilt.io import check_writable, refuse_overwriting_inputs
+    from kilt.io import check_outputs
     from kilt.passages import PassageStore
     from kilt.predict import predict_file
 
     out_dir = Path(args.out_dir)
     outs = [out_dir / (Path(f).name.removesuffix("-kilt.jsonl").removesuffix(".jsonl") + "-bm25.jsonl")
             for f in args.task_files]
-    refuse_overwriting_inputs(outs, [args.passages, *args.task_files], args.overwrite)
-    check_writable(outs)
+    check_outputs(files=outs, inputs=[args.passages, *args.task_files])
     retriever = BM25Retriever.build(PassageStore(args.passages))
     for task_file, out in zip(args.task_files, outs):
         n = predict_file(lambda queries, task: retriever.search_pages(queries, k=args.k), task_file, out)
@@ -61,13 +75,9 @@ def _bm25(args) -> None:
 
 @command("kilt-subset")
 def _kilt_subset(args) -> None:
-    from kilt.io import refuse_overwriting_inputs
     from kilt.subset import make_subset
 
-    out_dir = Path(args.out_dir)
-    inputs = [args.knowledge_source, *Path(args.kilt_dir).glob("*.jsonl"), *Path(args.kilt_dir).glob("*.jsonl.gz")]
-    refuse_overwriting_inputs([out_dir / Path(p).name for p in inputs] + [out_dir / "knowledge_source.jsonl"],
-                              inputs, args.overwrite)
+    # make_subset checks its inputs and output folder (kilt.io.check_outputs) before reading anything
     summary = make_subset(args.kilt_dir, args.knowledge_source, args.out_dir,
                           queries_per_split=args.queries, distractors=args.distractors, seed=args.seed,
                           tasks=args.tasks.split(",") if args.tasks else None)
@@ -84,21 +94,27 @@ def _evaluate(args) -> int:
 # --------------------------------------------------------------------------- inference path
 @command("encode")
 def _encode(args) -> None:
+    from kilt.io import check_outputs
+
     from .devices import resolve_device
     from .encoder import DualEncoder
     from .encoding import encode_corpus
 
+    check_outputs(folders=[args.out_dir], inputs=[args.encoder, args.passages])
     encoder = DualEncoder.from_pretrained(args.encoder).to(resolve_device(args.device))
     out = encode_corpus(encoder, args.passages, args.out_dir, shard_size=args.shard_size,
-                        batch_size=args.batch_size)
+                        batch_size=args.batch_size, overwrite=args.overwrite)
     print(f"encoded shards in {out}")
 
 
 @command("index")
 def _index(args) -> None:
+    from kilt.io import check_outputs
+
     from .config import config_from_args
     from .indexing import Index, IndexConfig
 
+    check_outputs(folders=[args.out], inputs=[args.shards])
     index = Index.from_shards(args.shards, config_from_args(IndexConfig, args))
     index.save(args.out)
     print(f"saved {args.out}")
@@ -106,12 +122,11 @@ def _index(args) -> None:
 
 @command("retrieve")
 def _retrieve(args) -> None:
-    from kilt.io import check_writable, refuse_overwriting_inputs
+    from kilt.io import check_outputs
 
     from .retriever import load_retriever
 
-    refuse_overwriting_inputs([args.out], [args.queries, args.passages, args.index, args.encoder], args.overwrite)
-    check_writable([args.out])
+    check_outputs(files=[args.out], inputs=[args.queries, args.passages, args.index, args.encoder])
     overrides = {name: getattr(args, name) for name in ("nprobe", "hnsw_ef_search", "backend")
                  if getattr(args, name) is not None}
     retriever = load_retriever(args.encoder, args.index, args.passages, device=args.device, force=args.force,
@@ -123,10 +138,14 @@ def _retrieve(args) -> None:
 # --------------------------------------------------------------------------- dual-encoder training
 @command("train")
 def _train(args) -> None:
+    from kilt.io import check_outputs
+
     from .config import config_from_args, load_config_file
     from .trainer import MultitaskTrainer, TrainConfig
 
     cfg = config_from_args(TrainConfig, args, [load_config_file(path) for path in args.config])
+    check_outputs(folders=[cfg.output_dir] if cfg.output_dir else [], inputs=[
+        *args.config, *_kilt_files(cfg.data_dir), cfg.passages, cfg.negatives, cfg.model_name_or_path])
     result = MultitaskTrainer(cfg).train(resume=args.resume)
     rounds = f" in each of {cfg.negative_rounds + 1} rounds" if cfg.negative_rounds else ""
     print(f"trained {cfg.method} for {result.step} steps{rounds}; model: {result.model_path}")
@@ -134,10 +153,13 @@ def _train(args) -> None:
 
 @command("mine-negatives")
 def _mine_negatives(args) -> None:
+    from kilt.io import check_outputs
     from kilt.passages import PassageStore
 
     from .data import build_training_examples, task_train_files, write_training_examples
 
+    files = task_train_files(args.data_dir, args.tasks.split(",") if args.tasks else (), args.split)
+    check_outputs(files=[args.out], inputs=[args.passages, *files.values(), args.encoder, args.index])
     backend = "bm25"
     if args.encoder:
         if not args.index:
@@ -145,7 +167,6 @@ def _mine_negatives(args) -> None:
         from .retriever import load_retriever
 
         backend = load_retriever(args.encoder, args.index, args.passages, device=args.device, force=args.force)
-    files = task_train_files(args.data_dir, args.tasks.split(",") if args.tasks else (), args.split)
     examples = build_training_examples(files, PassageStore(args.passages), backend, depth=args.depth,
                                        keep=args.keep, max_queries=args.max_queries)
     n = write_training_examples(args.out, examples)
@@ -183,7 +204,7 @@ def _first_stage(args):
 
 @command("train-reranker")
 def _train_reranker(args) -> None:
-    from kilt.io import read_task_file
+    from kilt.io import check_outputs, read_task_file
     from kilt.passages import PassageStore
 
     from .config import config_from_args
@@ -196,6 +217,8 @@ def _train_reranker(args) -> None:
     if not args.output_dir:
         raise ValueError("--output-dir is required (checkpoints, log and final reranker)")
     files = task_train_files(args.data_dir, args.tasks.split(",") if args.tasks else (), "train")
+    check_outputs(folders=[args.output_dir],
+                  inputs=[args.passages, *files.values(), args.encoder, args.index, args.model, args.teacher])
     backend, store = _first_stage(args), PassageStore(args.passages)
     examples = []
     for task, path in files.items():
@@ -235,13 +258,11 @@ def _pipeline(args) -> None:
     from .pipeline import Pipeline
     from .rerank import load_reranker
 
-    from kilt.io import check_writable, refuse_overwriting_inputs
+    from kilt.io import check_outputs
 
     from .rerank.fusion import FUSION_NAME, Fusion
 
-    refuse_overwriting_inputs([args.out], [p for p in (args.queries, args.passages, args.index, args.encoder,
-                                                        args.reranker) if p], args.overwrite)
-    check_writable([args.out])
+    check_outputs(files=[args.out], inputs=[args.queries, args.passages, args.index, args.encoder, args.reranker])
     if args.rerank_k < 0 or args.k < 1:
         raise ValueError(f"--k must be >= 1 and --rerank-k >= 0, got {args.k} and {args.rerank_k}")
     reranker = load_reranker(args.reranker).to(resolve_device(args.device)) if args.reranker else None
@@ -255,7 +276,7 @@ def _pipeline(args) -> None:
 # --------------------------------------------------------------------------- benchmark
 @command("benchmark-quality")
 def _benchmark_quality(args) -> None:
-    from kilt.io import refuse_overwriting_inputs
+    from kilt.io import check_outputs
 
     from .config import config_from_args, load_config_file
     from .experiment import Experiment, ExperimentConfig, SeedStudy, markdown_table, seed_study_table, write_report
@@ -263,10 +284,9 @@ def _benchmark_quality(args) -> None:
 
     cfg = config_from_args(ExperimentConfig, args, [load_config_file(path) for path in args.config],
                            data_dir=args.data_dir)
-    data_files = list(Path(args.data_dir).iterdir()) if Path(args.data_dir).is_dir() else []
-    refuse_overwriting_inputs(report_files(args.out), [*args.config, *data_files,
-                                                       *([cfg.knowledge_source] if cfg.knowledge_source else [])],
-                              args.overwrite)
+    # the stage cache (cfg.work_path) is written into stage by stage, never replaced whole, and may be the data folder
+    check_outputs(files=report_files(args.out), inputs=[*args.config, *_kilt_files(args.data_dir), cfg.knowledge_source,
+                                                        cfg.encoder, cfg.cross_encoder, cfg.llm])
     if cfg.seeds:
         doc = SeedStudy(cfg, cfg.seeds, progress=not args.quiet).run()
         paths = write_report(doc, args.out)
@@ -279,10 +299,6 @@ def _benchmark_quality(args) -> None:
 
 
 # --------------------------------------------------------------------------- parser
-def overwrite_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--overwrite", action="store_true", help="allow an output to replace one of the inputs")
-
-
 def force_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="search an index with another encoder or passage file than it was built from")
@@ -303,14 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--words", type=int, default=100, help="words per passage [100]")
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip malformed pages (counted and reported) instead of stopping at the first")
-    overwrite_argument(p)
 
     p = sub.add_parser("bm25", help="BM25 page rankings for KILT task files")
     p.add_argument("passages", help="passage file from `mtr chunk`")
     p.add_argument("task_files", nargs="+", help="KILT task files (queries)")
     p.add_argument("--out-dir", required=True, help="where prediction files go")
     p.add_argument("--k", type=int, default=100, help="pages per query [100]")
-    overwrite_argument(p)
 
     p = sub.add_parser("kilt-subset", help="a miniature benchmark from full KILT files, deterministic")
     p.add_argument("kilt_dir", help="folder with the official <task>-<split>-kilt.jsonl files")
@@ -320,7 +334,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distractors", type=int, default=10000, help="random extra pages [10000]")
     p.add_argument("--tasks", default="", help="comma-separated task names [all present]")
     p.add_argument("--seed", type=int, default=0)
-    overwrite_argument(p)
 
     p = sub.add_parser("evaluate", help="KILT retrieval metrics (same as python -m kilt.eval)", add_help=False)
     p.add_argument("eval_args", nargs=argparse.REMAINDER)
@@ -329,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", required=True, help="DualEncoder folder or Hugging Face name")
     p.add_argument("--passages", required=True, help="passage file from `mtr chunk`")
     p.add_argument("--out-dir", required=True, help="shard folder (resumes where it stopped)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="encode every shard again, discarding the shards --out-dir holds (never an input)")
     p.add_argument("--shard-size", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="auto")
@@ -354,7 +369,6 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query [as the index was saved]")
         p.add_argument("--hnsw-ef-search", type=int, default=None, help="HNSW search beam width [as saved]")
         p.add_argument("--backend", default=None, help="faiss | torch: search with another backend [as saved]")
-        overwrite_argument(p)
         force_argument(p)
 
     from .trainer import TrainConfig, methods
@@ -424,7 +438,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "benchmark-quality, else the reranker's order), none (the reranker's order), "
                         "interpolate (--alpha) or rrf [fitted]")
     p.add_argument("--alpha", type=float, default=Fusion.alpha, help="the reranker's weight for --fusion interpolate")
-    overwrite_argument(p)
 
     from .experiment import ExperimentConfig
 
@@ -435,7 +448,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML/JSON with ExperimentConfig fields; repeatable, later files and flags override "
                         "earlier (the committed CPU runs: scripts/configs/cpu.yaml, then the run's file)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    overwrite_argument(p)
     add_config_arguments(p, ExperimentConfig, skip={"data_dir"})
     return parser
 

@@ -63,11 +63,11 @@ def _check_finished_shard(out_dir: Path, shard: int, passages: Sequence[Passage]
     ids = np.load(ids_path)
     if not np.array_equal(ids, [p.id for p in passages]):
         raise ValueError(f"{ids_path}: its passage ids differ from shard {shard} of {passage_file}; "
-                         f"encode again with overwrite=True")
+                         f"encode again with overwrite=True (mtr encode --overwrite)")
     vectors = np.load(vectors_path, mmap_mode="r")
     if vectors.shape != (len(passages), dim) or vectors.dtype != dtype:
         raise ValueError(f"{vectors_path}: shape {vectors.shape} {vectors.dtype}, expected "
-                         f"({len(passages)}, {dim}) {dtype}; encode again with overwrite=True")
+                         f"({len(passages)}, {dim}) {dtype}; encode again with overwrite=True (mtr encode --overwrite)")
 
 
 def _encode_shard(encoder: Any, passages: list[Passage], batch_size: int, dtype: np.dtype,
@@ -115,7 +115,7 @@ def encode_corpus(encoder: Any, passage_file: str | Path, out_dir: str | Path, s
         if changed:
             details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             raise ValueError(f"{manifest_path}: shards were encoded with other settings ({details}); "
-                             f"use another folder or overwrite=True")
+                             f"use another folder or overwrite=True (mtr encode --overwrite)")
     state.wait_for_everyone()  # all processes have checked before the main one changes anything
     if state.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from kilt.io import (InputOverwriteError, KiltExample, KiltFormatError, Page, Provenance, atomic_directory,
-                     atomic_write, iter_pages, iter_task_file, read_predictions, read_task_file,
-                     refuse_overwriting_inputs, remove_orphans_in, write_predictions)
+                     atomic_write, check_outputs, iter_pages, iter_task_file, read_predictions, read_task_file,
+                     remove_orphans_in, write_predictions)
 from kilt.tasks import TASKS, find_task_files, get_task, parse_task_filename
 
 RECORD = {
@@ -191,21 +191,20 @@ def test_an_output_that_would_replace_an_input_is_refused(task_file, output, wha
     (task_file.parent / "link.jsonl").symlink_to(task_file)
     out = output(task_file)
     with pytest.raises(InputOverwriteError) as error:
-        refuse_overwriting_inputs([out], [task_file])
+        check_outputs(files=[out], inputs=[task_file])
     assert str(error.value) == (f"{out}: {what} the input {task_file}; refusing to write over an input "
-                                f"(pass --overwrite to allow it)")
-    refuse_overwriting_inputs([out], [task_file], overwrite=True)
+                                f"(no option allows it: choose another output)")
 
 
 def test_a_folder_output_may_not_hold_a_file_of_an_inputs_name(task_file):
     # `bm25 ... data/nq-dev.jsonl --out-dir data` would write data/nq-dev.jsonl
     with pytest.raises(InputOverwriteError, match=r"nq-dev\.jsonl: is the input"):
-        refuse_overwriting_inputs([task_file.parent / name for name in ("nq-dev.jsonl",)], [task_file])
+        check_outputs(files=[task_file.parent / name for name in ("nq-dev.jsonl",)], inputs=[task_file])
 
 
 def test_outputs_beside_their_inputs_are_fine(task_file, tmp_path):
-    refuse_overwriting_inputs([task_file.parent / "nq-dev-predictions.jsonl", tmp_path / "index"],
-                              [task_file, tmp_path / "not-there.jsonl"])
+    check_outputs(files=[task_file.parent / "nq-dev-predictions.jsonl"], folders=[tmp_path / "index"],
+                  inputs=[task_file, tmp_path / "not-there.jsonl"])
 
 
 # --------------------------------------------------------------------------- atomic writes
