@@ -44,6 +44,33 @@ def mention_window(offsets: list[tuple[int, int]], span: tuple[int, int], limit:
     return first - left, stop + (rest - left)
 
 
+#: what a cut query keeps: auto (task-aware: a dialogue its latest turns, any other task its
+#: start), start, or end; a marked entity mention is always kept with its context
+QUERY_KEEP = ("auto", "start", "end")
+
+
+def keeps_end(task: str | None, keep: str = "auto") -> bool:
+    """Whether a too-long query of `task` keeps its end: a dialogue's last turn is the one to
+    answer, so "auto" keeps the end of dialogue inputs and the start of every other task's."""
+    if keep not in QUERY_KEEP:
+        raise ValueError(f"query cut must be one of {', '.join(QUERY_KEEP)}, got {keep!r}")
+    return keep == "end" or (keep == "auto" and task in TASKS and TASKS[task].kind == DIALOGUE)
+
+
+def query_window(text: str, offsets: list[tuple[int, int]], limit: int, task: str | None = None,
+                 keep: str = "auto") -> tuple[int, int]:
+    """Token range [first, stop) of at most `limit` tokens (character `offsets` of `text`) that a
+    cut query keeps: the window around a marked entity mention, else its end or start
+    (`keeps_end`). The one query cut of the dual encoder and every reranker."""
+    n = len(offsets)
+    if n <= limit:
+        return 0, n
+    span = mention_span(text)
+    if span is not None:
+        return mention_window(offsets, span, limit)
+    return (n - limit, n) if keeps_end(task, keep) else (0, limit)
+
+
 _TURN = re.compile(r"^(?P<conversation>.+)_\d+$")
 
 

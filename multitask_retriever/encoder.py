@@ -28,7 +28,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BatchEncoding, Pr
 from transformers.utils import cached_file
 
 from kilt.io import atomic_directory
-from kilt.tasks import TASKS, mention_span, mention_window
+from kilt.tasks import TASKS, keeps_end, mention_span, mention_window
 
 from .devices import check_dtype_name, resolve_dtype
 
@@ -317,8 +317,9 @@ class DualEncoder(nn.Module):
                 if mention is not None:
                     kept = _keep_mention(text, len(prefix), offsets, encoded.word_ids(i), room, mention)
                 else:
+                    keep = "end" if self.config.query_truncation_side == "left" else "start"
                     kept = _keep_words(text, len(prefix), offsets, encoded.word_ids(i), room,
-                                       keep_end=self.config.query_truncation_side == "left")
+                                       keep_end=keeps_end(task, keep))
                 if kept is None:
                     raise ValueError(f"the template for task {task!r} alone exceeds query_max_length "
                                      f"({self.config.query_max_length} tokens)")

@@ -128,7 +128,7 @@ EL_QUERY = f"{_text(300, 3)} {MENTION} {_text(300, 4)}"
 def test_the_cross_encoder_keeps_an_entity_mention_and_context_on_both_sides(tiny_bert):
     reranker = make_reranker("cross-encoder", tiny_bert, max_length=64, max_query_length=16)
     limit = len(reranker.tokenizer(MENTION, add_special_tokens=False)["input_ids"]) + 10
-    (query,), (count,), cut = reranker._cut([EL_QUERY], [limit])
+    (query,), (count,), cut = reranker._cut([EL_QUERY], [limit], ["aidayago2"])
     assert cut and count == limit and MENTION in query
     left, right = query.split(MENTION)
     assert left.strip() and right.strip()  # context on both sides
@@ -140,3 +140,47 @@ def test_an_llm_query_keeps_an_entity_mention_and_context_on_both_sides(tiny_gpt
     mention = scorer.tokenizer(MENTION, add_special_tokens=False)["input_ids"]
     at = next(i for i in range(len(ids)) if ids[i:i + len(mention)] == mention)
     assert len(ids) == 40 and 0 < at and at + len(mention) < 40  # the mention, with context on both sides
+
+
+LAST_TURN = "so which river has no bridges at all"
+DIALOGUE = "\n".join([_text(40, 10 + turn) for turn in range(8)] + [LAST_TURN])
+
+
+def _dialogue_query(method: str, request, limit: int) -> str:
+    """The text of DIALOGUE (a wow input) that `method`'s input path keeps at `limit` tokens."""
+    if method == "dual-encoder":
+        from multitask_retriever.encoder import DualEncoder
+
+        encoder = DualEncoder.from_pretrained(request.getfixturevalue("tiny_bert"), query_max_length=limit,
+                                              query_truncation_side="left")
+        ids = encoder.tokenize_queries([DIALOGUE], "wow")["input_ids"][0].tolist()
+        return encoder.tokenizer.decode(ids, skip_special_tokens=True)
+    if method == "cross-encoder":
+        reranker = make_reranker(method, request.getfixturevalue("tiny_bert"), max_length=limit + 40,
+                                 max_query_length=limit)
+        (query,), _, _ = reranker._cut([DIALOGUE], [limit], ["wow"])
+        return query
+    scorer = make_reranker(method, str(request.getfixturevalue("tiny_gpt2")), max_query_tokens=limit).scorer
+    (ids,) = scorer.query_ids([DIALOGUE], ["wow"])
+    assert len(ids) == limit
+    return scorer.tokenizer.decode(ids)
+
+
+@pytest.mark.parametrize("limit", [32, 64])
+@pytest.mark.parametrize("method", ["dual-encoder", "cross-encoder", "zero-shot"])
+def test_a_long_dialogue_keeps_its_last_turn(method, limit, request):
+    assert LAST_TURN in _dialogue_query(method, request, limit)
+
+
+@pytest.mark.parametrize("method", ["cross-encoder", "zero-shot"])
+def test_a_long_question_keeps_its_start(method, request):
+    """Other tasks keep the start of the input, as their question or claim comes first."""
+    question = "which prince " + _text(200, 20)
+    if method == "cross-encoder":
+        reranker = make_reranker(method, request.getfixturevalue("tiny_bert"), max_length=72, max_query_length=32)
+        (query,), _, _ = reranker._cut([question], [32], ["nq"])
+        assert query.startswith("which prince")
+    else:
+        scorer = make_reranker(method, str(request.getfixturevalue("tiny_gpt2")), max_query_tokens=32).scorer
+        (ids,) = scorer.query_ids([question], ["nq"])
+        assert scorer.tokenizer.decode(ids).startswith("which prince")

@@ -41,6 +41,9 @@ def train_config(c: ExperimentConfig, method: str, tasks: list[str], start: str,
         passage_max_length=c.passage_max_length, taco=c.taco, seed=c.seed, output_dir=output_dir, progress=progress)
 
 
+#: how rerankers read their inputs, in every reranker's stage key: a change here retrains them
+RERANK_INPUTS = {"query_cut": "task-aware"}
+
 #: the naive base model every fine-tuned system continues from under `base_steps`
 BASE_RUN = "naive-base"
 
@@ -304,7 +307,7 @@ class SystemBuilder:
                                           str(folder / "train"),
                                           self.progress, self._epoch_steps())
         key = llm_reranker_key(self.retriever_key(retriever_name), method, start, train, c.max_train_queries,
-                               c.rerank_k, **self._holdout_key())
+                               c.rerank_k, **self._rerank_data_key())
         with self.cache.stage(f"reranker {retriever_name}+{method}"):
             reranker = self._new_reranker(method, start)
             if method == "zero-shot":
@@ -343,7 +346,7 @@ class SystemBuilder:
         source = {"teacher": read_key(teacher.parent / "stage.json")} if teacher else {"loss": repr(None)}
         key = stage_key(retriever=self.retriever_key(retriever_name), method=method, start=start,
                         train=dataclasses.asdict(train), **source, max_train_queries=c.max_train_queries,
-                        rerank_k=c.rerank_k, **self._holdout_key())
+                        rerank_k=c.rerank_k, **self._rerank_data_key())
         with self.cache.stage(f"reranker {retriever_name}+{method}"):
             if self.cache.cached(folder, key):
                 return self._load_reranker(folder / "train" / "final" / "reranker")
@@ -360,7 +363,7 @@ class SystemBuilder:
 
     def reranker_key(self, retriever_name: str, method: str) -> str:
         if method == "zero-shot":
-            return stage_key(method=method, start=self._reranker_start(method))
+            return stage_key(method=method, start=self._reranker_start(method), **RERANK_INPUTS)
         return self.cache.key(self.work / "rerankers" / f"{retriever_name}+{method}")
 
     def _train_examples(self, retriever_name: str, method: str, per_task: int = 0):
@@ -383,7 +386,7 @@ class SystemBuilder:
         folder = self.work / "teachers" / f"{retriever_name}+{name}"
         key = stage_key(teacher=self.reranker_key(retriever_name, name), queries=self.config.teacher_queries,
                         max_train_queries=self.config.max_train_queries, rerank_k=self.config.rerank_k,
-                        **self._holdout_key())
+                        **self._rerank_data_key())
         path = folder / "scores.jsonl"
         with self.cache.stage(f"teacher {retriever_name}+{name}"):
             if not self.cache.cached(folder, key):
@@ -440,12 +443,18 @@ class SystemBuilder:
         return self._split(task)[1]
 
     def _holdout_key(self) -> dict[str, Any]:
-        """What the hold-out and epoch sizing add to a reranker's stage key (nothing when unused)."""
+        """The grouped hold-out of fusion validation queries, as stage keys hold it (empty when unused)."""
         c = self.config
-        return {**({"fusion_validation": c.fusion_validation, "grouped": True} if c.fusion_validation else {}),
-                **({"fusion_min_validation": c.fusion_min_validation}
-                   if c.fusion_validation and c.fusion_min_validation else {}),
-                **({"epochs": c.reranker_epochs} if c.reranker_epochs else {})}
+        if not c.fusion_validation:
+            return {}
+        return {"fusion_validation": c.fusion_validation, "grouped": True,
+                **({"fusion_min_validation": c.fusion_min_validation} if c.fusion_min_validation else {})}
+
+    def _rerank_data_key(self) -> dict[str, Any]:
+        """What the rerankers' inputs add to their stage keys: the task-aware query cut, the
+        hold-out and the epoch sizing (the last two only when used)."""
+        epochs = self.config.reranker_epochs
+        return {**RERANK_INPUTS, **self._holdout_key(), **({"epochs": epochs} if epochs else {})}
 
     def _epoch_steps(self) -> int:
         """Steps of `reranker_epochs` passes over the training queries (0 when not asked for)."""
@@ -463,7 +472,7 @@ class SystemBuilder:
         folder = self.work / "fusion" / f"{retriever_name}+{reranker_name}"
         key = stage_key(retriever=self.retriever_key(retriever_name),
                         reranker=self.reranker_key(retriever_name, reranker_name), rerank_k=c.rerank_k,
-                        per_task=c.fusion_per_task, **self._holdout_key())
+                        per_task=c.fusion_per_task, **self._rerank_data_key())
         with self.cache.stage(f"fusion {retriever_name}+{reranker_name}"):
             if self.cache.cached(folder, key):
                 return Fusion.load(folder)

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BatchEncoding
 
 from kilt.io import atomic_directory
-from kilt.tasks import mention_span, mention_window
+from kilt.tasks import keeps_end, query_window
 
 from ..devices import DTYPES, autocast, check_dtype_name
 from ..models import check_model_path, own_memory, packaged_minilm_path
@@ -32,6 +32,9 @@ class CrossEncoderConfig:
     max_length: int = field(default=256, metadata={"help": "pair tokens, special tokens included"})
     max_query_length: int = field(default=128, metadata={
         "help": "query tokens kept; longer queries are cut so the passage always has room"})
+    query_keep: str = field(default="auto", metadata={
+        "help": "what a cut query keeps: auto (a dialogue its latest turns, other tasks their start) | start | "
+                "end; an entity mention always stays"})
     freeze_position_embeddings: bool = field(default=True, metadata={
         "help": "keep position embeddings fixed in training, as Pezzuti et al. do"})
     inference_dtype: str = field(default="auto", metadata={
@@ -43,6 +46,7 @@ class CrossEncoderConfig:
             raise ValueError(f"max_query_length ({self.max_query_length}) must leave room for a passage "
                              f"within max_length ({self.max_length})")
         check_dtype_name(self.inference_dtype, "inference_dtype")
+        keeps_end(None, self.query_keep)  # ValueError naming the choices
 
 
 class CrossEncoderReranker(Reranker):
@@ -101,7 +105,7 @@ class CrossEncoderReranker(Reranker):
         n = group_size(queries, passages)
         if n == 0:
             return torch.zeros(len(queries), 0, device=self.device)
-        batch = self._encode(queries, passages, padding=True, return_tensors="pt")
+        batch = self._encode(queries, passages, tasks, padding=True, return_tensors="pt")
         return self._logits(batch).view(len(queries), n)
 
     def rerank_many(self, queries: Sequence[str], passages: Sequence[Sequence[str]], batch_size: int = 32,
@@ -111,7 +115,8 @@ class CrossEncoderReranker(Reranker):
         rows = [list(row) for row in passages]
         flat: list[float] = []
         if any(rows):
-            features = self._encode(*zip(*[(q, row) for q, row in zip(queries, rows) if row]))
+            kept = [(q, row, t) for q, row, t in zip(queries, rows, tasks or [None] * len(rows)) if row]
+            features = self._encode(*zip(*kept))
             lengths = [len(ids) for ids in features["input_ids"]]
             order = sorted(range(len(lengths)), key=lambda i: lengths[i])
             flat = [0.0] * len(lengths)
@@ -134,29 +139,34 @@ class CrossEncoderReranker(Reranker):
         batch = {k: v.to(self.device) for k, v in batch.items()}
         return self.model(**batch).logits[:, 0]
 
-    def _cut(self, texts: Sequence[str], limits: Sequence[int]) -> tuple[list[str], list[int], bool]:
-        """Each text cut to limits[i] tokens at token boundaries of the original text: its start,
-        or for an entity-linking input the window around its marked mention; returns the texts,
-        their token counts and whether any was cut."""
-        marked = [mention_span(t) for t in texts]
-        enc = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True) if any(marked) \
+    def _cut(self, texts: Sequence[str], limits: Sequence[int],
+             tasks: Sequence[str | None] | None = None) -> tuple[list[str], list[int], bool]:
+        """Each text cut to limits[i] tokens at token boundaries of the original text: queries
+        (those given `tasks`) by the task-aware `kilt.tasks.query_window`, passages at their
+        start; returns the texts, their token counts and whether any was cut."""
+        whole = tasks is not None  # a query's window may lie anywhere in it
+        enc = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True) if whole \
             else self.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max(limits) + 1,
                                 return_offsets_mapping=True)
         out, counts, cut = [], [], False
-        for text, offsets, limit, span in zip(texts, enc["offset_mapping"], limits, marked):
+        for text, offsets, limit, task in zip(texts, enc["offset_mapping"], limits, tasks or [None] * len(texts)):
             if len(offsets) > limit:
-                first, stop = mention_window(offsets, span, limit) if span else (0, limit)
+                first, stop = query_window(text, offsets, limit, task, self.config.query_keep) if whole \
+                    else (0, limit)
                 text, cut = text[offsets[first][0]: offsets[stop - 1][1]], True
             out.append(text)
             counts.append(min(len(offsets), limit))
         return out, counts, cut
 
-    def _encode(self, queries: Sequence[str], passages: Sequence[Sequence[str]], **kwargs: Any) -> BatchEncoding:
-        """Pairs (queries[i], passages[i][j]) in row order: the query is cut to `max_query_length`
-        tokens first, then the passage to the rest of `max_length` (passage cuts warned about once)."""
+    def _encode(self, queries: Sequence[str], passages: Sequence[Sequence[str]],
+                tasks: Sequence[str | None] | None = None, **kwargs: Any) -> BatchEncoding:
+        """Pairs (queries[i], passages[i][j]) in row order: the query (of tasks[i]) is cut to
+        `max_query_length` tokens first, then the passage to the rest of `max_length` (passage
+        cuts warned about once)."""
         if any(not q or not q.strip() for q in queries):
             raise ValueError("empty query")
-        capped, counts, _ = self._cut(queries, [self.config.max_query_length] * len(queries))
+        capped, counts, _ = self._cut(queries, [self.config.max_query_length] * len(queries),
+                                      list(tasks) if tasks is not None else [None] * len(queries))
         room = self.config.max_length - self.tokenizer.num_special_tokens_to_add(pair=True)
         pair_queries = [q for q, row in zip(capped, passages) for _ in row]
         limits = [room - count for count, row in zip(counts, passages) for _ in row]

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
-from kilt.tasks import mention_span, mention_window
+from kilt.tasks import keeps_end, query_window
 
 from ..devices import DTYPES, autocast, check_dtype_name
 from .base import (Reranker, check_rows, group_size, make_config, read_reranker_meta, split_rows,
@@ -58,6 +58,9 @@ class LLMScoringConfig:
                 "turn for wow, ...); tasks not listed use `instruction`"})
     max_passage_tokens: int = field(default=256, metadata={"help": "longer passages are cut (one warning)"})
     max_query_tokens: int = field(default=64, metadata={"help": "longer queries are cut (one warning)"})
+    query_keep: str = field(default="auto", metadata={
+        "help": "what a cut query keeps: auto (a dialogue its latest turns, other tasks their start) | start | "
+                "end; an entity mention always stays"})
     reduction: str = field(default="mean", metadata={"help": "mean | sum of the query tokens' log-probs"})
     max_batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per forward pass"})
     inference_dtype: str = field(default="auto", metadata={
@@ -68,6 +71,7 @@ class LLMScoringConfig:
             raise ValueError(f"reduction must be mean or sum, got {self.reduction!r}")
         if min(self.max_passage_tokens, self.max_query_tokens) < 1:
             raise ValueError("max_passage_tokens and max_query_tokens must be at least 1")
+        keeps_end(None, self.query_keep)  # ValueError naming the choices
         check_dtype_name(self.inference_dtype, "inference_dtype")
 
 
@@ -154,11 +158,14 @@ class LLMScorer(nn.Module):
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
+    def _warn_cut(self, what: str, limit: int) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            warnings.warn(f"{what} longer than {limit} tokens are truncated", stacklevel=4)
+
     def _cut(self, ids: list[int], limit: int, what: str) -> list[int]:
         if len(ids) > limit:
-            if what not in self._warned:
-                self._warned.add(what)
-                warnings.warn(f"{what} longer than {limit} tokens are truncated", stacklevel=4)
+            self._warn_cut(what, limit)
             return ids[:limit]
         return ids
 
@@ -167,20 +174,21 @@ class LLMScorer(nn.Module):
         enc = self.tokenizer(list(passages), add_special_tokens=False)["input_ids"]
         return [self._cut(ids, self.config.max_passage_tokens, "passages") for ids in enc]
 
-    def query_ids(self, queries: Sequence[str]) -> list[list[int]]:
-        """Token ids of queries, cut at `max_query_tokens`; an empty query is an error."""
+    def query_ids(self, queries: Sequence[str], tasks: Sequence[str | None] | None = None) -> list[list[int]]:
+        """Token ids of queries (of `tasks`), cut to `max_query_tokens` by the task-aware
+        `kilt.tasks.query_window` (warned about once); an empty query is an error."""
         if any(not q or not q.strip() for q in queries):
             raise ValueError("empty query")
-        enc = self.tokenizer(list(queries), add_special_tokens=False)["input_ids"]
+        enc = self.tokenizer(list(queries), add_special_tokens=False, return_offsets_mapping=True)
         limit = self.config.max_query_tokens
         out = []
-        for query, ids in zip(queries, enc):
-            span = mention_span(query)
-            if span and len(ids) > limit:  # an entity-linking input keeps its mention and the context around it
-                offsets = self.tokenizer(query, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-                first, stop = mention_window(offsets, span, limit)
+        for query, ids, offsets, task in zip(queries, enc["input_ids"], enc["offset_mapping"],
+                                             tasks or [None] * len(queries)):
+            if len(ids) > limit:
+                self._warn_cut("queries", limit)
+                first, stop = query_window(query, offsets, limit, task, self.config.query_keep)
                 ids = ids[first:stop]
-            out.append(self._cut(ids, limit, "queries"))
+            out.append(ids)
         return out
 
     def instruction_ids(self, task: str | None) -> list[int]:
@@ -402,7 +410,7 @@ class LLMReranker(Reranker):
         n = group_size(queries, passages)
         if n == 0:
             return torch.zeros(len(queries), 0, device=self.device)
-        q_ids = self.scorer.query_ids(queries)
+        q_ids = self.scorer.query_ids(queries, tasks)
         rows = [self.scorer.passage_ids(row) for row in passages]
         contexts = [self.query_context(q, qi, row) for q, qi, row in zip(queries, q_ids, rows)]
         flat_ctx = [c for c in contexts for _ in range(n)]
@@ -416,7 +424,7 @@ class LLMReranker(Reranker):
         """Scores of passages[i] for queries[i]; each query's context sees all its passages, and the
         pairs of every query go through the LM together, length-sorted (`max_batch_tokens`)."""
         check_rows(queries, passages)
-        q_ids = self.scorer.query_ids(queries) if queries else []
+        q_ids = self.scorer.query_ids(queries, tasks) if queries else []
         rows = [self.scorer.passage_ids(row) if len(row) else [] for row in passages]
         was_training = self.training
         self.eval()
