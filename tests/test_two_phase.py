@@ -62,7 +62,7 @@ def test_a_resumed_continuation_equals_an_uninterrupted_one(base, training_data,
     assert all(torch.equal(a[name], b[name]) for name in a)
 
 
-def test_benchmark_quality_continues_every_system_from_one_naive_base(mini_kilt, tiny_bert, tmp_path):
+def test_benchmark_quality_continues_every_system_from_one_naive_base_and_names_tacos_scales(mini_kilt, tiny_bert, tmp_path):
     import json
 
     from conftest import kilt_folder
@@ -71,11 +71,37 @@ def test_benchmark_quality_continues_every_system_from_one_naive_base(mini_kilt,
     data = kilt_folder(mini_kilt, tmp_path / "kilt", ["fever", "nq"])
     work = tmp_path / "work"
     assert main(["benchmark-quality", str(data), "--out", str(tmp_path / "r.json"), "--work-dir", str(work),
-                 "--quiet", "--systems", "naive,taco", "--encoder", str(tiny_bert), "--k", "20", "--steps", "2",
+                 "--quiet", "--systems", "naive,taco,taco.official", "--encoder", str(tiny_bert), "--k", "20", "--steps", "2",
                  "--base-steps", "3", "--per-task-batch-size", "4"]) == 0
     base = work / "train" / "naive-base" / "run"
     assert len((base / "train_log.jsonl").read_text().splitlines()) == 3
-    for name in ("naive", "taco"):
+    scales = {}
+    for name in ("naive", "taco", "taco.official"):
         state = torch.load(work / "train" / name / "run" / "final" / "trainer_state.pt", weights_only=True)
         assert state["config"]["model_name_or_path"] == str(base / "final" / "model")
         assert state["step"] == 2
+        scales[name] = (state["config"]["method"], state["config"]["taco"]["scale"])
+    assert scales["taco"] == ("taco", "mean") and scales["taco.official"] == ("taco", "official")
+
+
+def test_a_seed_study_continues_every_seed_from_one_shared_base(mini_kilt, tiny_bert, tmp_path, caplog):
+    import logging
+
+    from conftest import kilt_folder
+    from multitask_retriever.cli import main
+
+    data = kilt_folder(mini_kilt, tmp_path / "kilt", ["fever", "nq"])
+    work = tmp_path / "work"
+    with caplog.at_level(logging.INFO, logger="mtr"):
+        assert main(["benchmark-quality", str(data), "--out", str(tmp_path / "r.json"), "--work-dir", str(work),
+                     "--quiet", "--systems", "naive,taco", "--seeds", "3,4", "--encoder", str(tiny_bert), "--k",
+                     "20", "--steps", "2", "--base-steps", "2", "--per-task-batch-size", "4"]) == 0
+    assert sum(r.getMessage().startswith("trained naive-base") for r in caplog.records) == 1
+    base = work / "naive-base" / "run"
+    assert torch.load(base / "final" / "trainer_state.pt", weights_only=True)["config"]["seed"] == 3
+    assert not any((work / f"seed-{s}" / "train" / "naive-base").exists() for s in (3, 4))
+    for seed in (3, 4):
+        state = torch.load(work / f"seed-{seed}" / "train" / "taco" / "run" / "final" / "trainer_state.pt",
+                           weights_only=True)
+        assert state["config"]["model_name_or_path"] == str(base / "final" / "model")
+        assert state["config"]["seed"] == seed

@@ -226,16 +226,22 @@ class SystemBuilder:
         from ..trainer import MultitaskTrainer
 
         method, tasks = ("single", [name.removeprefix("single-")]) if name.startswith("single-") \
-            else ("naive" if name == BASE_RUN else name, self.train_tasks())
+            else ("naive" if name == BASE_RUN else name.partition(".")[0], self.train_tasks())
         if method == "single" and "train" not in self.task_files[tasks[0]]:
             raise FileNotFoundError(f"{self.data_dir}: no {tasks[0]}-train-kilt.jsonl for {name}")
         examples = self._training_examples()
-        folder = self.work / "train" / name
+        folder = self.training_run(name).parent
         train = train_config(self.config, method, tasks, start, str(self.data_dir), str(self.passages().path),
                              str(examples), str(self.training_run(name)), self.progress)
         if name == BASE_RUN:
-            train = dataclasses.replace(train, steps=self.config.base_steps)
-        key = train_stage_key(read_key(examples.parent / "stage.json"), train)
+            seed = self.config.seed if self.config.base_seed < 0 else self.config.base_seed
+            train = dataclasses.replace(train, steps=self.config.base_steps, seed=seed)
+        elif name.startswith("taco."):  # taco.<scale>
+            train = dataclasses.replace(train, taco=dataclasses.replace(train.taco, scale=name.partition(".")[2]))
+        keyed = train
+        if name == BASE_RUN:  # shared by the runs of a seed study: its key names contents, not their paths
+            keyed = dataclasses.replace(train, data_dir="", passages="", negatives="", output_dir="")
+        key = train_stage_key(read_key(examples.parent / "stage.json"), keyed)
         if start_key:
             key = stage_key(train=key, start=start_key)
         with self.cache.stage(f"train {name}"):
@@ -260,6 +266,8 @@ class SystemBuilder:
 
     def training_run(self, name: str) -> Path:
         """The trainer's output folder of fine-tuned system `name` (checkpoints, final/, log)."""
+        if name == BASE_RUN and self.config.base_dir:
+            return Path(self.config.base_dir) / "run"
         return self.work / "train" / name / "run"
 
     def _dense(self, name: str):

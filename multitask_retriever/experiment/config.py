@@ -48,6 +48,10 @@ class ExperimentConfig:
         "help": "two-phase protocol: a naive base trained this many steps, which every fine-tuned system "
                 "(naive, taco, pcgrad, cgd, single-<task>) then continues from for STEPS more with a fresh "
                 "optimiser; 0: each system trains from the start encoder"})
+    base_dir: str = field(default="", metadata={
+        "help": "folder of the naive base (default: WORK_DIR/train/naive-base); a seed study shares one"})
+    base_seed: int = field(default=-1, metadata={
+        "help": "seed of the naive base (-1: the run's seed); a seed study trains one base with its first seed"})
     per_task_batch_size: int = TrainConfig.per_task_batch_size
     n_negatives: int = TrainConfig.n_negatives
     lr: float = 3e-5

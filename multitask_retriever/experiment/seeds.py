@@ -1,4 +1,5 @@
-"""The same experiment over several seeds: per-task means with their seed-to-seed spread,
+"""The same experiment over several seeds (continuing from one shared naive base under
+``base_steps``): per-task means with their seed-to-seed spread,
 paired tests against ``naive`` over the pooled (seed, query) pairs, TACO's per-layer
 specialisation at the end of training, and each fine-tuned system's training curves (loss, the
 norm of the written update and of the optimiser's step, TACO's weight entropy) averaged over seeds. ``single`` stands for the single-<task> models, each
@@ -87,7 +88,10 @@ class SeedStudy:
         data: dict[str, Any] = {}
         for seed in self.seeds:
             work = self.work / f"seed-{seed}"
-            experiment = Experiment(replace(self.config, seed=seed, seeds=[], work_dir=str(work)), self.progress)
+            shared_base = {"base_dir": str(self.work / BASE_RUN), "base_seed": self.seeds[0]} \
+                if self.config.base_steps else {}
+            experiment = Experiment(replace(self.config, seed=seed, seeds=[], work_dir=str(work), **shared_base),
+                                    self.progress)
             doc = experiment.run()
             tasks, data = doc["data"]["tasks"], doc["data"]
             results[seed] = _combined(experiment.results, tasks)

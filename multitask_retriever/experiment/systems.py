@@ -6,10 +6,11 @@ from typing import Iterable
 
 from ..rerank import METHODS
 from ..rerank.losses import distill_losses
-from ..specialization import COMBINERS
+from ..specialization import COMBINERS, SCALES
 
-#: BM25, the untrained encoder, and the encoder fine-tuned with each gradient combiner
-RETRIEVERS = ("bm25", "zero-shot", *COMBINERS)
+#: BM25, the untrained encoder, the encoder fine-tuned with each gradient combiner, and TACO at
+#: each update scale (taco.mean, taco.official; plain taco takes the configured one)
+RETRIEVERS = ("bm25", "zero-shot", *COMBINERS, *(f"taco.{scale}" for scale in SCALES))
 RERANKERS = tuple(METHODS)
 CE_STAGES = ("contrastive", "distill")
 #: how a reranked system's final order may combine both scores (none: the reranker's order)
