@@ -11,6 +11,7 @@ import pytest
 
 import multitask_retriever.rerank.train as rerank_train
 from multitask_retriever.experiment import Experiment, ExperimentConfig, cross_encoder_schedule
+from multitask_retriever.experiment.systems import check_teacher
 
 SCHEDULES = ["cross-encoder", "cross-encoder.distill", "cross-encoder.contrastive.distill",
              "cross-encoder.distill.contrastive"]
@@ -112,11 +113,33 @@ def test_schedule_names():
         cross_encoder_schedule("cross-encoder.pretrain")
 
 
-def test_an_unknown_teacher_is_named(mini_kilt, tmp_path):
+@pytest.mark.parametrize("teacher", ["gpt-9", "cross-encoder.distill", "cross-encoder.contrastive.distill"])
+def test_a_teacher_that_is_no_trained_reranker_or_needs_a_teacher_itself_is_refused(mini_kilt, tmp_path, teacher):
     config = ExperimentConfig(data_dir=str(mini_kilt), work_dir=str(tmp_path), systems=["bm25+cross-encoder.distill"],
-                              teacher="gpt-9")
-    with pytest.raises(ValueError, match="unknown teacher 'gpt-9'"):
+                              teacher=teacher)
+    with pytest.raises(ValueError, match=f"bad teacher '{teacher}'"):
         Experiment(config, progress=False)
+
+
+@pytest.mark.parametrize("teacher, name", [("qpeft-a", "qpeft-a"), ("cross-encoder", "cross-encoder"),
+                                           ("cross-encoder.contrastive", "cross-encoder")])
+def test_any_trained_reranker_can_teach(teacher, name):
+    assert check_teacher(teacher) == name
+
+
+def test_a_cross_encoder_teaches_a_distilled_cross_encoder(mini_kilt, tiny_bert, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(mini_kilt / "knowledge_source.jsonl", data)
+    for split in ("train", "dev"):
+        shutil.copy(mini_kilt / f"nq-{split}-kilt.jsonl", data)
+    config = ExperimentConfig(
+        data_dir=str(data), work_dir=str(tmp_path / "work"), systems=["bm25+cross-encoder.distill"],
+        encoder=str(tiny_bert), cross_encoder=str(tiny_bert), teacher="cross-encoder.contrastive", teacher_queries=3,
+        k=20, rerank_k=5, rerank_queries=2, cross_encoder_steps=2, reranker_batch_size=2, reranker_group_size=3)
+    Experiment(config, progress=False).run()
+    scores = (tmp_path / "work" / "teachers" / "bm25+cross-encoder" / "scores.jsonl").read_text().splitlines()
+    assert scores and (tmp_path / "work" / "rerankers" / "bm25+cross-encoder" / "stage.json").is_file()
 
 
 def test_the_llm_rerankers_loss_can_be_the_released_qpeft_loss(mini_kilt, tiny_bert, tiny_llama, tmp_path):

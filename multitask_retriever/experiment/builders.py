@@ -24,7 +24,7 @@ from ..trainer import MODEL_DIR, TrainConfig
 from ..training_loop import FINAL_NAME
 from .cache import StageCache, file_key, read_key, stage_key
 from .config import ExperimentConfig
-from .systems import cross_encoder_schedule, schedule_name
+from .systems import check_teacher, cross_encoder_schedule, schedule_name
 
 log = logging.getLogger("mtr.experiment")
 
@@ -389,7 +389,7 @@ class SystemBuilder:
         queries per task (a `{"qid", "pid", "score"}` file, cached under teachers/)."""
         from ..rerank.examples import write_teacher_file
 
-        name = self.config.teacher
+        name = check_teacher(self.config.teacher)
         teacher = self.reranker(name, retriever_name)
         folder = self.work / "teachers" / f"{retriever_name}+{name}"
         key = stage_key(teacher=self.reranker_key(retriever_name, name), queries=self.config.teacher_queries,

@@ -79,7 +79,8 @@ class ExperimentConfig:
                 "the LLM rerankers' small modules"})
     reranker_lr: float = field(default=RerankTrainConfig.lr, metadata={"help": "cross-encoder learning rate"})
     teacher: str = field(default="qpeft-a", metadata={
-        "help": "reranker whose scores on the retriever's training candidates the cross-encoder.*distill* "
+        "help": "reranker (any LLM reranker, or a cross-encoder schedule without distill) whose scores on the "
+                "retriever's training candidates the cross-encoder.*distill* "
                 "schedules learn from (trained on the same candidates first)"})
     teacher_queries: int = field(default=0, metadata={"help": "training queries per task the teacher scores (0 = all)"})
     distill_loss: str = field(default="ranknet", metadata={"help": " | ".join(distill_losses())})

@@ -48,6 +48,21 @@ def schedule_name(stages: list[str]) -> str:
     return "cross-encoder" if stages == ["contrastive"] else "cross-encoder." + ".".join(stages)
 
 
+def check_teacher(teacher: str) -> str:
+    """The canonical name of a distillation teacher: any trained reranker, an LLM reranker or a
+    cross-encoder schedule that does not itself distil (it would need a teacher of its own)."""
+    try:
+        stages = cross_encoder_schedule(teacher)
+    except ValueError:
+        stages = None
+    if stages is not None and "distill" not in stages:
+        return schedule_name(stages)
+    if teacher in RERANKERS:
+        return teacher
+    raise ValueError(f"bad teacher {teacher!r}: a reranker ({', '.join(RERANKERS)}) or a cross-encoder schedule "
+                     f"without a distill stage (e.g. cross-encoder.contrastive)")
+
+
 def parse_system(name: str, tasks: Iterable[str], teacher: str, distill_loss: str) -> tuple[str, str | None]:
     """(retriever, reranker or None) of a system name, the schedule spelled canonically;
     unknown names, and a bad teacher or distillation loss for a distill stage, are ValueErrors."""
@@ -63,8 +78,7 @@ def parse_system(name: str, tasks: Iterable[str], teacher: str, distill_loss: st
     if stages is not None:
         reranker = schedule_name(stages)
     if "distill" in (stages or []):
-        if teacher not in RERANKERS:
-            raise ValueError(f"unknown teacher {teacher!r}; known: {', '.join(RERANKERS)}")
+        check_teacher(teacher)
         if distill_loss not in distill_losses():
             raise ValueError(f"unknown distill_loss {distill_loss!r}; known: {', '.join(distill_losses())}")
     return retriever, reranker or None
