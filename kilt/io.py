@@ -497,6 +497,18 @@ def read_task_file(path: str | Path, skip_invalid: bool = False) -> list[KiltExa
     return examples
 
 
+def write_task_records(path: str | Path, source: str | Path, ids: Iterable[str]) -> int:
+    """The records of task file `source` whose ids are in `ids`, unchanged and in file order,
+    written atomically to `path`; returns their count."""
+    keep, count = set(ids), 0
+    with atomic_write(path) as f:
+        for _, record in iter_jsonl(source):
+            if isinstance(record, dict) and str(record.get("id", "")).strip() in keep:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
+    return count
+
+
 # --------------------------------------------------------------------------- predictions
 def write_predictions(path: str | Path, predictions: Iterable[tuple[str, Sequence[str | dict]]]) -> int:
     """Write a KILT prediction file atomically from (id, ranked pages) pairs; a page is a

@@ -3,14 +3,13 @@ BM25, training data, fine-tuned dual encoders and their indexes, rerankers, teac
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import shutil
 from pathlib import Path
 from typing import Any
 
-from kilt.io import iter_pages, read_task_file
+from kilt.io import iter_pages, read_task_file, write_task_records
 from kilt.tasks import query_group
 from kilt.passages import PassageStore, write_passages
 
@@ -211,8 +210,10 @@ class SystemBuilder:
         with self.cache.stage("training data"):
             if not self.cache.cached(folder, key):
                 if held_out:  # the dual encoder trains on what the rerankers train on
-                    files = {t: self._write_queries(folder / "queries" / p.name, p, self.train_queries(t))
-                             for t, p in files.items()}
+                    (folder / "queries").mkdir(parents=True, exist_ok=True)
+                    for t, path in list(files.items()):
+                        files[t] = folder / "queries" / path.name
+                        write_task_records(files[t], path, [q.id for q in self.train_queries(t)])
                 examples = build_training_examples(files, self.passages(), bm25,
                                                    max_queries=self.config.max_train_queries, progress=self.progress)
                 write_training_examples(folder / "examples.jsonl", examples)
@@ -250,19 +251,6 @@ class SystemBuilder:
                 log.info("trained %s for %d steps in %.0f s", name, result.step, result.seconds)
                 self.cache.finish(folder, key)
         return str(self.training_run(name) / FINAL_NAME / MODEL_DIR), key
-
-    @staticmethod
-    def _write_queries(path: Path, source: Path, queries: list) -> Path:
-        """The records of task file `source` whose ids `queries` hold, as they are, into `path`."""
-        from kilt.io import atomic_write, iter_jsonl
-
-        keep = {q.id for q in queries}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as f:
-            for _, record in iter_jsonl(source):
-                if str(record.get("id", "")).strip() in keep:
-                    f.write(json.dumps(record) + "\n")
-        return path
 
     def training_run(self, name: str) -> Path:
         """The trainer's output folder of fine-tuned system `name` (checkpoints, final/, log)."""

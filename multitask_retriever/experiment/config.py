@@ -17,6 +17,10 @@ from .systems import RERANKERS, RETRIEVERS
 DEFAULT_SYSTEMS = ["bm25", "zero-shot", "naive", "taco", "taco+cross-encoder", "taco+qpeft-a"]
 
 
+#: what the systems are scored on: the dev files, or held-out training queries
+SCORE_ON = ("dev", "validation")
+
+
 @dataclass
 class ExperimentConfig:
     """What to build and score on a KILT folder."""
@@ -92,6 +96,13 @@ class ExperimentConfig:
     reranker_epochs: float = field(default=0.0, metadata={
         "help": "passes over the rerankers' training queries; sets their step counts (0: reranker_steps and "
                 "cross_encoder_steps)"})
+    score_on: str = field(default="dev", metadata={
+        "help": "dev | validation: score on a held-out, grouped share (validation_split) of each task's "
+                "training queries, training on the rest, and never read the dev files; for choosing settings "
+                "before the one run scored on dev"})
+    validation_split: float = field(default=0.2, metadata={
+        "help": "share of each task's training queries scored under score_on validation (whole conversations, "
+                "documents or subjects)"})
     fusion_validation: float = field(default=0.1, metadata={
         "help": "share of each task's training queries held out from reranker training, on which the weights "
                 "of <system>@fused are fitted (0: none held out, and no @fused system)"})
@@ -114,6 +125,10 @@ class ExperimentConfig:
         for name in ("k", "rerank_k"):  # rerank_k is also the depth rerankers train on
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.score_on not in SCORE_ON:
+            raise ValueError(f"score_on must be one of {', '.join(SCORE_ON)}, got {self.score_on!r}")
+        if not 0.0 < self.validation_split < 1.0:
+            raise ValueError(f"validation_split must be in (0, 1), got {self.validation_split}")
         if self.fusion_min_validation < 0:
             raise ValueError(f"fusion_min_validation must be >= 0, got {self.fusion_min_validation}")
         if self.rerank_queries < 0:

@@ -7,7 +7,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from kilt.tasks import find_task_files
+from kilt.io import read_task_file, write_task_records
+from kilt.tasks import find_task_files, query_group
 
 from ..pipeline import Pipeline
 from ..rerank.fusion import Fusion
@@ -37,6 +38,8 @@ class Experiment:
                 raise ValueError(f"{name} needs fusion_validation > 0: training queries held out to fit on")
         work = config.work_path
         work.mkdir(parents=True, exist_ok=True)
+        if config.score_on == "validation":
+            self.task_files = self._validation_files(work / "validation")
         self.cache = StageCache(work, fresh=config.fresh)
         self.build = SystemBuilder(config, self.knowledge_source, self.task_files, self.cache, progress)
         self._results: dict[str, SystemResult] = {}
@@ -63,6 +66,28 @@ class Experiment:
         if not tasks:
             raise FileNotFoundError(f"{self.data_dir}: no <task>-dev-kilt.jsonl files")
         return {t: found[t] for t in tasks}
+
+    def _validation_files(self, folder: Path) -> dict[str, dict[str, Path]]:
+        """Each task's training queries split by group (`query_group`): the held-out share as its
+        "dev" file, the rest as its train file, written once into `folder` (the same split for
+        the same files, share and seed); the data folder's dev files are never read."""
+        from ..rerank.fusion import split_validation
+
+        c, files = self.config, {}
+        for task, splits in self.task_files.items():
+            if "train" not in splits:
+                raise FileNotFoundError(f"{self.data_dir}: score_on validation needs {task}-train-kilt.jsonl")
+            train, held = split_validation(read_task_file(splits["train"]), c.validation_split, seed=c.seed,
+                                           key=lambda e, task=task: query_group(e.id, e.meta, task))
+            if not train or not held:
+                raise ValueError(f"{splits['train']}: too few query groups to hold out a validation split")
+            files[task] = {"train": folder / f"{task}-train-kilt.jsonl", "dev": folder / f"{task}-dev-kilt.jsonl"}
+            folder.mkdir(parents=True, exist_ok=True)
+            for split, part in (("train", train), ("dev", held)):
+                ids, path = [e.id for e in part], files[task][split]
+                if not path.is_file() or [e.id for e in read_task_file(path)] != ids:  # unchanged: stages stay valid
+                    write_task_records(path, splits["train"], ids)
+        return files
 
     def _parse_system(self, name: str) -> tuple[str, str | None]:
         return parse_system(name, self.task_files, self.config.teacher, self.config.distill_loss)
