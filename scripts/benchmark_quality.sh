@@ -9,6 +9,9 @@
 #   scripts/benchmark_quality.sh --taco-study [extra args]
 #       -> taco-study-realkilt2.json: naive, taco, pcgrad, cgd and single-task models, 3 seeds each,
 #          on a slice of ../shared/realkilt2 (every dev query, <= 500 training queries per task)
+#   scripts/benchmark_quality.sh --taco-protocol [extra args]
+#       -> taco-protocol-realkilt2.json: the same slice by the two-phase protocol: one naive base,
+#          then naive, taco.mean, taco.official and pcgrad continuations, 3 seeds
 #   scripts/benchmark_quality.sh --rerank [extra args]
 #       -> rerank-realkilt.json: taco, its cross-encoder raw, fused (weights fitted on held-out
 #          training queries), every dev query of the 30k-page set
@@ -19,13 +22,13 @@ case "${1:-}" in
         exec mtr benchmark-quality ../shared/realkilt --out benchmarks/results/rerank-realkilt.json \
             --config scripts/configs/cpu.yaml --config scripts/configs/rerank-realkilt.yaml "$@"
         ;;
-    --taco-study)
-        shift
+    --taco-study|--taco-protocol)
+        mode="${1#--}"; shift
         SLICE=runs/realkilt2-study
         [ -f "$SLICE/knowledge_source.jsonl" ] || mtr kilt-subset ../shared/realkilt2 \
             ../shared/realkilt2/knowledge_source.jsonl.gz "$SLICE" --queries 500 --distractors 1000 --seed 0
-        exec mtr benchmark-quality "$SLICE" --out benchmarks/results/taco-study-realkilt2.json \
-            --config scripts/configs/cpu.yaml --config scripts/configs/taco-study-realkilt2.yaml "$@"
+        exec mtr benchmark-quality "$SLICE" --out "benchmarks/results/$mode-realkilt2.json" \
+            --config scripts/configs/cpu.yaml --config "scripts/configs/$mode-realkilt2.yaml" "$@"
         ;;
     --slice|--rerankers)
         mode="$1"; shift
