@@ -319,9 +319,10 @@ def _checked_finite(vectors: np.ndarray, where: str | Path, rows: Sequence[int],
     return vectors
 
 
-def _redo_shard(vectors_path: Path) -> str:
-    """What to do about a corrupt shard."""
-    return f"the shard is corrupt: delete {vectors_path.name} and run encode again to redo it"
+def _redo_shard(path: Path) -> str:
+    """What to do about a corrupt shard (`path` one of its files): its vectors file marks it
+    finished, so without it encode redoes the shard, ids included."""
+    return f"the shard is corrupt: delete {path.name.replace('.ids.npy', '.npy')} and run encode again to redo it"
 
 
 class Index:
@@ -340,6 +341,7 @@ class Index:
         self.source = source or IndexSource()
         #: the folder it was loaded from (None for an index built here)
         self.path = path
+        self._warned = False  # that it predates content digests
 
     @property
     def encoder_name(self) -> str | None:
@@ -551,7 +553,7 @@ class Index:
         """Whether this index was built from shards before indexes recorded content digests
         (format 1); warns once that it is then checked by size and name only."""
         old = self.source.passage_file_digest is None and self.source.passage_file_bytes is not None
-        if old and not getattr(self, "_warned", False):
+        if old and not self._warned:
             self._warned = True
             logger.warning("%s predates content digests: its passage file is checked by size and its encoder by "
                            "name only; encode and index again to have them checked by content", self._name())
@@ -605,8 +607,7 @@ def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: cannot read the shard (truncated or corrupt?): {e}; encode it again "
-                         f"(delete it and run encode)") from None
+        raise ValueError(f"{path}: cannot read it (truncated or corrupt?): {e}; {_redo_shard(path)}") from None
 
 
 def _checked_shard_ids(shard: int, files: Sequence[tuple[Path, Path]], dim: int, owner: np.ndarray) -> np.ndarray:

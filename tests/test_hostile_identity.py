@@ -257,11 +257,12 @@ def test_the_offsets_cache_is_not_trusted_after_a_same_size_same_mtime_change(tm
     path = tmp_path / "p.jsonl"
     shutil.copy(passage_file, path)
     first = PassageStore(path, progress=False)
-    page = first.page_id(0)
     assert path.with_name("p.jsonl.offsets.npy").is_file()
+    pid = next(i for i in range(1, len(first)) if first.page_id(i) != first.page_id(i - 1))  # a page's first
+    page_before = first.page_id(pid - 1)
     rewrite_keeping_mtime(path, rotate_page_ids(path.read_text()))
     store = PassageStore(path, progress=False)
-    assert store.page_id(1) == page and store[1].wikipedia_id == page
+    assert store.page_id(pid) == store[pid].wikipedia_id == page_before
 
 
 def test_the_offsets_cache_is_reused_for_the_same_content(tmp_path, passage_file, monkeypatch):
@@ -333,8 +334,11 @@ def test_a_nan_vector_is_refused_before_an_ivf_index_trains_on_it(shards):
 def test_a_truncated_ids_file_is_refused_naming_it(shards):
     ids_path = shard_paths(shards, 1)[1]
     ids_path.write_bytes(ids_path.read_bytes()[:100])
-    with pytest.raises(ValueError, match=re.escape(f"{ids_path}: cannot read the shard (truncated or corrupt?)")):
+    with pytest.raises(ValueError) as excinfo:
         Index.from_shards(shards, FLAT, progress=False)
+    message = one_line_error(excinfo)
+    assert message.startswith(f"{ids_path}: cannot read it (truncated or corrupt?): ")
+    assert message.endswith("; the shard is corrupt: delete shard-00001.npy and run encode again to redo it")
 
 
 def test_mtr_index_refuses_a_nan_shard_with_exit_2(shards, tmp_path, capsys):
@@ -401,6 +405,21 @@ def test_the_digest_is_computed_again_when_the_file_changes(change, content, tmp
     change(path)
     assert file_digest(path) == blake2b(content)
     assert hashes == [path, path]
+
+
+def test_a_file_changed_while_hashed_leaves_no_cache(tmp_path, monkeypatch):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"some content")
+    original = digest._hash_file
+
+    def hash_then_append(p):
+        result = original(p)
+        _appended(p)
+        return result
+
+    monkeypatch.setattr(digest, "_hash_file", hash_then_append)
+    assert file_digest(path) == blake2b(b"some content")
+    assert not digest_cache_path(path).exists()
 
 
 def test_the_digest_is_computed_where_its_cache_cannot_be_written(tmp_path, hashes):
