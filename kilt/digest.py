@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 ALGORITHM = "blake2b"
 _DIGEST_BYTES = 32
+_CHUNK_BYTES = 1 << 20
 
 
 def digest_cache_path(path: str | Path) -> Path:
@@ -35,15 +36,17 @@ def _stat_key(stat: os.stat_result) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
 
 
-def _new_hash() -> "hashlib._Hash":
+def _new_hash() -> "hashlib.blake2b":
     return hashlib.blake2b(digest_size=_DIGEST_BYTES)
 
 
 def _hash_file(path: Path) -> str:
     """`ALGORITHM:hex` of the bytes of `path`, read in chunks."""
+    h = _new_hash()
     with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, _new_hash)
-    return f"{ALGORITHM}:{digest.hexdigest()}"
+        while chunk := f.read(_CHUNK_BYTES):
+            h.update(chunk)
+    return f"{ALGORITHM}:{h.hexdigest()}"
 
 
 def combined_digest(digests: Mapping[str, str]) -> str:
