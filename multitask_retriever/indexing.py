@@ -303,6 +303,11 @@ class IndexSource:
     passages: int | None = None  # the passage file's passage count
 
 
+def _short(digest: str) -> str:
+    """A digest shortened for messages: its algorithm and first 16 hex digits."""
+    return digest[:digest.index(":") + 17] + "..."
+
+
 def _same_model(a: str, b: str) -> bool:
     return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
 
@@ -547,7 +552,7 @@ class Index:
 
     # ------------------------------------------------------------------ what the vectors came from
     def _name(self) -> str:
-        return str(self.path) if self.path is not None else "the index"
+        return f"the index {self.path}" if self.path is not None else "the index"
 
     def _predates_digests(self) -> bool:
         """Whether this index was built from shards before indexes recorded content digests
@@ -580,7 +585,8 @@ class Index:
                                      f"file of {source.passages}; {refuse}")
         if store.digest != source.passage_file_digest:
             raise IndexMismatchError(f"{path}: content differs from the passage file {self._name()} was built from "
-                                     f"(digest {store.digest}, recorded {source.passage_file_digest}); {refuse}")
+                                     f"(digest {_short(store.digest)}, recorded {_short(source.passage_file_digest)}); "
+                                     f"{refuse}")
 
     def check_encoder(self, name_or_path: str | Path, digest: str | None) -> None:
         """Refuse (`IndexMismatchError`) an encoder other than the one the vectors came from: by
@@ -592,7 +598,8 @@ class Index:
         if source.encoder_digest is not None and digest is not None:
             if digest != source.encoder_digest:
                 raise IndexMismatchError(f"{name}: its files differ from those of the encoder {self._name()} was "
-                                         f"built with (digest {digest}, recorded {source.encoder_digest}); {refuse}")
+                                         f"built with (digest {_short(digest)}, recorded "
+                                         f"{_short(source.encoder_digest)}); {refuse}")
             return
         self._predates_digests()
         if source.encoder is not None and not _same_model(source.encoder, name):

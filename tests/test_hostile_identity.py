@@ -43,6 +43,11 @@ def blake2b(data: bytes) -> str:
     return "blake2b:" + hashlib.blake2b(data, digest_size=32).hexdigest()
 
 
+def short(digest: str) -> str:
+    """A digest as error messages show it: "blake2b:" and 16 hex digits."""
+    return digest[:24] + "..."
+
+
 def rewrite_keeping_mtime(path: Path, text: str) -> None:
     """Write `text` into `path` in place (same inode), then set its mtime back."""
     before = path.stat()
@@ -98,9 +103,9 @@ def test_a_same_size_passage_file_with_other_content_is_refused(change, passage_
     with pytest.raises(IndexMismatchError) as excinfo:
         Retriever(SeededEncoder(), index, PassageStore(other, progress=False))
     assert one_line_error(excinfo).startswith(
-        f"{other}: content differs from the passage file {seeded_index} was built from (digest "
-        f"{file_digest(other)}, recorded {file_digest(passage_file)}); index and passage file do not belong "
-        f"together: give the passage file the index was built from ({passage_file}) or rebuild the index")
+        f"{other}: content differs from the passage file the index {seeded_index} was built from (digest "
+        f"{short(file_digest(other))}, recorded {short(file_digest(passage_file))}); index and passage file do "
+        f"not belong together: give the passage file the index was built from ({passage_file}) or rebuild the index")
 
 
 def test_the_same_passages_at_another_path_are_accepted(passage_file, seeded_index, tmp_path):
@@ -110,18 +115,16 @@ def test_the_same_passages_at_another_path_are_accepted(passage_file, seeded_ind
     assert retriever.passages.digest == file_digest(passage_file)
 
 
-def test_a_passage_file_with_fewer_passages_is_refused_by_count(passage_file, seeded_index, tmp_path):
+def test_a_passage_file_with_more_passages_is_refused_by_count(passage_file, seeded_index, tmp_path):
     index = Index.load(seeded_index)
-    # ids past the shorter file are refused before: keep only passages the index has, drop the rest
-    fewer = tmp_path / "fewer.jsonl"
-    fewer.write_text("".join(passage_file.read_text().splitlines(keepends=True)[:-1]))
-    searchable = Index.build(np.zeros((1, 8), np.float32), FLAT, ids=[0])
-    searchable.source, searchable.path = index.source, index.path
+    more = tmp_path / "more.jsonl"
+    last = json.loads(passage_file.read_text().splitlines()[-1])
+    more.write_text(passage_file.read_text() + json.dumps({**last, "id": last["id"] + 1}) + "\n")
     with pytest.raises(IndexMismatchError) as excinfo:
-        Retriever(SeededEncoder(), searchable, PassageStore(fewer, progress=False))
+        Retriever(SeededEncoder(), index, PassageStore(more, progress=False))
     assert one_line_error(excinfo).startswith(
-        f"{fewer}: {index.source.passages - 1} passages, but {seeded_index} was built from a passage file of "
-        f"{index.source.passages}; index and passage file do not belong together")
+        f"{more}: {last['id'] + 2} passages, but the index {seeded_index} was built from a passage file of "
+        f"{last['id'] + 1}; index and passage file do not belong together")
 
 
 def test_mtr_retrieve_refuses_a_rotated_passage_file_with_exit_2(tiny_bert, passage_file, mini_kilt, tmp_path,
@@ -137,7 +140,7 @@ def test_mtr_retrieve_refuses_a_rotated_passage_file_with_exit_2(tiny_bert, pass
                 str(rotated), "--queries", str(mini_kilt / "nq-dev-kilt.jsonl"), "--out", str(tmp_path / "p.jsonl"),
                 "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"mtr retrieve: error: {rotated}: content differs from the passage file ")
+    assert err.startswith(f"mtr retrieve: error: {rotated}: content differs from the passage file the index ")
     assert not (tmp_path / "p.jsonl").exists()
 
 
@@ -184,8 +187,8 @@ def test_an_index_saved_before_digests_warns_to_rebuild(passage_file, seeded_ind
     with caplog.at_level(logging.WARNING, logger="multitask_retriever.indexing"):
         Retriever(SeededEncoder(), index, PassageStore(passage_file, progress=False))
     assert [r.getMessage() for r in caplog.records] == [
-        f"{tmp_path / 'old'} predates content digests: its passage file is checked by size and its encoder by "
-        f"name only; encode and index again to have them checked by content"]
+        f"the index {tmp_path / 'old'} predates content digests: its passage file is checked by size and its "
+        f"encoder by name only; encode and index again to have them checked by content"]
 
 
 # --------------------------------------------------------------------------- encoder identity
@@ -222,9 +225,10 @@ def test_an_encoder_symlink_pointing_at_another_model_is_refused(two_models, pas
     with pytest.raises(IndexMismatchError) as excinfo:
         load_retriever(link, index, passage_file, device="cpu", progress=False)
     assert one_line_error(excinfo).startswith(
-        f"{link}: its files differ from those of the encoder {index} was built with (digest "
-        f"{model_fingerprint(other)}, recorded {model_fingerprint(same)}); index and encoder do not belong "
-        f"together: use the encoder the index was built with ({link}) or encode and index the passages with this one")
+        f"{link}: its files differ from those of the encoder the index {index} was built with (digest "
+        f"{short(model_fingerprint(other))}, recorded {short(model_fingerprint(same))}); index and encoder do not "
+        f"belong together: use the encoder the index was built with ({link}) or encode and index the passages "
+        f"with this one")
 
 
 def test_a_copy_of_the_encoder_at_another_path_is_accepted(two_models, passage_file, tmp_path):
