@@ -21,6 +21,7 @@ from typing import Iterable, Iterator, Protocol, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from .digest import file_digest
 from .io import KiltFormatError, Page, Provenance, atomic_write, iter_pages
 
 logger = logging.getLogger(__name__)
@@ -146,13 +147,19 @@ class PassageStore:
     """Random access to a passage file by passage id.
 
     Keeps only a byte offset and the page id per passage (memory-mapped from a cache file
-    ``<file>.offsets.npy`` beside the passage file), never passage text. The cache is
-    rebuilt when the passage file is newer than it or its size differs from the cached end.
+    ``<file>.offsets.npy`` beside the passage file), never passage text. The cache is keyed
+    by the passage file's content digest (``kilt.digest.file_digest``, kept as the title of
+    its offset field, so key and offsets are one file): any other content rebuilds it, even
+    at the same size and mtime.
     """
 
     def __init__(self, path: str | Path, progress: bool = True):
         self.path = Path(path)
         self.cache_path = self.path.with_name(self.path.name + ".offsets.npy")
+        if not self.path.is_file():
+            raise FileNotFoundError(f"passage file {self.path} does not exist")
+        #: the passage file's content digest: what identifies it (``kilt.digest``)
+        self.digest = file_digest(self.path)
         self._index = self._load_cache()
         if self._index is None:
             self._index = self._build(progress)
@@ -225,20 +232,13 @@ class PassageStore:
         return _parse_passage(f.read(end - start).decode("utf-8"), self.path, pid + 1)
 
     def _load_cache(self) -> np.ndarray | None:
-        try:
-            stat, cached = self.path.stat(), self.cache_path.stat()
-        except FileNotFoundError:
-            if not self.path.exists():
-                raise FileNotFoundError(f"passage file {self.path} does not exist") from None
-            return None
-        if cached.st_mtime_ns < stat.st_mtime_ns:
-            return None
+        """The cached offsets if they were built from this content, else None."""
         try:
             index = np.load(self.cache_path, mmap_mode="r")
         except (ValueError, OSError):
             return None
-        if index.dtype.names != ("offset", "page") or len(index) == 0 \
-                or int(index["offset"][-1]) != stat.st_size:
+        if index.dtype.names != ("offset", "page") or index.dtype.fields["offset"][2:] != (self.digest,) \
+                or len(index) == 0 or int(index["offset"][-1]) != self.path.stat().st_size:
             return None
         return index
 
@@ -268,7 +268,7 @@ class PassageStore:
                 offsets.append(position)
         n = len(offsets) - 1
         width = max((len(p) for p in run_pages), default=1)
-        index = np.zeros(n + 1, dtype=[("offset", np.int64), ("page", f"S{width}")])
+        index = np.zeros(n + 1, dtype=[((self.digest, "offset"), np.int64), ("page", f"S{width}")])
         index["offset"] = np.frombuffer(offsets, dtype=np.int64)
         if run_pages:
             lengths = np.diff(np.append(np.frombuffer(run_starts, dtype=np.int64), n))

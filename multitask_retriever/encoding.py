@@ -3,7 +3,8 @@
 Shards are the unit of work and of crash safety: `shard-00007.ids.npy` (int64 passage ids)
 and then `shard-00007.npy` (vectors) are each written atomically, and a shard counts as
 finished only once its vectors file exists. `manifest.json` records what the shards were
-encoded from, so a resumed or extended run cannot mix encoders or passage files.
+encoded from, so a resumed or extended run cannot mix encoders or passage files: the passage
+file and the encoder's files are identified by their content digests (`kilt.digest`).
 """
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ import numpy as np
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
+from kilt.digest import combined_digest, file_digest
 from kilt.io import atomic_write, read_json_object, write_json
 from kilt.passages import Passage, iter_passage_file
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
-_FORMAT = 1
+_FORMAT = 2  # 2: records the passage file's and the encoder's content digests
 _ENCODE_CHUNK_BATCHES = 16  # batches handed to the encoder per call (it length-sorts within a call)
 
 
@@ -40,6 +42,50 @@ def save_npy(path: Path, array: np.ndarray) -> None:
 def _encoder_name(encoder: Any) -> str:
     config = getattr(encoder, "config", None)
     return str(getattr(config, "model_name_or_path", type(encoder).__name__))
+
+
+#: the files of a model folder that decide its vectors: weights (.safetensors, .bin), configs
+#: (.json: the model's, mtr_encoder.json, the tokenizer's, sentence-transformers pooling) and
+#: vocabularies (.txt, .model); README files, other frameworks' weights and hidden files are not
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".txt", ".model")
+
+
+def _model_folder(name_or_path: str | Path) -> Path | None:
+    """The local folder a model loads from: the folder itself, or a hub name's cached snapshot
+    (never downloaded here); None where there is none."""
+    if Path(name_or_path).is_dir():
+        return Path(name_or_path)
+    try:
+        from transformers.utils import cached_file
+
+        config = cached_file(str(name_or_path), "config.json", local_files_only=True,
+                             _raise_exceptions_for_missing_entries=False)
+    except (OSError, ValueError):
+        return None
+    return Path(config).parent if config else None
+
+
+def model_fingerprint(name_or_path: str | Path) -> str | None:
+    """The content digest of the model at `name_or_path` (a folder or a cached hub name): one
+    digest over its `MODEL_FILE_SUFFIXES` files (and those one folder down), by relative path
+    in sorted order; the same weights give the same digest at any path, through any symlink.
+    None where no local model folder is found (an encoder that is not loaded from files)."""
+    folder = _model_folder(name_or_path)
+    if folder is None:
+        return None
+    files = [p for p in [*folder.glob("*"), *folder.glob("*/*")]
+             if p.suffix in MODEL_FILE_SUFFIXES and p.is_file()
+             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    if not files:
+        return None
+    return combined_digest({p.relative_to(folder).as_posix(): file_digest(p) for p in files})
+
+
+def encoder_fingerprint(encoder: Any) -> str | None:
+    """`model_fingerprint` of the files `encoder` was loaded from (its config's model_name_or_path):
+    what the vectors came from, unless the encoder was changed in memory after loading."""
+    name = getattr(getattr(encoder, "config", None), "model_name_or_path", None)
+    return None if name is None else model_fingerprint(name)
 
 
 def _shards(passages: Iterable[Passage], shard_size: int) -> Iterator[list[Passage]]:
@@ -101,17 +147,20 @@ def encode_corpus(encoder: Any, passage_file: str | Path, out_dir: str | Path, s
     passage_file, out_dir = Path(passage_file), Path(out_dir)
     if not passage_file.is_file():
         raise FileNotFoundError(f"{passage_file}: passage file not found")
-    stat = passage_file.stat()
-    settings = {"encoder": _encoder_name(encoder), "dim": int(encoder.dim), "dtype": np_dtype.name,
+    encoder_digest = encoder_fingerprint(encoder)
+    settings = {"encoder": _encoder_name(encoder), "encoder_digest": encoder_digest, "dim": int(encoder.dim),
+                "dtype": np_dtype.name,
                 "batch_size": batch_size,  # padding differs by batch: resumed shards must match
-                "shard_size": shard_size, "passage_file_bytes": stat.st_size,
-                "passage_file_mtime_ns": stat.st_mtime_ns}
+                "shard_size": shard_size, "passage_file_bytes": passage_file.stat().st_size,
+                "passage_file_digest": file_digest(passage_file)}
+    # the encoder is identified by its files' digest where it has files, else by its name
+    compared = [k for k in settings if k != "encoder" or encoder_digest is None]
     manifest_path = out_dir / MANIFEST_NAME
     state = PartialState()
 
     if manifest_path.exists() and not overwrite:
         previous = read_json_object(manifest_path)
-        changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+        changed = {k: (previous.get(k), settings[k]) for k in compared if previous.get(k) != settings[k]}
         if changed:
             details = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             raise ValueError(f"{manifest_path}: shards were encoded with other settings ({details}); "

@@ -2,11 +2,18 @@
 
 An `Index` maps FAISS's internal positions to passage ids through an int64 array kept (and
 saved) beside the FAISS index, so every index type searches and returns passage ids alike.
+
+An index built from shards records what its vectors came from (`IndexSource`): the passage
+file's content digest and passage count and the encoder's files' digest, so that it refuses
+(`IndexMismatchError`) another passage file or encoder, whatever their sizes, names or paths.
+Indexes saved before these digests (format 1) still load; they are checked as then, by the
+passage file's size and the encoder's name, with a warning to re-encode and rebuild them.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -23,6 +30,8 @@ from kilt.io import atomic_directory, read_json_object, write_json
 from .devices import resolve_device
 from .encoding import MANIFEST_NAME, read_manifest, save_npy, shard_paths
 
+logger = logging.getLogger(__name__)
+
 INDEX_FILE = "index.faiss"
 IDS_FILE = "ids.npy"
 META_FILE = "index_meta.json"
@@ -33,7 +42,7 @@ DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("faiss", "torch")
 # IndexConfig fields that only change how a built index is searched (allowed in Index.load)
 SEARCH_FIELDS = ("device", "backend", "nprobe", "hnsw_ef_search", "gpu_float16")
-_FORMAT = 1
+_FORMAT = 2  # 2: IndexSource's digests and passage count
 _TRAIN_SEED = 0
 _ADD_ROWS = 65_536  # rows converted to float32 and added at a time
 _TORCH_SCORE_ELEMENTS = 1 << 27  # query x passage scores held at once by the torch backend
@@ -278,6 +287,49 @@ def _sha256(ids: np.ndarray) -> str:
     return hashlib.sha256(memoryview(np.ascontiguousarray(ids, dtype="<i8"))).hexdigest()
 
 
+class IndexMismatchError(ValueError):
+    """An index used with a passage file or an encoder other than those its vectors came from."""
+
+
+@dataclass(frozen=True)
+class IndexSource:
+    """What an index's vectors were encoded from; None where unknown (vectors given to `build`)."""
+
+    encoder: str | None = None  # the name or folder the encoder was loaded from
+    encoder_digest: str | None = None  # `encoding.model_fingerprint` of its files
+    passage_file: str | None = None  # the passage file's path when it was encoded
+    passage_file_bytes: int | None = None
+    passage_file_digest: str | None = None  # `kilt.digest.file_digest`
+    passages: int | None = None  # the passage file's passage count
+
+
+def _short(digest: str) -> str:
+    """A digest shortened for messages: its algorithm and first 16 hex digits."""
+    return digest[:digest.index(":") + 17] + "..."
+
+
+def _same_model(a: str, b: str) -> bool:
+    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
+
+
+def _checked_finite(vectors: np.ndarray, where: str | Path, rows: Sequence[int], fix: str = "") -> np.ndarray:
+    """`vectors` as contiguous float32, refused (naming `where` and the row of the first bad one,
+    `rows` numbering them) if any value is NaN or infinite: FAISS would index such a vector but
+    never return it, so its passage would silently vanish from results."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{where}: vector {rows[int(np.flatnonzero(bad)[0])]} is not finite (NaN or inf)"
+                         f"{'; ' + fix if fix else ''}")
+    return vectors
+
+
+def _redo_shard(path: Path) -> str:
+    """What to do about a corrupt shard (`path` one of its files): its vectors file marks it
+    finished, so without it encode redoes the shard, ids included."""
+    return f"the shard is corrupt: delete {path.name.replace('.ids.npy', '.npy')} and run encode again to redo it"
+
+
 class Index:
     """Passage vectors searchable by inner product; `search` returns passage ids.
 
@@ -285,23 +337,35 @@ class Index:
     """
 
     def __init__(self, searcher: _FaissSearcher | _TorchSearcher, config: IndexConfig, dim: int,
-                 ids: np.ndarray, encoder_name: str | None = None, passage_file_bytes: int | None = None):
+                 ids: np.ndarray, source: IndexSource | None = None, path: Path | None = None):
         self._searcher = searcher
         self.config = config
         self.dim = dim
         self._ids = ids
-        #: what the vectors came from (None where unknown): the encoder and the passage file's size
-        self.encoder_name = encoder_name
-        self.passage_file_bytes = passage_file_bytes
+        #: what the vectors came from (fields None where unknown)
+        self.source = source or IndexSource()
+        #: the folder it was loaded from (None for an index built here)
+        self.path = path
+        self._warned = False  # that it predates content digests
+
+    @property
+    def encoder_name(self) -> str | None:
+        """The name or folder of the encoder the vectors came from (None where unknown)."""
+        return self.source.encoder
+
+    @property
+    def passage_file_bytes(self) -> int | None:
+        """The size of the passage file the vectors came from (None where unknown)."""
+        return self.source.passage_file_bytes
 
     @classmethod
-    def _empty(cls, config: IndexConfig, dim: int, n: int, encoder_name: str | None) -> "Index":
+    def _empty(cls, config: IndexConfig, dim: int, n: int, source: IndexSource) -> "Index":
         backend, device = _placement(config)
         if backend == "torch":
             searcher: _FaissSearcher | _TorchSearcher = _TorchSearcher(dim, device, config.gpu_float16)
         else:
             searcher = _FaissSearcher(_new_faiss_index(config, dim, n), config, gpu=device == "gpu")
-        return cls(searcher, config, dim, np.empty(0, dtype=np.int64), encoder_name)
+        return cls(searcher, config, dim, np.empty(0, dtype=np.int64), source)
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -319,9 +383,10 @@ class Index:
         s = self._searcher
         return s.gpu if isinstance(s, _FaissSearcher) else s.device.type == "cuda"
 
-    def _add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+    def _add(self, vectors: np.ndarray, ids: np.ndarray, where: str | Path, fix: str = "") -> None:
         for start in range(0, len(vectors), _ADD_ROWS):
-            self._searcher.add(np.ascontiguousarray(vectors[start : start + _ADD_ROWS], dtype=np.float32))
+            chunk = vectors[start : start + _ADD_ROWS]
+            self._searcher.add(_checked_finite(chunk, where, range(start, start + len(chunk)), fix))
         self._ids = np.concatenate([self._ids, ids.astype(np.int64, copy=False)])
 
     @classmethod
@@ -339,11 +404,11 @@ class Index:
             raise ValueError(f"ids must be {n} integers, got shape {ids_array.shape} {ids_array.dtype}")
         if len(np.unique(ids_array)) != n:
             raise ValueError("ids must be unique")
-        index = cls._empty(config, dim, n, encoder_name)
+        index = cls._empty(config, dim, n, IndexSource(encoder=encoder_name))
         if not index._searcher.is_trained:
             sample = np.sort(np.random.default_rng(_TRAIN_SEED).choice(n, min(n, config.train_size), replace=False))
-            index._searcher.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
-        index._add(vectors, ids_array)
+            index._searcher.train(_checked_finite(vectors[sample], "vectors", sample))
+        index._add(vectors, ids_array, "vectors")
         return index
 
     @classmethod
@@ -351,34 +416,34 @@ class Index:
                     progress: bool = True) -> "Index":
         """Index a folder written by `encode_corpus`, one shard in memory at a time.
 
-        IVF / PQ are first trained on up to `train_size` vectors sampled across all shards.
+        Every shard is checked first: its ids int64, one per vector, each a passage of the
+        file and in no other shard; its vectors finite (checked as they are added). A bad
+        shard is a ValueError naming its file. IVF / PQ are first trained on up to
+        `train_size` vectors sampled across all shards.
         """
         config = config or IndexConfig()
         shard_dir = Path(shard_dir)
         manifest = read_manifest(shard_dir)
-        dim = int(manifest["dim"])
+        dim, num_passages = int(manifest["dim"]), manifest.get("num_passages")
+        if not isinstance(num_passages, int) or num_passages < 1:
+            raise ValueError(f"{shard_dir / MANIFEST_NAME}: no passage count (num_passages); encode again")
         files = [shard_paths(shard_dir, i) for i in range(int(manifest["num_shards"]))]
-        sizes = []
-        for vectors_path, ids_path in files:
-            for path in (vectors_path, ids_path):
-                if not path.is_file():
-                    raise FileNotFoundError(f"{path}: shard file missing although {MANIFEST_NAME} "
-                                            f"says encoding is complete")
-            shape = np.load(vectors_path, mmap_mode="r").shape
-            if len(shape) != 2 or shape[1] != dim:
-                raise ValueError(f"{vectors_path}: vectors of shape {shape}, expected [n, {dim}]")
-            sizes.append(shape[0])
-        n = sum(sizes)
-        index = cls._empty(config, dim, n, manifest["encoder"])
+        owner = np.full(num_passages, -1, dtype=np.int32)  # the shard holding each passage id
+        shard_ids = [_checked_shard_ids(shard, files, dim, owner) for shard in range(len(files))]
+        if sum(map(len, shard_ids)) != num_passages:
+            raise ValueError(f"{shard_dir}: the shards hold {sum(map(len, shard_ids))} of the {num_passages} "
+                             f"passages {MANIFEST_NAME} counts; encode again with overwrite")
+        source = IndexSource(encoder=manifest["encoder"], encoder_digest=manifest.get("encoder_digest"),
+                             passage_file=manifest.get("passage_file"),
+                             passage_file_bytes=manifest.get("passage_file_bytes"),
+                             passage_file_digest=manifest.get("passage_file_digest"), passages=num_passages)
+        index = cls._empty(config, dim, num_passages, source)
         if not index._searcher.is_trained:
-            index._searcher.train(_sample_shards([v for v, _ in files], sizes, config.train_size))
-        for vectors_path, ids_path in tqdm(files, desc=f"indexing {shard_dir.name}", unit="shard",
-                                           disable=not progress):
-            vectors, ids = np.load(vectors_path, mmap_mode="r"), np.load(ids_path)
-            if ids.shape != (len(vectors),):
-                raise ValueError(f"{ids_path}: {ids.shape} ids for {len(vectors)} vectors")
-            index._add(vectors, ids)
-        index.passage_file_bytes = manifest.get("passage_file_bytes")
+            index._searcher.train(_sample_shards([v for v, _ in files], [len(i) for i in shard_ids],
+                                                 config.train_size))
+        for (vectors_path, _), ids in tqdm(list(zip(files, shard_ids)), desc=f"indexing {shard_dir.name}",
+                                           unit="shard", disable=not progress):
+            index._add(_load_npy(vectors_path, mmap=True), ids, vectors_path, _redo_shard(vectors_path))
         return index
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -417,7 +482,7 @@ class Index:
             faiss.write_index(self._searcher.cpu_index(), str(tmp / INDEX_FILE))
             save_npy(tmp / IDS_FILE, self._ids)
             write_json(tmp / META_FILE, {
-                "format": _FORMAT, "encoder": self.encoder_name, "passage_file_bytes": self.passage_file_bytes,
+                "format": _FORMAT, **dataclasses.asdict(self.source),
                 "dim": self.dim, "metric": self.config.metric,
                 "count": len(self), "index_type": self.config.index_type,
                 "config": dataclasses.asdict(self.config), "ids_sha256": _sha256(self._ids),
@@ -482,17 +547,115 @@ class Index:
                                                                                   config.gpu_float16)
         else:
             searcher = _FaissSearcher(cpu_index, config, gpu=device == "gpu")
-        return cls(searcher, config, dim, ids, meta.get("encoder"), meta.get("passage_file_bytes"))
+        source = IndexSource(**{f.name: meta.get(f.name) for f in dataclasses.fields(IndexSource)})
+        return cls(searcher, config, dim, ids, source, path)
+
+    # ------------------------------------------------------------------ what the vectors came from
+    def _name(self) -> str:
+        return f"the index {self.path}" if self.path is not None else "the index"
+
+    def _predates_digests(self) -> bool:
+        """Whether this index was built from shards before indexes recorded content digests
+        (format 1); warns once that it is then checked by size and name only."""
+        old = self.source.passage_file_digest is None and self.source.passage_file_bytes is not None
+        if old and not self._warned:
+            self._warned = True
+            logger.warning("%s predates content digests: its passage file is checked by size and its encoder by "
+                           "name only; encode and index again to have them checked by content", self._name())
+        return old
+
+    def check_passages(self, store: Any) -> None:
+        """Refuse (`IndexMismatchError`) a passage store (`kilt.passages.PassageStore`) whose file
+        is not the one the vectors were encoded from: by passage count and content digest; an
+        index saved before digests by the file's byte size only, with a warning."""
+        source, path = self.source, Path(store.path)
+        refuse = (f"index and passage file do not belong together: give the passage file the index was "
+                  f"built from{f' ({source.passage_file})' if source.passage_file else ''} or rebuild the "
+                  f"index from this one (force to use them anyway)")
+        if source.passage_file_digest is None:
+            if not self._predates_digests():
+                return  # built from vectors given in memory: nothing recorded to check
+            size = path.stat().st_size
+            if size != source.passage_file_bytes:
+                raise IndexMismatchError(f"{path}: {size} bytes, but {self._name()} was built from a passage file "
+                                         f"of {source.passage_file_bytes} bytes; {refuse}")
+            return
+        if len(store) != source.passages:
+            raise IndexMismatchError(f"{path}: {len(store)} passages, but {self._name()} was built from a passage "
+                                     f"file of {source.passages}; {refuse}")
+        if store.digest != source.passage_file_digest:
+            raise IndexMismatchError(f"{path}: content differs from the passage file {self._name()} was built from "
+                                     f"(digest {_short(store.digest)}, recorded {_short(source.passage_file_digest)}); "
+                                     f"{refuse}")
+
+    def check_encoder(self, name_or_path: str | Path, digest: str | None) -> None:
+        """Refuse (`IndexMismatchError`) an encoder other than the one the vectors came from: by
+        the digest of its files (`encoding.model_fingerprint`) where both sides have one, so a
+        copy elsewhere is accepted and a symlink to other weights refused; else by name or path."""
+        source, name = self.source, str(name_or_path)
+        refuse = (f"index and encoder do not belong together: use the encoder the index was built with "
+                  f"({source.encoder}) or encode and index the passages with this one (force to use them anyway)")
+        if source.encoder_digest is not None and digest is not None:
+            if digest != source.encoder_digest:
+                raise IndexMismatchError(f"{name}: its files differ from those of the encoder {self._name()} was "
+                                         f"built with (digest {_short(digest)}, recorded "
+                                         f"{_short(source.encoder_digest)}); {refuse}")
+            return
+        self._predates_digests()
+        if source.encoder is not None and not _same_model(source.encoder, name):
+            raise IndexMismatchError(f"{name}: not the encoder {self._name()} was built with ({source.encoder}); "
+                                     f"{refuse}")
+
+
+def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    """A shard's array; a missing file or one numpy cannot read is an error naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: shard file missing although {MANIFEST_NAME} says encoding is complete")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: cannot read it (truncated or corrupt?): {e}; {_redo_shard(path)}") from None
+
+
+def _checked_shard_ids(shard: int, files: Sequence[tuple[Path, Path]], dim: int, owner: np.ndarray) -> np.ndarray:
+    """The ids of shard number `shard` of `files`, checked against its vectors file (float
+    [n, dim]): n int64 ids, each a passage of the file (0 <= id < len(owner)), none twice nor
+    in an earlier shard (`owner`: each passage's shard, updated here). A fault names the file."""
+    vectors_path, ids_path = files[shard]
+    vectors = _load_npy(vectors_path, mmap=True)
+    if vectors.ndim != 2 or vectors.shape[1] != dim or vectors.dtype not in (np.float32, np.float16):
+        raise ValueError(f"{vectors_path}: vectors of shape {vectors.shape} {vectors.dtype}, expected "
+                         f"[n, {dim}] float32 or float16; {_redo_shard(vectors_path)}")
+    ids, rows = _load_npy(ids_path), len(vectors)
+    if ids.dtype != np.int64 or ids.shape != (rows,):
+        raise ValueError(f"{ids_path}: {ids.shape} {ids.dtype} ids for {rows} vectors, expected ({rows},) int64; "
+                         f"{_redo_shard(vectors_path)}")
+    outside = (ids < 0) | (ids >= len(owner))
+    if outside.any():
+        raise ValueError(f"{ids_path}: passage id {int(ids[outside][0])} is out of range (the passage file has "
+                         f"{len(owner)} passages); {_redo_shard(vectors_path)}")
+    ordered = np.sort(ids)
+    twice = ordered[1:][ordered[1:] == ordered[:-1]]
+    if len(twice):
+        raise ValueError(f"{ids_path}: passage id {int(twice[0])} appears twice; {_redo_shard(vectors_path)}")
+    taken = owner[ids] >= 0
+    if taken.any():
+        pid = int(ids[taken][0])
+        raise ValueError(f"{ids_path}: passage id {pid} is also in {files[owner[pid]][1].name}; "
+                         f"{_redo_shard(vectors_path)}")
+    owner[ids] = shard
+    return ids
 
 
 def _sample_shards(vector_files: Sequence[Path], sizes: Sequence[int], train_size: int) -> np.ndarray:
-    """Up to `train_size` rows drawn uniformly without replacement across the shards (float32)."""
+    """Up to `train_size` rows drawn uniformly without replacement across the shards (float32,
+    checked finite)."""
     n = sum(sizes)
     picked = np.sort(np.random.default_rng(_TRAIN_SEED).choice(n, min(n, train_size), replace=False))
     parts, start = [], 0
     for path, size in zip(vector_files, sizes):
         rows = picked[(picked >= start) & (picked < start + size)] - start
         if len(rows):
-            parts.append(np.asarray(np.load(path, mmap_mode="r")[rows], dtype=np.float32))
+            parts.append(_checked_finite(_load_npy(path, mmap=True)[rows], path, rows, _redo_shard(path)))
         start += size
     return np.ascontiguousarray(np.concatenate(parts))

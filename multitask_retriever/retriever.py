@@ -38,11 +38,8 @@ class Retriever:
         if len(index) and int(index.ids.max()) >= len(passages):
             raise ValueError(f"the index holds passage id {int(index.ids.max())} but {passages.path} has only "
                              f"{len(passages)} passages: index and passage file do not belong together")
-        size = Path(passages.path).stat().st_size
-        if index.passage_file_bytes not in (None, size) and not force:
-            raise ValueError(f"the index was built from a passage file of {index.passage_file_bytes} bytes, but "
-                             f"{passages.path} has {size}: index and passage file do not belong together "
-                             f"(force to use them anyway)")
+        if not force:
+            index.check_passages(passages)
         self.encoder = encoder
         self.index = index
         self.passages = passages
@@ -83,10 +80,6 @@ class Retriever:
                             task=task, require_task=True, batch_size=batch_size, progress=progress)
 
 
-def _same_model(a: str, b: str) -> bool:
-    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
-
-
 def load_retriever(encoder_path: str | Path, index_dir: str | Path, passage_file: str | Path,
                    device: str | None = None, progress: bool = True, force: bool = False,
                    **index_overrides: Any) -> Retriever:
@@ -94,19 +87,18 @@ def load_retriever(encoder_path: str | Path, index_dir: str | Path, passage_file
 
     `device` (auto | cpu | cuda) places the encoder and the index search (unset: the encoder
     stays on the CPU and the index searches as saved); `index_overrides` are `Index.load`
-    search settings. An index built from another encoder's vectors or another passage file is
-    refused unless `force`.
+    search settings. An index built from another encoder's vectors or another passage file (told
+    apart by content, `Index.check_encoder` and `Index.check_passages`) is refused unless `force`.
     """
     from .devices import resolve_device
     from .encoder import DualEncoder
+    from .encoding import encoder_fingerprint
 
     encoder = DualEncoder.from_pretrained(encoder_path)
     if device is not None:
         encoder.to(resolve_device(device))
         index_overrides = {"device": device, **index_overrides}
     index = Index.load(index_dir, expected_dim=encoder.dim, **index_overrides)
-    name = encoder.config.model_name_or_path
-    if index.encoder_name is not None and not _same_model(index.encoder_name, name) and not force:
-        raise ValueError(f"{index_dir} holds vectors of {index.encoder_name}, but queries would be encoded by "
-                         f"{name}: index and encoder do not belong together (force to use them anyway)")
+    if not force:
+        index.check_encoder(encoder.config.model_name_or_path, encoder_fingerprint(encoder))
     return Retriever(encoder, index, PassageStore(passage_file, progress=progress), force=force)

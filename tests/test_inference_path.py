@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from kilt.eval import evaluate
 from kilt.eval import main as eval_main
@@ -247,11 +248,17 @@ def test_an_index_with_another_passage_file_is_refused_unless_forced(tiny_bert, 
 
 
 def test_an_index_of_another_encoder_is_refused_unless_forced(tiny_bert, passage_file, mini_kilt, tmp_path, capsys):
+    from transformers import BertModel
+
     index = _encode_and_index(tiny_bert, passage_file, tmp_path)
-    copy = tmp_path / "same-weights-other-name"
-    shutil.copytree(tiny_bert, copy)
+    other = tmp_path / "other-weights"  # the same architecture and file sizes, other weights
+    shutil.copytree(tiny_bert, other)
+    model = BertModel.from_pretrained(other)
+    with torch.no_grad():
+        model.embeddings.word_embeddings.weight.neg_()
+    model.save_pretrained(other)
     queries = mini_kilt / "nq-dev-kilt.jsonl"
     capsys.readouterr()
-    assert _retrieve(copy, index, passage_file, queries, tmp_path / "p.jsonl") == 2
+    assert _retrieve(other, index, passage_file, queries, tmp_path / "p.jsonl") == 2
     assert "index and encoder do not belong together" in capsys.readouterr().err
-    assert _retrieve(copy, index, passage_file, queries, tmp_path / "p.jsonl", "--force") == 0
+    assert _retrieve(other, index, passage_file, queries, tmp_path / "p.jsonl", "--force") == 0
