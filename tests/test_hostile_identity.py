@@ -362,8 +362,9 @@ def test_sound_shards_are_indexed_with_their_ids(shards):
 
 # --------------------------------------------------------------------------- the digest cache
 @pytest.fixture
-def hashes(monkeypatch) -> list[Path]:
-    """The files `file_digest` reads, in order (a cache hit reads none)."""
+def hashes(monkeypatch, tmp_path) -> list[Path]:
+    """The files `file_digest` reads, in order (a cache hit reads none); the cache in tmp_path/cache."""
+    monkeypatch.setenv("MTR_CACHE", str(tmp_path / "cache"))
     read: list[Path] = []
     original = digest._hash_file
 
@@ -381,7 +382,8 @@ def test_the_digest_cache_is_reused_while_the_file_is_unchanged(tmp_path, hashes
     assert file_digest(path) == blake2b(b"some content")
     assert file_digest(path) == blake2b(b"some content")
     assert hashes == [path]
-    assert digest_cache_path(path) == tmp_path / ".f.bin.digest"
+    assert digest_cache_path(path).parent == tmp_path / "cache" / "digests"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "f.bin"]  # nothing beside the file
 
 
 def _in_place_same_size(path: Path) -> None:
@@ -413,6 +415,7 @@ def test_the_digest_is_computed_again_when_the_file_changes(change, content, tmp
 
 
 def test_a_file_changed_while_hashed_leaves_no_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTR_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "f.bin"
     path.write_bytes(b"some content")
     original = digest._hash_file
@@ -430,7 +433,6 @@ def test_a_file_changed_while_hashed_leaves_no_cache(tmp_path, monkeypatch):
 def test_the_digest_is_computed_where_its_cache_cannot_be_written(tmp_path, hashes):
     path = tmp_path / "f.bin"
     path.write_bytes(b"some content")
-    digest_cache_path(path).mkdir()  # in the way of the cache file, as a read-only folder would be
+    digest_cache_path(path).mkdir(parents=True)  # in the way of the cache file, as a read-only folder would be
     assert file_digest(path) == file_digest(path) == blake2b(b"some content")
     assert hashes == [path, path]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".f.bin.digest", "f.bin"]
