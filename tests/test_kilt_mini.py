@@ -9,7 +9,7 @@ import pytest
 
 from kilt.io import iter_jsonl, iter_pages, read_task_file
 from kilt.passages import iter_passages
-from kilt.tasks import find_task_files
+from kilt.tasks import find_task_files, query_group
 
 KILT_MINI = Path(__file__).resolve().parents[1] / "data" / "kilt-mini"
 TASKS = ("fever", "hotpotqa", "nq", "wow")
@@ -103,10 +103,21 @@ def test_no_input_text_occurs_in_two_files(examples):
             assert seen.setdefault(example.input, key) == key, (example.id, seen[example.input], key)
 
 
-def test_no_wow_conversation_is_in_both_train_and_dev():
-    train = {record["meta"]["group"] for record in _records(KILT_MINI / "wow-train-kilt.jsonl")}
-    dev = {record["meta"]["group"] for record in _records(KILT_MINI / "wow-dev-kilt.jsonl")}
-    assert train and dev and not train & dev
+@pytest.mark.parametrize("task", TASKS)
+def test_no_query_group_is_in_both_train_and_dev(task):
+    """Groups as the toolkit's grouped splits see them (kilt.tasks.query_group): for wow the
+    conversation, for the other tasks the query itself."""
+    def groups(split: str) -> set[str]:
+        return {query_group(record["id"], record.get("meta"), task)
+                for record in _records(KILT_MINI / f"{task}-{split}-kilt.jsonl")}
+
+    assert groups("train").isdisjoint(groups("dev"))
+
+
+def test_wow_holds_the_documented_number_of_conversations():
+    conversations = {split: {record["meta"]["group"] for record in _records(KILT_MINI / f"wow-{split}-kilt.jsonl")}
+                     for split in ("train", "dev")}
+    assert {split: len(groups) for split, groups in conversations.items()} == {"train": 186, "dev": 70}
 
 
 @pytest.mark.parametrize("task", TASKS)
