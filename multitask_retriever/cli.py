@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -452,6 +453,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: the options that name a model to load
+_MODEL_OPTIONS = ("encoder", "model", "model_name_or_path", "llm", "cross_encoder", "init_from")
+
+
+def _offline_if_local(args) -> None:
+    """Hugging Face's offline mode when every model the command names is packaged or a local
+    folder: nothing is fetched, so a missing network costs no retries."""
+    from .models import is_packaged
+
+    named = [v for v in (getattr(args, name, None) for name in _MODEL_OPTIONS) if isinstance(v, str) and v]
+    if named and all(is_packaged(v) or Path(v).expanduser().exists() for v in named):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -460,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("bm25s").setLevel(logging.WARNING)
     handler = COMMANDS["retrieve" if args.command == "search" else args.command]
+    _offline_if_local(args)
     try:
         return int(handler(args) or 0)
     except (OSError, ValueError) as e:  # missing, unwritable or existing files; bad values and formats

@@ -224,9 +224,9 @@ class DualEncoder(nn.Module):
 
         `overrides` are EncoderConfig fields; they win over a saved mtr_encoder.json.
         """
-        from .models import check_model_path
+        from .models import resolve_model_name
 
-        name_or_path = check_model_path(name_or_path)
+        name_or_path = resolve_model_name(name_or_path)
         known = {f.name for f in dataclasses.fields(EncoderConfig)} - {"model_name_or_path"}
         unknown = set(overrides) - known
         if unknown:

