@@ -131,7 +131,7 @@ def _retrieve(args) -> None:
     overrides = {name: getattr(args, name) for name in ("nprobe", "hnsw_ef_search", "backend")
                  if getattr(args, name) is not None}
     retriever = load_retriever(args.encoder, args.index, args.passages, device=args.device, force=args.force,
-                               **overrides)
+                               query_prompts=args.query_prompts, **overrides)
     n = retriever.predict(args.queries, args.out, task=args.task, k=args.k)
     print(f"{args.queries}: {n} predictions -> {args.out}")
 
@@ -196,7 +196,8 @@ def _first_stage(args):
             raise ValueError("--encoder needs --index (an index of that encoder's passage vectors)")
         from .retriever import load_retriever
 
-        return load_retriever(args.encoder, args.index, args.passages, device=args.device, force=args.force)
+        return load_retriever(args.encoder, args.index, args.passages, device=args.device, force=args.force,
+                              query_prompts=args.query_prompts)
     from kilt.bm25 import BM25Retriever
     from kilt.passages import PassageStore
 
@@ -305,6 +306,14 @@ def force_argument(p: argparse.ArgumentParser) -> None:
                    help="search an index with another encoder or passage file than it was built from")
 
 
+def query_prompts_argument(p: argparse.ArgumentParser) -> None:
+    from .encoder import PROMPT_STYLES
+
+    p.add_argument("--query-prompts", default="", choices=["", *PROMPT_STYLES], metavar="STYLE",
+                   help=f"replace the encoder's saved query prompts: {' | '.join(PROMPT_STYLES)} (none: the plain "
+                        "query, as benchmark-quality's zero-shot system reads it) [the encoder's]")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import add_config_arguments
     from .rerank.fusion import METHODS as FUSION_METHODS, Fusion
@@ -370,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query [as the index was saved]")
         p.add_argument("--hnsw-ef-search", type=int, default=None, help="HNSW search beam width [as saved]")
         p.add_argument("--backend", default=None, help="faiss | torch: search with another backend [as saved]")
+        query_prompts_argument(p)
         force_argument(p)
 
     from .trainer import TrainConfig, methods
@@ -399,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--encoder", default=None, help="DualEncoder folder for dense candidates [BM25]")
         p.add_argument("--index", default=None, help="folder written by `mtr index` for --encoder")
         p.add_argument("--device", default="auto", help="auto | cpu | cuda: the encoder, its index and the reranker")
+        query_prompts_argument(p)
         force_argument(p)
 
     from .rerank import METHODS

@@ -46,15 +46,18 @@ _CUDA_TOKENIZE_THREADS = 4
 
 # named query prompt styles: "short" is "<prompt>: {query}"; "taco-t5" the official TACO code's
 # "<TASK NAME> <extra_id_1> {query}" (the T5 sentinel after the upper-case task name)
-PROMPT_STYLES = ("short", "taco-t5")
+PROMPT_STYLES = ("short", "taco-t5", "none")
 
 
 def query_prompts_for(style: str) -> dict[str, str]:
-    """One query template per registered KILT task in a named style (see PROMPT_STYLES)."""
+    """One query template per registered KILT task in a named style (see PROMPT_STYLES); "none"
+    is the plain query, as a pretrained model that never saw prompts reads it."""
     if style == "short":
         return {name: f"{task.prompt}: {{query}}" for name, task in TASKS.items()}
     if style == "taco-t5":
         return {name: f"{task.taco_name} <extra_id_1> {{query}}" for name, task in TASKS.items()}
+    if style == "none":
+        return {name: "{query}" for name in TASKS}
     raise ValueError(f"unknown prompt style {style!r}; known: {', '.join(PROMPT_STYLES)}")
 
 

@@ -82,19 +82,21 @@ class Retriever:
 
 def load_retriever(encoder_path: str | Path, index_dir: str | Path, passage_file: str | Path,
                    device: str | None = None, progress: bool = True, force: bool = False,
-                   **index_overrides: Any) -> Retriever:
+                   query_prompts: str = "", **index_overrides: Any) -> Retriever:
     """A Retriever from a saved DualEncoder, an `Index.save` folder and the passage file.
 
     `device` (auto | cpu | cuda) places the encoder and the index search (unset: the encoder
     stays on the CPU and the index searches as saved); `index_overrides` are `Index.load`
-    search settings. An index built from another encoder's vectors or another passage file (told
+    search settings; `query_prompts` (a prompt style such as "none") replaces the encoder's saved
+    query prompts. An index built from another encoder's vectors or another passage file (told
     apart by content, `Index.check_encoder` and `Index.check_passages`) is refused unless `force`.
     """
     from .devices import resolve_device
-    from .encoder import DualEncoder
+    from .encoder import DualEncoder, query_prompts_for
     from .encoding import encoder_fingerprint
 
-    encoder = DualEncoder.from_pretrained(encoder_path)
+    encoder = DualEncoder.from_pretrained(
+        encoder_path, **({"query_prompts": query_prompts_for(query_prompts)} if query_prompts else {}))
     if device is not None:
         encoder.to(resolve_device(device))
         index_overrides = {"device": device, **index_overrides}

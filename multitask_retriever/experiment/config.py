@@ -75,6 +75,9 @@ class ExperimentConfig:
     # reranking (RerankTrainConfig)
     rerank_k: int = 20
     rerank_queries: int = field(default=0, metadata={"help": "cap on reranked dev queries per task (0 = all)"})
+    dev_queries: int = field(default=0, metadata={
+        "help": "score every system on the first N dev queries of each task (0 = all), so that every row "
+                "of the table stands on the same queries"})
     reranker_steps: int = RerankTrainConfig.steps
     reranker_batch_size: int = RerankTrainConfig.batch_size
     reranker_group_size: int = RerankTrainConfig.group_size
@@ -131,5 +134,7 @@ class ExperimentConfig:
             raise ValueError(f"validation_split must be in (0, 1), got {self.validation_split}")
         if self.fusion_min_validation < 0:
             raise ValueError(f"fusion_min_validation must be >= 0, got {self.fusion_min_validation}")
+        if self.dev_queries < 0:
+            raise ValueError(f"dev_queries must be >= 0 (0 = all), got {self.dev_queries}")
         if self.rerank_queries < 0:
             raise ValueError(f"rerank_queries must be >= 0 (0 = all), got {self.rerank_queries}")

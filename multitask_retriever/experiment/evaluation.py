@@ -38,10 +38,15 @@ def score_task(gold: Path, predictions: Path, subset: bool) -> tuple[dict[str, f
 
 
 def compared_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
-    """The (a, b) pairs worth a test: taco against naive, every reranked system (raw and fused)
-    against its retriever, each fused system against its raw order, each cross-encoder schedule against single-stage contrastive (the paper's
-    question), and trained LLM rerankers against untrained query likelihood."""
+    """The (a, b) pairs worth a test: zero-shot against BM25, each fine-tuned retriever against
+    zero-shot, taco against naive, every reranked system (raw and fused) against its retriever,
+    each fused system against its raw order, each cross-encoder schedule against single-stage
+    contrastive (the paper's question), and trained LLM rerankers against untrained query likelihood."""
     pairs = []
+    if "zero-shot" in names and "bm25" in names:
+        pairs.append(("zero-shot", "bm25"))
+    if "zero-shot" in names:
+        pairs += [(n, "zero-shot") for n in names if not {"+", "@"} & set(n) and n not in ("bm25", "zero-shot")]
     if "taco" in names and "naive" in names:
         pairs.append(("taco", "naive"))
     pairs += [(n, n.split("+", 1)[0]) for n in names if "+" in n and n.split("+", 1)[0] in names]

@@ -20,6 +20,10 @@ from .report import machine_info
 from .systems import parse_system, split_fusion
 
 
+#: a KILT folder's knowledge source: ours (`mtr kilt-subset`), or as KILT's download names it
+KNOWLEDGE_SOURCE_NAMES = ("knowledge_source.jsonl", "knowledge_source.jsonl.gz", "kilt_knowledgesource.json")
+
+
 class Experiment:
     """Runs the configured systems stage by stage; `run()` returns the result document."""
 
@@ -51,11 +55,10 @@ class Experiment:
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: knowledge source not found")
             return path
-        for name in ("knowledge_source.jsonl", "knowledge_source.jsonl.gz"):
+        for name in KNOWLEDGE_SOURCE_NAMES:
             if (self.data_dir / name).is_file():
                 return self.data_dir / name
-        raise FileNotFoundError(
-            f"{self.data_dir}: no knowledge_source.jsonl or knowledge_source.jsonl.gz (or pass --knowledge-source)")
+        raise FileNotFoundError(f"{self.data_dir}: no {' or '.join(KNOWLEDGE_SOURCE_NAMES)} (or pass --knowledge-source)")
 
     def _find_tasks(self) -> dict[str, dict[str, Path]]:
         found = find_task_files(self.data_dir)
@@ -117,11 +120,13 @@ class Experiment:
         c = self.config
         folder = self.cache.work / "predictions" / name
         retriever_name, reranker_name = self._parse_system(name)
-        capped = rerank is not None and c.rerank_queries > 0
+        rerank_cap = c.rerank_queries if rerank is not None else 0
+        limit = min([n for n in (c.dev_queries, rerank_cap) if n > 0], default=0)  # queries per task, 0: all
+        capped = limit > 0
         key = stage_key(retriever=self.build.retriever_key(retriever_name),
                         reranker=self.build.reranker_key(retriever_name, reranker_name) if reranker_name else None,
-                        k=c.k, rerank_k=c.rerank_k if rerank is not None else 0,
-                        rerank_queries=c.rerank_queries if capped else 0,
+                        k=c.k, rerank_k=c.rerank_k if rerank is not None else 0, rerank_queries=rerank_cap,
+                        **({"dev_queries": c.dev_queries} if c.dev_queries else {}),
                         dev={t: file_key(s["dev"]) for t, s in self.task_files.items()},
                         **({"fusion": asdict(fusion)} if fusion is not None else {}))
         per_task: dict[str, dict[str, float]] = {}
@@ -134,7 +139,7 @@ class Experiment:
                 if not cached:
                     Pipeline(search, rerank, fusion).predict(
                         splits["dev"], out, task=task, k=c.k, rerank_k=c.rerank_k if rerank is not None else 0,
-                        max_queries=c.rerank_queries if capped else 0, progress=self.build.progress)
+                        max_queries=limit if capped else 0, progress=self.build.progress)
                 per_task[task], queries[task] = score_task(splits["dev"], out, subset=capped)
             if not cached:
                 self.cache.finish(folder, key)
