@@ -30,6 +30,7 @@ from transformers.utils import cached_file
 from kilt.io import atomic_directory
 from kilt.tasks import TASKS, mention_span, mention_window
 
+from .config import check_fields
 from .devices import check_dtype_name, resolve_dtype
 
 CONFIG_NAME = "mtr_encoder.json"
@@ -99,8 +100,9 @@ class EncoderConfig:
     normalize: bool | None = field(default=None, metadata={
         "help": "L2-normalise embeddings; unset: only if the checkpoint is a sentence-transformers model "
                 "with a Normalize module (TACO's T5 uses raw dot products)"})
-    query_max_length: int = field(default=64, metadata={"help": "query tokens, prompt and special tokens included"})
-    passage_max_length: int = field(default=160, metadata={"help": "passage tokens, template included"})
+    query_max_length: int = field(default=64, metadata={"help": "query tokens, prompt and special tokens included",
+                                                        "min": 1})
+    passage_max_length: int = field(default=160, metadata={"help": "passage tokens, template included", "min": 1})
     query_prompts: dict[str, str] = field(default_factory=_default_query_prompts, metadata={
         "help": "task -> template with {query}; default: '<task prompt>: {query}' for every KILT task"})
     default_query_template: str = field(default="{query}", metadata={"help": "query template when no task is given"})
@@ -116,15 +118,13 @@ class EncoderConfig:
                 "precision weights; the loaded float32 weights are restored afterwards"})
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         check_dtype_name(self.dtype)
         for name in ("query_truncation_side", "passage_truncation_side"):
             if getattr(self, name) not in ("left", "right"):
                 raise ValueError(f"{name} must be 'left' or 'right', got {getattr(self, name)!r}")
-        for name in ("query_max_length", "passage_max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for template in [self.default_query_template, *self.query_prompts.values()]:
             _split_query_template(template)
         _template_parts(self.passage_template, {"title", "text"}, {"text"})

@@ -177,7 +177,7 @@ def test_experiment_config_refuses_out_of_range_depths(name, value):
 
 def test_benchmark_quality_refuses_a_negative_rerank_k_in_one_line(mini_kilt, tmp_path, capsys):
     assert main(["benchmark-quality", str(mini_kilt), "--out", str(tmp_path / "r.json"), "--rerank-k", "-1"]) == 2
-    assert "rerank_k must be at least 1, got -1" in _one_error_line("benchmark-quality", capsys)
+    assert "rerank_k must be >= 1, got -1" in _one_error_line("benchmark-quality", capsys)
     assert not (tmp_path / "r.json").exists()
 
 

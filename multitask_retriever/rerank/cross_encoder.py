@@ -18,6 +18,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Batc
 from kilt.io import atomic_directory
 from kilt.tasks import mention_span, mention_window
 
+from ..config import check_fields
 from ..devices import DTYPES, autocast, check_dtype_name
 from ..models import check_model_path, own_memory, packaged_minilm_path
 from .base import (CONFIG_NAME, Reranker, check_rows, group_size, make_config, read_reranker_meta, split_rows,
@@ -29,9 +30,9 @@ class CrossEncoderConfig:
     """How the cross-encoder reads pairs; saved in mtr_reranker.json beside the weights."""
 
     model_name_or_path: str = field(default="", metadata={"help": "Hugging Face name or local folder"})
-    max_length: int = field(default=256, metadata={"help": "pair tokens, special tokens included"})
+    max_length: int = field(default=256, metadata={"help": "pair tokens, special tokens included", "min": 1})
     max_query_length: int = field(default=128, metadata={
-        "help": "query tokens kept; longer queries are cut so the passage always has room"})
+        "help": "query tokens kept; longer queries are cut so the passage always has room", "min": 1})
     freeze_position_embeddings: bool = field(default=True, metadata={
         "help": "keep position embeddings fixed in training, as Pezzuti et al. do"})
     inference_dtype: str = field(default="auto", metadata={
@@ -39,6 +40,7 @@ class CrossEncoderConfig:
                 + " | ".join(DTYPES)})
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.max_query_length >= self.max_length - 3:
             raise ValueError(f"max_query_length ({self.max_query_length}) must leave room for a passage "
                              f"within max_length ({self.max_length})")

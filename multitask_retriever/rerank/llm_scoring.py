@@ -20,6 +20,7 @@ from torch import nn
 
 from kilt.tasks import mention_span, mention_window
 
+from ..config import check_fields
 from ..devices import DTYPES, autocast, check_dtype_name
 from .base import (Reranker, check_rows, group_size, make_config, read_reranker_meta, split_rows,
                    write_reranker_meta)
@@ -56,18 +57,17 @@ class LLMScoringConfig:
     task_instructions: dict[str, str] = field(default_factory=_default_task_instructions, metadata={
         "help": "task -> instruction asking for the query in that task's form (a claim for fever, the next "
                 "turn for wow, ...); tasks not listed use `instruction`"})
-    max_passage_tokens: int = field(default=256, metadata={"help": "longer passages are cut (one warning)"})
-    max_query_tokens: int = field(default=64, metadata={"help": "longer queries are cut (one warning)"})
+    max_passage_tokens: int = field(default=256, metadata={"help": "longer passages are cut (one warning)", "min": 1})
+    max_query_tokens: int = field(default=64, metadata={"help": "longer queries are cut (one warning)", "min": 1})
     reduction: str = field(default="mean", metadata={"help": "mean | sum of the query tokens' log-probs"})
-    max_batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per forward pass"})
+    max_batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per forward pass", "min": 1})
     inference_dtype: str = field(default="auto", metadata={
         "help": "autocast dtype: auto (bfloat16 or float16 on CUDA, float32 elsewhere) | " + " | ".join(DTYPES)})
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be mean or sum, got {self.reduction!r}")
-        if min(self.max_passage_tokens, self.max_query_tokens) < 1:
-            raise ValueError("max_passage_tokens and max_query_tokens must be at least 1")
         check_dtype_name(self.inference_dtype, "inference_dtype")
 
 
