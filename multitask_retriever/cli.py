@@ -76,9 +76,9 @@ def _kilt_subset(args) -> None:
 
 @command("evaluate")
 def _evaluate(args) -> int:
-    from kilt.eval import main as eval_main
+    from kilt.eval import run
 
-    return eval_main(args.eval_args)
+    return run(args)
 
 
 # --------------------------------------------------------------------------- inference path
@@ -242,8 +242,6 @@ def _pipeline(args) -> None:
     refuse_overwriting_inputs([args.out], [p for p in (args.queries, args.passages, args.index, args.encoder,
                                                         args.reranker) if p], args.overwrite)
     check_writable([args.out])
-    if args.rerank_k < 0 or args.k < 1:
-        raise ValueError(f"--k must be >= 1 and --rerank-k >= 0, got {args.k} and {args.rerank_k}")
     reranker = load_reranker(args.reranker).to(resolve_device(args.device)) if args.reranker else None
     fusion = Fusion(args.fusion, alpha=args.alpha) if args.fusion != "fitted" else (
         Fusion.load(args.reranker) if args.reranker and (Path(args.reranker) / FUSION_NAME).is_file() else Fusion())
@@ -289,7 +287,9 @@ def force_argument(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import add_config_arguments
+    from kilt.eval import DESCRIPTION as EVAL_DESCRIPTION, build_parser as eval_parser
+
+    from .config import add_config_arguments, bounded
     from .rerank.fusion import METHODS as FUSION_METHODS, Fusion
 
     parser = argparse.ArgumentParser(prog="mtr", description=__doc__,
@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chunk", help="split a KILT knowledge source into 100-word passages")
     p.add_argument("knowledge_source", help="KILT knowledge source (.jsonl or .jsonl.gz)")
     p.add_argument("out", help="passage file to write (JSONL)")
-    p.add_argument("--words", type=int, default=100, help="words per passage [100]")
+    p.add_argument("--words", type=bounded(int, min=1), default=100, help="words per passage [100]")
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip malformed pages (counted and reported) instead of stopping at the first")
     overwrite_argument(p)
@@ -309,28 +309,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("passages", help="passage file from `mtr chunk`")
     p.add_argument("task_files", nargs="+", help="KILT task files (queries)")
     p.add_argument("--out-dir", required=True, help="where prediction files go")
-    p.add_argument("--k", type=int, default=100, help="pages per query [100]")
+    p.add_argument("--k", type=bounded(int, min=1), default=100, help="pages per query [100]")
     overwrite_argument(p)
 
     p = sub.add_parser("kilt-subset", help="a miniature benchmark from full KILT files, deterministic")
     p.add_argument("kilt_dir", help="folder with the official <task>-<split>-kilt.jsonl files")
     p.add_argument("knowledge_source", help="kilt_knowledgesource.json")
     p.add_argument("out_dir")
-    p.add_argument("--queries", type=int, default=100, help="queries per task and split [100]")
-    p.add_argument("--distractors", type=int, default=10000, help="random extra pages [10000]")
+    p.add_argument("--queries", type=bounded(int, min=1), default=100, help="queries per task and split [100]")
+    p.add_argument("--distractors", type=bounded(int, min=0), default=10000, help="random extra pages [10000]")
     p.add_argument("--tasks", default="", help="comma-separated task names [all present]")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=bounded(int, min=0), default=0)
     overwrite_argument(p)
 
-    p = sub.add_parser("evaluate", help="KILT retrieval metrics (same as python -m kilt.eval)", add_help=False)
-    p.add_argument("eval_args", nargs=argparse.REMAINDER)
+    sub.add_parser("evaluate", help="KILT retrieval metrics (same as python -m kilt.eval)",
+                   description=EVAL_DESCRIPTION, parents=[eval_parser(add_help=False)])
 
     p = sub.add_parser("encode", help="encode a passage file into resumable shards")
     p.add_argument("--encoder", required=True, help="DualEncoder folder or Hugging Face name")
     p.add_argument("--passages", required=True, help="passage file from `mtr chunk`")
     p.add_argument("--out-dir", required=True, help="shard folder (resumes where it stopped)")
-    p.add_argument("--shard-size", type=int, default=100_000)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--shard-size", type=bounded(int, min=1), default=100_000)
+    p.add_argument("--batch-size", type=bounded(int, min=1), default=128)
     p.add_argument("--device", default="auto")
 
     from .indexing import IndexConfig
@@ -348,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--queries", required=True, help="KILT task file")
         p.add_argument("--out", required=True, help="KILT prediction file to write")
         p.add_argument("--task", default=None, help="task prompt [from the file name]")
-        p.add_argument("--k", type=int, default=100)
+        p.add_argument("--k", type=bounded(int, min=1), default=100)
         p.add_argument("--device", default="auto",
                        help="auto | cpu | cuda: where the encoder runs and the index searches")
         p.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query [as the index was saved]")
@@ -373,9 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train")
     p.add_argument("--encoder", default=None, help="DualEncoder folder for ANCE-style negatives [BM25]")
     p.add_argument("--index", default=None, help="folder written by `mtr index` for --encoder")
-    p.add_argument("--depth", type=int, default=100, help="passages retrieved per query [100]")
-    p.add_argument("--keep", type=int, default=30, help="hard negatives kept per query [30]")
-    p.add_argument("--max-queries", type=int, default=0, help="cap on queries per task (0 = all)")
+    p.add_argument("--depth", type=bounded(int, min=1), default=100, help="passages retrieved per query [100]")
+    p.add_argument("--keep", type=bounded(int, min=0), default=30, help="hard negatives kept per query [30]")
+    p.add_argument("--max-queries", type=bounded(int, min=0), default=0, help="cap on queries per task (0 = all)")
     p.add_argument("--device", default="auto")
     force_argument(p)
 
@@ -403,9 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "--output-dir, several each in --output-dir/<i>-<stage>")
     p.add_argument("--teacher", default=None, help="teacher scores/rankings JSONL for the distill stage")
     p.add_argument("--distill-loss", default="ranknet", choices=distill_losses(), help="the distill stage's loss")
-    p.add_argument("--depth", type=int, default=30, help="candidates retrieved per query [30]")
-    p.add_argument("--num-negatives", type=int, default=None, help="hard negatives kept per query [all]")
-    p.add_argument("--max-queries", type=int, default=0, help="cap on training queries per task (0 = all)")
+    p.add_argument("--depth", type=bounded(int, min=1), default=30, help="candidates retrieved per query [30]")
+    p.add_argument("--num-negatives", type=bounded(int, min=0), default=None,
+                   help="hard negatives kept per query [all]")
+    p.add_argument("--max-queries", type=bounded(int, min=0), default=0,
+                   help="cap on training queries per task (0 = all)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
     add_config_arguments(p, RerankTrainConfig, skip={"loss"})
     p.add_argument("--loss", default=None, choices=list(LOSSES),
@@ -417,8 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", required=True, help="KILT task file")
     p.add_argument("--out", required=True, help="KILT prediction file to write")
     p.add_argument("--task", default=None, help="task prompt [from the file name]")
-    p.add_argument("--k", type=int, default=100)
-    p.add_argument("--rerank-k", type=int, default=20, help="passages reranked per query (0: none) [20]")
+    p.add_argument("--k", type=bounded(int, min=1), default=100)
+    p.add_argument("--rerank-k", type=bounded(int, min=0), default=20,
+                   help="passages reranked per query (0: none) [20]")
     p.add_argument("--fusion", default="fitted", choices=["fitted", *FUSION_METHODS],
                    help="final order of the reranked passages: fitted (the reranker folder's fusion.json from "
                         "benchmark-quality, else the reranker's order), none (the reranker's order), "
@@ -441,8 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; returns the exit status: 0, or 2 for a bad flag (argparse's usage and
+    error) or a bad input (one line naming it, no traceback)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad flag (2)
+        return int(e.code or 0)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     if not args.verbose:
@@ -451,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(handler(args) or 0)
     except (OSError, ValueError) as e:  # missing, unwritable or existing files; bad values and formats
-        print(f"mtr {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"mtr {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 
