@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BatchEncoding, PretrainedConfig
 from transformers.utils import cached_file
 
-from kilt.io import atomic_directory
+from kilt.io import atomic_directory, read_text
 from kilt.tasks import TASKS, mention_span, mention_window
 
 from .config import check_fields
@@ -224,7 +224,7 @@ class DualEncoder(nn.Module):
 
         `overrides` are EncoderConfig fields; they win over a saved mtr_encoder.json.
         """
-        from .models import check_model_path
+        from .models import check_model_path, named_weight_errors
 
         name_or_path = check_model_path(name_or_path)
         known = {f.name for f in dataclasses.fields(EncoderConfig)} - {"model_name_or_path"}
@@ -235,7 +235,7 @@ class DualEncoder(nn.Module):
         saved = Path(name_or_path) / CONFIG_NAME
         if saved.is_file():
             try:
-                values = json.loads(saved.read_text(encoding="utf-8"))
+                values = json.loads(read_text(saved))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{saved}:{e.lineno}: invalid JSON: {e.msg}") from None
             if not isinstance(values, dict) or set(values) - known - {"model_name_or_path"}:
@@ -248,7 +248,8 @@ class DualEncoder(nn.Module):
         for name in ("query_max_length", "passage_max_length"):
             if limit is not None and getattr(config, name) > limit:
                 raise ValueError(f"{name} {getattr(config, name)} is above {name_or_path}'s {limit} positions")
-        backbone = _load_backbone(name_or_path, hf_config, config.pooling)
+        with named_weight_errors(name_or_path):
+            backbone = _load_backbone(name_or_path, hf_config, config.pooling)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         return cls(backbone, tokenizer, config)
 

@@ -20,7 +20,7 @@ from kilt.tasks import mention_span, mention_window
 
 from ..config import check_fields
 from ..devices import DTYPES, autocast, check_dtype_name
-from ..models import check_model_path, own_memory, packaged_minilm_path
+from ..models import check_model_path, named_weight_errors, own_memory, packaged_minilm_path
 from .base import (CONFIG_NAME, Reranker, check_rows, group_size, make_config, read_reranker_meta, split_rows,
                    write_reranker_meta)
 
@@ -81,7 +81,8 @@ class CrossEncoderReranker(Reranker):
         path = check_model_path(path)
         saved = read_reranker_meta(path, cls.method).get("config", {}) if (Path(path) / CONFIG_NAME).is_file() else {}
         config = make_config(CrossEncoderConfig, {"model_name_or_path": path, **saved, **overrides})
-        model = own_memory(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1))
+        with named_weight_errors(path):
+            model = own_memory(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1))
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(model, tokenizer, config)
 

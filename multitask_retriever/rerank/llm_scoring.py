@@ -84,12 +84,13 @@ def load_lm(name_or_path: str) -> tuple[nn.Module, Any]:
     """A frozen LM (causal or seq2seq, by its config) and its tokenizer, in eval mode."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from ..models import check_model_path, own_memory, resolve_llm
+    from ..models import check_model_path, named_weight_errors, own_memory, resolve_llm
 
     path = check_model_path(resolve_llm(name_or_path))
     config = AutoConfig.from_pretrained(path)
     cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    lm = own_memory(cls.from_pretrained(path))
+    with named_weight_errors(path):
+        lm = own_memory(cls.from_pretrained(path))
     tokenizer = AutoTokenizer.from_pretrained(path)
     lm.eval()
     lm.requires_grad_(False)
@@ -454,13 +455,16 @@ class LLMReranker(Reranker):
         """Rebuild from a saved folder: the LM from `config.llm`, the trained parameters from the folder."""
         from safetensors.torch import load_file
 
+        from ..models import named_weight_errors
+
         meta = read_reranker_meta(path, cls.method)
         config = cls._make_config({**meta.get("config", {}), **overrides})
         lm, tokenizer = load_lm(config.llm)
         reranker = cls(lm, tokenizer, config)
         weights = Path(path) / WEIGHTS_NAME
         expected = set(reranker._module_state())
-        state = load_file(str(weights)) if weights.is_file() else {}
+        with named_weight_errors(weights):
+            state = load_file(str(weights)) if weights.is_file() else {}
         if set(state) != expected:
             raise ValueError(f"{path}: saved parameters {sorted(set(state) ^ expected)[:5]} do not match "
                              f"the {cls.method} module")
