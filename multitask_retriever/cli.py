@@ -195,6 +195,7 @@ def _train_reranker(args) -> None:
 
     if not args.output_dir:
         raise ValueError("--output-dir is required (checkpoints, log and final reranker)")
+    config = config_from_args(RerankTrainConfig, args)  # bad settings stop before any retrieval
     files = task_train_files(args.data_dir, args.tasks.split(",") if args.tasks else (), "train")
     backend, store = _first_stage(args), PassageStore(args.passages)
     examples = []
@@ -203,7 +204,6 @@ def _train_reranker(args) -> None:
         hits = backend.search([e.input for e in queries], task=task, k=args.depth)
         examples += examples_from_candidates(queries, hits, store, num_negatives=args.num_negatives, task=task)
     print(f"{len(examples)} training queries with a retrieved gold passage")
-    config = config_from_args(RerankTrainConfig, args)
     seed_everything(config.seed)  # a new head or module is drawn from the global RNG
     reranker = make_reranker(args.method, args.model, **_option_values(args.option))
     print(f"{args.method}: {reranker.num_trainable_parameters():,} trainable parameters")
