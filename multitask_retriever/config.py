@@ -10,9 +10,10 @@ on the command line flat (``--taco-beta 0.99``).
 
 A numeric field declares its range in its metadata, ``field(default=1, metadata={"min": 1})``
 (keys ``min``, ``above``, ``max``, ``below``: >=, >, <=, <; for a list or dict field each
-number in it), and its dataclass's ``__post_init__`` calls `check_fields`, which also checks
-every value against its annotation; so the Python API, config files and flags are checked
-alike. `bounded` gives flags that are no config field the same ranges.
+number in it; a float must be finite in any case), and its dataclass's ``__post_init__``
+calls `check_fields`, which also checks every value against its annotation; so the Python
+API, config files and flags are checked alike. `bounded` gives flags that are no config
+field the same ranges.
 """
 from __future__ import annotations
 
@@ -183,8 +184,12 @@ def check_fields(config: Any) -> None:
         error = _type_error(type(config), f.name, value)
         if error is not None:
             raise error
-        items = value.items() if isinstance(value, Mapping) else \
-            enumerate(value) if isinstance(value, (list, tuple)) else [(None, value)]
+        if isinstance(value, Mapping):
+            items = list(value.items())
+        elif isinstance(value, (list, tuple)):
+            items = list(enumerate(value))
+        else:
+            items = [(None, value)]
         for key, number in items:
             if isinstance(number, numbers.Real) and not isinstance(number, bool):
                 problem = range_problem(number, f.metadata)
