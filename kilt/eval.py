@@ -262,43 +262,53 @@ def format_table(results: dict[str, dict[str, float]], names: Sequence[str]) -> 
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m kilt.eval",
-        description="KILT page-level retrieval metrics (R-precision, precision/recall/success rate @k), "
-                    "identical to the official scorer. Give one or more GOLD GUESS pairs; several pairs "
-                    "give a per-task table with the macro average.")
+DESCRIPTION = ("KILT page-level retrieval metrics (R-precision, precision/recall/success rate @k), identical to "
+               "the official scorer. Give one or more GOLD GUESS pairs; several pairs give a per-task table with "
+               "the macro average.")
+
+
+def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The scorer's command line (`mtr evaluate` takes it as a parent, hence `add_help`)."""
+    parser = argparse.ArgumentParser(prog="python -m kilt.eval", description=DESCRIPTION, add_help=add_help)
     parser.add_argument("files", nargs="+", metavar="GOLD GUESS", help="gold task file, then its prediction file")
     parser.add_argument("--ks", default=",".join(map(str, DEFAULT_KS)), help="cut-offs, comma-separated [1,5,10]")
     parser.add_argument("--rank-keys", default=",".join(DEFAULT_RANK_KEYS),
                         help="provenance keys that identify a retrieved item [wikipedia_id]; "
                              "e.g. wikipedia_id,start_paragraph_id,end_paragraph_id")
     parser.add_argument("--json", action="store_true", help="print JSON (one flat object for one pair)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score the GOLD GUESS pairs of parsed `build_parser` arguments and print the table (or
+    JSON); bad arguments and unreadable files are ValueErrors or OSErrors naming them."""
     if len(args.files) % 2:
-        parser.error("files must come in GOLD GUESS pairs")
+        raise ValueError("files must come in GOLD GUESS pairs")
     try:
         ks = _check_ks([int(k) for k in args.ks.split(",") if k.strip()])
     except ValueError as e:
-        parser.error(f"--ks: {e}")
+        raise ValueError(f"--ks: {e}") from None
     rank_keys = [k.strip() for k in args.rank_keys.split(",") if k.strip()]
-    pairs = list(zip(args.files[::2], args.files[1::2]))
     results: dict[str, dict[str, float]] = {}
-    try:
-        for gold, guess in pairs:
-            name = _task_name(gold)
-            if name in results:
-                name = f"{name} ({gold})"
-            results[name] = evaluate(gold, guess, ks, rank_keys)
-    except (KiltFormatError, FileNotFoundError) as e:
-        print(f"kilt.eval: error: {e}", file=sys.stderr)
-        return 2
+    for gold, guess in zip(args.files[::2], args.files[1::2]):
+        name = _task_name(gold)
+        if name in results:
+            name = f"{name} ({gold})"
+        results[name] = evaluate(gold, guess, ks, rank_keys)
     if args.json:
         out: Any = next(iter(results.values())) if len(results) == 1 else results
         print(json.dumps(out, indent=1))
     else:
         print(format_table(results, metric_names(ks)))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(build_parser().parse_args(argv))
+    except (ValueError, OSError) as e:
+        print(f"kilt.eval: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -239,11 +239,31 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
         raise
 
 
+def decode_utf8(raw: bytes, path: str | Path, lineno: int | None = None) -> str:
+    """`raw`, the bytes of file `path` (or of its line `lineno`), as text; bytes that are not
+    UTF-8 are a KiltFormatError naming the file, the line and the byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line_start = 0
+        if lineno is None:  # a whole file: the line the bad byte is on
+            lineno = raw.count(b"\n", 0, e.start) + 1
+            line_start = raw.rfind(b"\n", 0, e.start) + 1
+        raise KiltFormatError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at byte "
+                              f"{e.start - line_start + 1} of the line); save the file as UTF-8") from None
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file's contents; other bytes are a KiltFormatError naming file and line."""
+    return decode_utf8(Path(path).read_bytes(), path)
+
+
 def read_json_object(path: str | Path) -> dict[str, Any]:
-    """The JSON object a file holds; invalid JSON or another value is a ValueError naming file and line."""
+    """The JSON object a file holds; invalid UTF-8 or JSON, or another value, is a ValueError
+    naming file and line."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
     if not isinstance(data, dict):
@@ -340,12 +360,14 @@ def _records(path: str | Path, skipped: _Skipped) -> Iterator[tuple[int, Any]]:
                 if not raw.strip():
                     continue
                 try:
-                    yield lineno, json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError as e:
-                    skipped(KiltFormatError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at byte "
-                                            f"{e.start + 1} of the line)"))
+                    record = json.loads(decode_utf8(raw, path, lineno))
+                except KiltFormatError as e:
+                    skipped(e)
+                    continue
                 except json.JSONDecodeError as e:
                     skipped(KiltFormatError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})"))
+                    continue
+                yield lineno, record
         except (EOFError, gzip.BadGzipFile, zlib.error) as e:
             raise KiltFormatError(f"{path}:{lineno + 1}: truncated or corrupt gzip file ({e})") from None
 

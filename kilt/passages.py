@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .digest import file_digest
-from .io import KiltFormatError, Page, Provenance, atomic_write, iter_pages
+from .io import KiltFormatError, Page, Provenance, atomic_write, decode_utf8, iter_pages
 
 logger = logging.getLogger(__name__)
 
@@ -113,9 +113,9 @@ def write_passages(knowledge_source: str | Path, out_path: str | Path, words: in
     return count
 
 
-def _parse_passage(line: str, path: str | Path, lineno: int) -> Passage:
+def _parse_passage(line: bytes, path: str | Path, lineno: int) -> Passage:
     try:
-        record = json.loads(line)
+        record = json.loads(decode_utf8(line, path, lineno))
     except json.JSONDecodeError as e:
         raise KiltFormatError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
     if not isinstance(record, dict) or any(k not in record for k in _FIELDS):
@@ -131,7 +131,7 @@ def _parse_passage(line: str, path: str | Path, lineno: int) -> Passage:
 
 def iter_passage_file(path: str | Path) -> Iterator[Passage]:
     """Read a passage file written by :func:`write_passages`, one passage at a time."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         for lineno, line in enumerate(f, start=1):
             if line.strip():
                 yield _parse_passage(line, path, lineno)
@@ -229,7 +229,7 @@ class PassageStore:
     def _read(self, f, pid: int) -> Passage:
         start, end = int(self._offsets[pid]), int(self._offsets[pid + 1])
         f.seek(start)
-        return _parse_passage(f.read(end - start).decode("utf-8"), self.path, pid + 1)
+        return _parse_passage(f.read(end - start), self.path, pid + 1)
 
     def _load_cache(self) -> np.ndarray | None:
         """The cached offsets if they were built from this content, else None."""
@@ -257,7 +257,7 @@ class PassageStore:
                 bar.update(len(line))
                 if not line.strip():
                     raise KiltFormatError(f"{self.path}:{len(offsets)}: empty line in passage file")
-                passage = _parse_passage(line.decode("utf-8"), self.path, len(offsets))
+                passage = _parse_passage(line, self.path, len(offsets))
                 if passage.id != len(offsets) - 1:
                     raise KiltFormatError(f"{self.path}:{len(offsets)}: passage id {passage.id}, "
                                           f"expected {len(offsets) - 1} (ids must be 0..N-1 in order)")

@@ -87,9 +87,9 @@ def _kilt_subset(args) -> None:
 
 @command("evaluate")
 def _evaluate(args) -> int:
-    from kilt.eval import main as eval_main
+    from kilt.eval import run
 
-    return eval_main(args.eval_args)
+    return run(args)
 
 
 # --------------------------------------------------------------------------- inference path
@@ -218,6 +218,7 @@ def _train_reranker(args) -> None:
 
     if not args.output_dir:
         raise ValueError("--output-dir is required (checkpoints, log and final reranker)")
+    config = config_from_args(RerankTrainConfig, args)  # bad settings stop before any retrieval
     files = task_train_files(args.data_dir, args.tasks.split(",") if args.tasks else (), "train")
     check_outputs(folders=[args.output_dir],
                   inputs=[args.passages, *files.values(), args.encoder, args.index, args.model, args.teacher])
@@ -228,7 +229,6 @@ def _train_reranker(args) -> None:
         hits = backend.search([e.input for e in queries], task=task, k=args.depth)
         examples += examples_from_candidates(queries, hits, store, num_negatives=args.num_negatives, task=task)
     print(f"{len(examples)} training queries with a retrieved gold passage")
-    config = config_from_args(RerankTrainConfig, args)
     seed_everything(config.seed)  # a new head or module is drawn from the global RNG
     reranker = make_reranker(args.method, args.model, **_option_values(args.option))
     print(f"{args.method}: {reranker.num_trainable_parameters():,} trainable parameters")
@@ -315,7 +315,9 @@ def query_prompts_argument(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import add_config_arguments
+    from kilt.eval import DESCRIPTION as EVAL_DESCRIPTION, build_parser as eval_parser
+
+    from .config import add_config_arguments, bounded
     from .rerank.fusion import METHODS as FUSION_METHODS, Fusion
 
     parser = argparse.ArgumentParser(prog="mtr", description=__doc__,
@@ -326,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chunk", help="split a KILT knowledge source into 100-word passages")
     p.add_argument("knowledge_source", help="KILT knowledge source (.jsonl or .jsonl.gz)")
     p.add_argument("out", help="passage file to write (JSONL)")
-    p.add_argument("--words", type=int, default=100, help="words per passage [100]")
+    p.add_argument("--words", type=bounded(int, min=1), default=100, help="words per passage [100]")
     p.add_argument("--skip-invalid", action="store_true",
                    help="skip malformed pages (counted and reported) instead of stopping at the first")
 
@@ -334,19 +336,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("passages", help="passage file from `mtr chunk`")
     p.add_argument("task_files", nargs="+", help="KILT task files (queries)")
     p.add_argument("--out-dir", required=True, help="where prediction files go")
-    p.add_argument("--k", type=int, default=100, help="pages per query [100]")
+    p.add_argument("--k", type=bounded(int, min=1), default=100, help="pages per query [100]")
 
     p = sub.add_parser("kilt-subset", help="a miniature benchmark from full KILT files, deterministic")
     p.add_argument("kilt_dir", help="folder with the official <task>-<split>-kilt.jsonl files")
     p.add_argument("knowledge_source", help="kilt_knowledgesource.json")
     p.add_argument("out_dir")
-    p.add_argument("--queries", type=int, default=100, help="queries per task and split [100]")
-    p.add_argument("--distractors", type=int, default=10000, help="random extra pages [10000]")
+    p.add_argument("--queries", type=bounded(int, min=1), default=100, help="queries per task and split [100]")
+    p.add_argument("--distractors", type=bounded(int, min=0), default=10000, help="random extra pages [10000]")
     p.add_argument("--tasks", default="", help="comma-separated task names [all present]")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=bounded(int, min=0), default=0)
 
-    p = sub.add_parser("evaluate", help="KILT retrieval metrics (same as python -m kilt.eval)", add_help=False)
-    p.add_argument("eval_args", nargs=argparse.REMAINDER)
+    sub.add_parser("evaluate", help="KILT retrieval metrics (same as python -m kilt.eval)",
+                   description=EVAL_DESCRIPTION, parents=[eval_parser(add_help=False)])
 
     p = sub.add_parser("encode", help="encode a passage file into resumable shards")
     p.add_argument("--encoder", required=True, help="DualEncoder folder or Hugging Face name")
@@ -354,8 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="shard folder (resumes where it stopped)")
     p.add_argument("--overwrite", action="store_true",
                    help="encode every shard again, discarding the shards --out-dir holds (never an input)")
-    p.add_argument("--shard-size", type=int, default=100_000)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--shard-size", type=bounded(int, min=1), default=100_000)
+    p.add_argument("--batch-size", type=bounded(int, min=1), default=128)
     p.add_argument("--device", default="auto")
 
     from .indexing import IndexConfig
@@ -373,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--queries", required=True, help="KILT task file")
         p.add_argument("--out", required=True, help="KILT prediction file to write")
         p.add_argument("--task", default=None, help="task prompt [from the file name]")
-        p.add_argument("--k", type=int, default=100)
+        p.add_argument("--k", type=bounded(int, min=1), default=100)
         p.add_argument("--device", default="auto",
                        help="auto | cpu | cuda: where the encoder runs and the index searches")
         p.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query [as the index was saved]")
@@ -398,9 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train")
     p.add_argument("--encoder", default=None, help="DualEncoder folder for ANCE-style negatives [BM25]")
     p.add_argument("--index", default=None, help="folder written by `mtr index` for --encoder")
-    p.add_argument("--depth", type=int, default=100, help="passages retrieved per query [100]")
-    p.add_argument("--keep", type=int, default=30, help="hard negatives kept per query [30]")
-    p.add_argument("--max-queries", type=int, default=0, help="cap on queries per task (0 = all)")
+    p.add_argument("--depth", type=bounded(int, min=1), default=100, help="passages retrieved per query [100]")
+    p.add_argument("--keep", type=bounded(int, min=0), default=30, help="hard negatives kept per query [30]")
+    p.add_argument("--max-queries", type=bounded(int, min=0), default=0, help="cap on queries per task (0 = all)")
     p.add_argument("--device", default="auto")
     force_argument(p)
 
@@ -429,9 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "--output-dir, several each in --output-dir/<i>-<stage>")
     p.add_argument("--teacher", default=None, help="teacher scores/rankings JSONL for the distill stage")
     p.add_argument("--distill-loss", default="ranknet", choices=distill_losses(), help="the distill stage's loss")
-    p.add_argument("--depth", type=int, default=30, help="candidates retrieved per query [30]")
-    p.add_argument("--num-negatives", type=int, default=None, help="hard negatives kept per query [all]")
-    p.add_argument("--max-queries", type=int, default=0, help="cap on training queries per task (0 = all)")
+    p.add_argument("--depth", type=bounded(int, min=1), default=30, help="candidates retrieved per query [30]")
+    p.add_argument("--num-negatives", type=bounded(int, min=0), default=None,
+                   help="hard negatives kept per query [all]")
+    p.add_argument("--max-queries", type=bounded(int, min=0), default=0,
+                   help="cap on training queries per task (0 = all)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
     add_config_arguments(p, RerankTrainConfig, skip={"loss"})
     p.add_argument("--loss", default=None, choices=list(LOSSES),
@@ -443,8 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", required=True, help="KILT task file")
     p.add_argument("--out", required=True, help="KILT prediction file to write")
     p.add_argument("--task", default=None, help="task prompt [from the file name]")
-    p.add_argument("--k", type=int, default=100)
-    p.add_argument("--rerank-k", type=int, default=20, help="passages reranked per query (0: none) [20]")
+    p.add_argument("--k", type=bounded(int, min=1), default=100)
+    p.add_argument("--rerank-k", type=bounded(int, min=0), default=20,
+                   help="passages reranked per query (0: none) [20]")
     p.add_argument("--fusion", default="fitted", choices=["fitted", *FUSION_METHODS],
                    help="final order of the reranked passages: fitted (the reranker folder's fusion.json from "
                         "benchmark-quality, else the reranker's order), none (the reranker's order), "
@@ -480,8 +485,13 @@ def _offline_if_local(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; returns the exit status: 0, or 2 for a bad flag (argparse's usage and
+    error) or a bad input (one line naming it, no traceback)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a bad flag (2)
+        return int(e.code or 0)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     if not args.verbose:
@@ -491,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(handler(args) or 0)
     except (OSError, ValueError) as e:  # missing, unwritable or existing files; bad values and formats
-        print(f"mtr {args.command}: error: {e}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"mtr {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

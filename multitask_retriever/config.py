@@ -7,26 +7,39 @@ them from flags and YAML/JSON files, so the CLI never restates a default.
 A field whose type is itself a dataclass (e.g. `TrainConfig.taco`, a `TacoConfig`) is a
 section: in a file either nested (``taco: {beta: 0.99}``) or flat (``taco_beta: 0.99``),
 on the command line flat (``--taco-beta 0.99``).
+
+A numeric field declares its range in its metadata, ``field(default=1, metadata={"min": 1})``
+(keys ``min``, ``above``, ``max``, ``below``: >=, >, <=, <; for a list or dict field each
+number in it; a float must be finite in any case), and its dataclass's ``__post_init__``
+calls `check_fields`, which also checks every value against its annotation; so the Python
+API, config files and flags are checked alike. `bounded` gives flags that are no config
+field the same ranges.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import math
+import numbers
+import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 T = TypeVar("T")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON mapping; errors name the file."""
+    from kilt.io import read_text
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     try:
         if path.suffix == ".json":
             data = json.loads(text)
@@ -87,6 +100,131 @@ def _optional_inner(tp: Any) -> Any:
     return tp
 
 
+# --------------------------------------------------------------------------- checking values
+_BOUND_TESTS = {"min": (">=", lambda v, b: v >= b), "above": (">", lambda v, b: v > b),
+                "max": ("<=", lambda v, b: v <= b), "below": ("<", lambda v, b: v < b)}
+
+
+def bounds_text(bounds: Mapping[str, Any]) -> str:
+    """The range `bounds` (a field's metadata) declare, as a reader writes it: ">= 1",
+    "in [0, 1)"; empty when they declare none."""
+    low = next(((k, bounds[k]) for k in ("min", "above") if k in bounds), None)
+    high = next(((k, bounds[k]) for k in ("max", "below") if k in bounds), None)
+    if low and high:
+        return f"in {'[' if low[0] == 'min' else '('}{low[1]}, {high[1]}{']' if high[0] == 'max' else ')'}"
+    bound = low or high
+    return f"{_BOUND_TESTS[bound[0]][0]} {bound[1]}" if bound else ""
+
+
+def range_problem(value: Any, bounds: Mapping[str, Any]) -> str:
+    """What is wrong with the number `value` given `bounds` ("must be >= 0"), empty when
+    nothing is; a NaN or an infinity is never in range."""
+    if isinstance(value, numbers.Real) and not math.isfinite(value):
+        return "must be a finite number"
+    if all(test(value, bounds[k]) for k, (_, test) in _BOUND_TESTS.items() if k in bounds):
+        return ""
+    return f"must be {bounds_text(bounds)}"
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether `value` is of the annotated type: ints are not bools, a float may be an int,
+    a str may be a path; lists and dicts item by item; unknown annotations pass."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):
+        number = numbers.Integral if hint is int else numbers.Real
+        return isinstance(value, number) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, (str, os.PathLike))
+    if hint in (list, tuple) or origin in (list, tuple):
+        item = args[0] if len(args) == 1 or (len(args) == 2 and args[1] is Ellipsis) else Any
+        return isinstance(value, (list, tuple)) and all(_matches(v, item) for v in value)
+    if hint is dict or origin is dict:
+        key, item = args if len(args) == 2 else (Any, Any)
+        return isinstance(value, Mapping) and all(_matches(k, key) and _matches(v, item) for k, v in value.items())
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _type_name(hint: Any) -> str:
+    """An annotation as written in the source: "int", "list[str]", "dict[str, int]", "float or None"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint).removeprefix("typing."))
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_error(cls: type, name: str, value: Any) -> ValueError | None:
+    """A ValueError naming the field when `value` is not of `cls`'s field `name`'s type."""
+    hint = _hints(cls)[name]
+    if _matches(value, hint):
+        return None
+    return ValueError(f"{cls.__name__} field {name!r} expects {_type_name(hint)}, got {value!r}")
+
+
+def check_fields(config: Any) -> None:
+    """Check each field of the dataclass instance `config` against its annotation and the range
+    its metadata declares (see the module doc); the first problem is a ValueError naming the
+    field and its value. Call it first in a config's `__post_init__`."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        error = _type_error(type(config), f.name, value)
+        if error is not None:
+            raise error
+        if isinstance(value, Mapping):
+            items = list(value.items())
+        elif isinstance(value, (list, tuple)):
+            items = list(enumerate(value))
+        else:
+            items = [(None, value)]
+        for key, number in items:
+            if isinstance(number, numbers.Real) and not isinstance(number, bool):
+                problem = range_problem(number, f.metadata)
+                if problem:
+                    label = f.name if key is None else f"{f.name}[{key!r}]"
+                    raise ValueError(f"{label} {problem}, got {number!r}")
+
+
+def bounded(kind: Callable[[str], Any], **bounds: Any) -> Callable[[str], Any]:
+    """An argparse `type` for a flag that is no config field: `kind` of the text, within
+    `bounds` (the metadata keys above); an error names the value as typed."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        problem = range_problem(value, bounds)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text}")
+        return value
+
+    return parse
+
+
+def field_like(cls: type, name: str, **changes: Any) -> Any:
+    """A dataclass field declared as `cls`'s field `name` (its default, help and range), with
+    `changes`: another `default=`, or metadata entries such as `help=`."""
+    source = next(f for f in dataclasses.fields(cls) if f.name == name)
+    default = changes.pop("default", source.default)
+    metadata = {**source.metadata, **changes}
+    if default is dataclasses.MISSING:
+        return dataclasses.field(default_factory=source.default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: set[str] = frozenset(),
                          prefix: str = "") -> None:
     """Add one `--field-name` flag per scalar or list field of dataclass `cls` (default: unset),
@@ -105,7 +243,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: set[s
         dest = prefix + f.name
         flag = "--" + dest.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else "(computed)"
-        help_text = f.metadata.get("help", "") + f" [default: {default}]"
+        limits = bounds_text(f.metadata)
+        help_text = f.metadata.get("help", "") + f" [default: {default}{'; ' + limits if limits else ''}]"
         if kind is bool:
             group.add_argument(flag, dest=dest, type=_parse_bool, default=None, metavar="BOOL", help=help_text)
         elif kind == "list":
@@ -115,20 +254,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: set[s
             group.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
 
 
-def _checked(cls: type, name: str, value: Any, hint: Any) -> Any:
+def _checked(cls: type, name: str, value: Any) -> Any:
     """A config file's value for a field, as its annotation's type; a mismatch (2.7 for an
     int, "yes" for a bool) is a ValueError naming the field, never a silent conversion."""
-    kind = _scalar_type(hint)
-    if value is None or kind is None:
-        return value
-    ok = {int: isinstance(value, int) and not isinstance(value, bool),
-          float: isinstance(value, (int, float)) and not isinstance(value, bool),
-          bool: isinstance(value, bool), str: isinstance(value, str),
-          "list": isinstance(value, (list, tuple))}[kind]
-    if not ok:
-        expected = kind if isinstance(kind, str) else kind.__name__
-        raise ValueError(f"{cls.__name__} field {name!r} expects {expected}, got {value!r}")
-    return float(value) if kind is float else value
+    error = _type_error(cls, name, value)
+    if error is not None:
+        raise error
+    return float(value) if _scalar_type(_hints(cls)[name]) is float and value is not None else value
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -153,7 +285,7 @@ def _collect(cls: type, files: Sequence[Mapping[str, Any]], args: argparse.Names
                                      f"{hints[key].__name__} fields, got {value!r}")
                 section_files[key].append(dict(value))
             elif key in fields:
-                values[key] = _checked(cls, key, value, hints[key])
+                values[key] = _checked(cls, key, value)
             elif owner is not None:
                 section_files[owner].append({key[len(owner) + 1:]: value})
             else:

@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BatchEncoding, PretrainedConfig
 from transformers.utils import cached_file
 
-from kilt.io import atomic_directory
+from kilt.io import atomic_directory, read_text
 from kilt.tasks import TASKS, keeps_end, mention_span, mention_window
 
+from .config import check_fields
 from .devices import check_dtype_name, resolve_dtype
 
 CONFIG_NAME = "mtr_encoder.json"
@@ -102,8 +103,9 @@ class EncoderConfig:
     normalize: bool | None = field(default=None, metadata={
         "help": "L2-normalise embeddings; unset: only if the checkpoint is a sentence-transformers model "
                 "with a Normalize module (TACO's T5 uses raw dot products)"})
-    query_max_length: int = field(default=64, metadata={"help": "query tokens, prompt and special tokens included"})
-    passage_max_length: int = field(default=160, metadata={"help": "passage tokens, template included"})
+    query_max_length: int = field(default=64, metadata={"help": "query tokens, prompt and special tokens included",
+                                                        "min": 1})
+    passage_max_length: int = field(default=160, metadata={"help": "passage tokens, template included", "min": 1})
     query_prompts: dict[str, str] = field(default_factory=_default_query_prompts, metadata={
         "help": "task -> template with {query}; default: '<task prompt>: {query}' for every KILT task"})
     default_query_template: str = field(default="{query}", metadata={"help": "query template when no task is given"})
@@ -119,15 +121,13 @@ class EncoderConfig:
                 "precision weights; the loaded float32 weights are restored afterwards"})
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         check_dtype_name(self.dtype)
         for name in ("query_truncation_side", "passage_truncation_side"):
             if getattr(self, name) not in ("left", "right"):
                 raise ValueError(f"{name} must be 'left' or 'right', got {getattr(self, name)!r}")
-        for name in ("query_max_length", "passage_max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         for template in [self.default_query_template, *self.query_prompts.values()]:
             _split_query_template(template)
         _template_parts(self.passage_template, {"title", "text"}, {"text"})
@@ -227,7 +227,7 @@ class DualEncoder(nn.Module):
 
         `overrides` are EncoderConfig fields; they win over a saved mtr_encoder.json.
         """
-        from .models import resolve_model_name
+        from .models import named_weight_errors, resolve_model_name
 
         name_or_path = resolve_model_name(name_or_path)
         known = {f.name for f in dataclasses.fields(EncoderConfig)} - {"model_name_or_path"}
@@ -238,7 +238,7 @@ class DualEncoder(nn.Module):
         saved = Path(name_or_path) / CONFIG_NAME
         if saved.is_file():
             try:
-                values = json.loads(saved.read_text(encoding="utf-8"))
+                values = json.loads(read_text(saved))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{saved}:{e.lineno}: invalid JSON: {e.msg}") from None
             if not isinstance(values, dict) or set(values) - known - {"model_name_or_path"}:
@@ -251,7 +251,8 @@ class DualEncoder(nn.Module):
         for name in ("query_max_length", "passage_max_length"):
             if limit is not None and getattr(config, name) > limit:
                 raise ValueError(f"{name} {getattr(config, name)} is above {name_or_path}'s {limit} positions")
-        backbone = _load_backbone(name_or_path, hf_config, config.pooling)
+        with named_weight_errors(name_or_path):
+            backbone = _load_backbone(name_or_path, hf_config, config.pooling)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         return cls(backbone, tokenizer, config)
 

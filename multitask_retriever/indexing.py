@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from kilt.io import atomic_directory, read_json_object, write_json
 
+from .config import check_fields
 from .devices import resolve_device
 from .encoding import MANIFEST_NAME, read_manifest, save_npy, shard_paths
 
@@ -58,20 +59,21 @@ class IndexConfig:
         "help": "auto | cpu | cuda; auto uses GPUs when faiss (or, for flat, torch) can"})
     backend: str = field(default="faiss", metadata={
         "help": "faiss | torch; torch is exact flat search by matmul + top-k, for GPUs without faiss-gpu"})
-    hnsw_m: int = field(default=32, metadata={"help": "HNSW neighbours per node"})
-    hnsw_ef_search: int = field(default=128, metadata={"help": "HNSW search beam width"})
-    hnsw_ef_construction: int = field(default=200, metadata={"help": "HNSW build beam width"})
+    hnsw_m: int = field(default=32, metadata={"help": "HNSW neighbours per node", "min": 1})
+    hnsw_ef_search: int = field(default=128, metadata={"help": "HNSW search beam width", "min": 1})
+    hnsw_ef_construction: int = field(default=200, metadata={"help": "HNSW build beam width", "min": 1})
     ivf_nlist: int | None = field(default=None, metadata={
-        "help": "IVF cells; unset: about 4*sqrt(n), at most n/39 and 65536"})
-    nprobe: int = field(default=32, metadata={"help": "IVF cells visited per query"})
+        "help": "IVF cells; unset: about 4*sqrt(n), at most n/39 and 65536", "min": 1})
+    nprobe: int = field(default=32, metadata={"help": "IVF cells visited per query", "min": 1})
     pq_m: int | None = field(default=None, metadata={
-        "help": "PQ subquantisers, must divide dim; unset: about dim/8"})
-    pq_bits: int = field(default=8, metadata={"help": "bits per PQ code"})
-    train_size: int = field(default=300_000, metadata={"help": "most vectors sampled to train IVF / PQ"})
+        "help": "PQ subquantisers, must divide dim; unset: about dim/8", "min": 1})
+    pq_bits: int = field(default=8, metadata={"help": "bits per PQ code", "min": 1, "max": 16})
+    train_size: int = field(default=300_000, metadata={"help": "most vectors sampled to train IVF / PQ", "min": 1})
     gpu_float16: bool = field(default=True, metadata={
         "help": "store vectors as float16 on GPU (faiss-gpu; exact torch search re-scores its top k in float32)"})
 
     def __post_init__(self) -> None:
+        check_fields(self)
         for name, allowed in (("index_type", INDEX_TYPES), ("metric", ("ip",)), ("device", DEVICES),
                               ("backend", BACKENDS)):
             if getattr(self, name) not in allowed:
@@ -79,13 +81,6 @@ class IndexConfig:
         if self.backend == "torch" and self.index_type != "flat":
             raise ValueError(f"the torch backend searches exactly: index_type must be 'flat', "
                              f"got {self.index_type!r}")
-        for name in ("hnsw_m", "hnsw_ef_search", "hnsw_ef_construction", "nprobe", "train_size",
-                     "ivf_nlist", "pq_m"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be positive, got {value}")
-        if not 1 <= self.pq_bits <= 16:
-            raise ValueError(f"pq_bits must be in 1..16, got {self.pq_bits}")
 
 
 def default_nlist(n: int) -> int:

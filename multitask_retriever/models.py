@@ -11,7 +11,9 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from kilt.digest import cache_root
 
@@ -100,13 +102,28 @@ def packaged_llm_folder(cache_dir: str | Path | None = None) -> Path:
 
 
 def check_model_path(name_or_path: str | Path) -> str:
-    """`name_or_path` as a string; one that reads as a local path (absolute, ./, ../, ~, or a
-    folder separator where no hub name has two) but does not exist is a FileNotFoundError,
-    instead of the hub's misleading complaint about a repository id."""
+    """`name_or_path` as a string, checked before the hub is asked: one that reads as a local
+    path (absolute, ./, ../, ~, or a folder separator where no hub name has two) but does not
+    exist is a FileNotFoundError, as is, in offline mode (HF_HUB_OFFLINE), a name that is
+    neither a folder nor in the Hugging Face cache; instead of the hub's misleading complaint
+    about a repository id or a connection."""
     name = str(name_or_path)
-    local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
-    if local and not Path(name).expanduser().exists():
+    if Path(name).expanduser().exists():
+        return name
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
         raise FileNotFoundError(f"{name}: model folder not found")
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    if not constants.HF_HUB_OFFLINE:
+        return name
+    try:
+        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except HFValidationError:  # not a hub name either
+        cached = False
+    if not cached:
+        raise FileNotFoundError(f"{name}: no such model folder, and no Hugging Face model of that name is "
+                                f"available offline (HF_HUB_OFFLINE is set and it is not in the local cache)")
     return name
 
 
@@ -150,6 +167,22 @@ def resolve_model_name(name_or_path: str | Path) -> str:
     if key == "smollm2":
         return str(packaged_llm_folder())
     return check_model_path(name_or_path)
+
+
+@contextmanager
+def named_weight_errors(name_or_path: str | Path) -> Iterator[None]:
+    """Turn a weights file that cannot be read inside the block (truncated, corrupt) into a
+    ValueError naming the file, instead of safetensors' message that names none."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as e:
+        path = Path(name_or_path)
+        files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+        where = files[0] if len(files) == 1 else path
+        raise ValueError(f"{where}: cannot read the weights ({e}); the file is truncated or corrupt: "
+                         f"save or copy it again") from None
 
 
 def resolve_llm(name_or_path: str | Path | None) -> str | Path:

@@ -63,8 +63,8 @@ class Retriever:
 
         Searches `k * passages_per_page_factor` passages, since a page often owns several hits.
         """
-        if passages_per_page_factor < 1:
-            raise ValueError(f"passages_per_page_factor must be >= 1, got {passages_per_page_factor}")
+        if k < 1 or passages_per_page_factor < 1:
+            raise ValueError(f"k and passages_per_page_factor must be >= 1, got {k} and {passages_per_page_factor}")
         if not queries:
             return []
         _, ids = self._search(queries, task, k * passages_per_page_factor)

@@ -23,6 +23,7 @@ from torch import nn
 
 from kilt.passages import PassageStore
 
+from .config import check_fields
 from .data import (
     DEFAULT_DEPTH,
     DEFAULT_KEEP,
@@ -65,70 +66,65 @@ class TrainConfig:
         "help": "passage file from `mtr chunk`; default: chunk DATA_DIR/knowledge_source.jsonl[.gz] into OUTPUT_DIR"})
     tasks: list[str] = field(default_factory=list, metadata={"help": "default: every task with a train file"})
     method: str = field(default="naive", metadata={"help": "a gradient combiner (naive | taco | pcgrad | cgd) or single (one task)"})
-    per_task_batch_size: int = field(default=16, metadata={"help": "queries per task per step and process"})
-    task_batch_sizes: dict[str, int] = field(default_factory=dict, metadata={"help": "per-task overrides"})
+    per_task_batch_size: int = field(default=16, metadata={"help": "queries per task per step and process", "min": 1})
+    task_batch_sizes: dict[str, int] = field(default_factory=dict, metadata={"help": "per-task overrides", "min": 1})
     task_temperature: float = field(default=0.0, metadata={
         "help": "0: per_task_batch_size queries of every task per step; T > 0: the same total split over "
-                "tasks in proportion to n_t^(1/T), n_t a task's training queries (official TACO: 4)"})
-    n_negatives: int = field(default=2, metadata={"help": "hard negatives per query (plus in-batch negatives)"})
+                "tasks in proportion to n_t^(1/T), n_t a task's training queries (official TACO: 4)", "min": 0})
+    n_negatives: int = field(default=2, metadata={"help": "hard negatives per query (plus in-batch negatives)",
+                                                  "min": 0})
     negatives: str = field(default="bm25", metadata={
         "help": "bm25 | none (random only) | a file from `mtr mine-negatives` (ANCE-style rounds)"})
     negative_sampling: str = field(default="sample", metadata={
         "help": "sample: n_negatives drawn from a query's kept hard negatives each step; top: its top-ranked "
                 "ones and first positive, as the official TACO code"})
-    negative_depth: int = field(default=DEFAULT_DEPTH, metadata={"help": "hits searched per query for negatives"})
-    negatives_per_query: int = field(default=DEFAULT_KEEP, metadata={"help": "hard negatives kept per query"})
+    negative_depth: int = field(default=DEFAULT_DEPTH, metadata={"help": "hits searched per query for negatives",
+                                                                 "min": 1})
+    negatives_per_query: int = field(default=DEFAULT_KEEP, metadata={"help": "hard negatives kept per query", "min": 0})
     negative_rounds: int = field(default=0, metadata={
         "help": "ANCE-style rounds after the first run: each mines negatives with the previous round's model "
-                "and trains on from its weights for STEPS more steps (OUTPUT_DIR/round-K; 0 = one run)"})
-    max_train_queries: int = field(default=0, metadata={"help": "cap on training queries per task (0 = all)"})
-    lr: float = 5e-6
-    weight_decay: float = 0.0
-    warmup_steps: int = field(default=0, metadata={"help": "learning-rate warm-up steps"})
+                "and trains on from its weights for STEPS more steps (OUTPUT_DIR/round-K; 0 = one run)", "min": 0})
+    max_train_queries: int = field(default=0, metadata={"help": "cap on training queries per task (0 = all)", "min": 0})
+    lr: float = field(default=5e-6, metadata={"min": 0})
+    weight_decay: float = field(default=0.0, metadata={"min": 0})
+    warmup_steps: int = field(default=0, metadata={"help": "learning-rate warm-up steps", "min": 0})
     warmup_ratio: float = field(default=0.0, metadata={
         "help": "share of steps with learning-rate warm-up and, for taco, plain averaged task gradients "
                 "(official TACO: 0.1); replaces warmup_steps and taco.warmup_steps. pcgrad and cgd warm up "
-                "only when asked: combiner_options {warmup_steps: N}"})
-    steps: int = 1000
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = none)"})
-    temperature: float = field(default=1.0, metadata={"help": "softmax temperature (TACO: 1, raw dot product)"})
-    query_max_length: int = field(default=64, metadata={"help": "query tokens incl. prompt (saved with the model)"})
+                "only when asked: combiner_options {warmup_steps: N}", "min": 0, "below": 1})
+    steps: int = field(default=1000, metadata={"min": 1})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = none)", "min": 0})
+    temperature: float = field(default=1.0, metadata={"help": "softmax temperature (TACO: 1, raw dot product)",
+                                                      "above": 0})
+    query_max_length: int = field(default=64, metadata={"help": "query tokens incl. prompt (saved with the model)",
+                                                        "min": 1})
     query_prompt_style: str = field(default="", metadata={
         "help": "query prompts: short ('nq: {query}') | taco-t5 (the official '<TASK> <extra_id_1> {query}'); "
                 "empty: the start model's"})
     task_query_max_lengths: dict[str, int] = field(default_factory=dict, metadata={
-        "help": "per-task query lengths used in training, e.g. {wow: 260, fever: 68}"})
-    passage_max_length: int = 160
+        "help": "per-task query lengths used in training, e.g. {wow: 260, fever: 68}", "min": 1})
+    passage_max_length: int = field(default=160, metadata={"min": 1})
     gather_negatives: bool = field(default=True, metadata={"help": "share passages across processes"})
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
     gradient_checkpointing: bool = False
-    seed: int = 42
+    seed: int = field(default=42, metadata={"min": 0})
     output_dir: str = field(default="", metadata={"help": "checkpoints, final model, train_log.jsonl"})
-    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only the final one)"})
+    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only the final one)", "min": 0})
     taco: TacoConfig = field(default_factory=TacoConfig, metadata={"help": "TACO's settings (method taco)"})
     combiner_options: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "extra make_combiner options (pcgrad / cgd)"})
     diagnostics_depth: int = field(default=4, metadata={
-        "help": "module-name depth of the per-layer specialisation summary saved with checkpoints"})
+        "help": "module-name depth of the per-layer specialisation summary saved with checkpoints", "min": 1})
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.method not in methods():
             raise ValueError(f"method must be one of {', '.join(methods())}, got {self.method!r}")
         if self.method == "single" and len(self.tasks) != 1:
             raise ValueError(f"method single trains one task; got tasks {self.tasks or '(all)'}")
-        for name in ("steps", "per_task_batch_size", "query_max_length", "passage_max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("n_negatives", "warmup_steps", "save_every", "max_train_queries", "negative_rounds"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.warmup_ratio and (self.warmup_steps or self.taco.warmup_steps):
             raise ValueError("set warmup_ratio or warmup_steps / taco.warmup_steps, not both")
-        if self.task_temperature < 0:
-            raise ValueError(f"task_temperature must be >= 0, got {self.task_temperature}")
         if self.task_temperature and self.task_batch_sizes:
             raise ValueError("set task_temperature or task_batch_sizes, not both")
         if self.negative_sampling not in NEGATIVE_SAMPLING:
@@ -138,8 +134,6 @@ class TrainConfig:
             from .encoder import query_prompts_for
 
             query_prompts_for(self.query_prompt_style)  # ValueError listing the styles
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.negative_rounds and not self.data_dir:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import check_fields, field_like
 from ..rerank.losses import distill_losses
 from ..rerank.train import RerankTrainConfig
 from ..specialization import TacoConfig
@@ -37,68 +38,74 @@ class ExperimentConfig:
     cross_encoder: str = field(default="", metadata={"help": "cross-encoder start point; default: packaged MiniLM"})
     llm: str = field(default="", metadata={"help": "LLM for LLM rerankers; default: packaged SmolLM2-135M (GGUF)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda: encoders, rerankers and indexes"})
-    seed: int = 0
+    seed: int = field_like(TrainConfig, "seed", default=0)
     seeds: list[int] = field(default_factory=list, metadata={
         "help": "two or more seeds: run every system once per seed (WORK_DIR/seed-<s>) and report means, "
-                "seed-to-seed spread and tests pooled over seeds against naive"})
-    passage_words: int = 100
-    k: int = 100
-    encode_batch_size: int = 64
+                "seed-to-seed spread and tests pooled over seeds against naive", "min": 0})
+    passage_words: int = field(default=100, metadata={"min": 1})
+    k: int = field(default=100, metadata={"min": 1})
+    encode_batch_size: int = field(default=64, metadata={"min": 1})
     zero_shot_prompts: bool = field(default=False, metadata={
         "help": "task prompts on zero-shot queries (default off: the pretrained model never saw them)"})
     # dual-encoder fine-tuning (TrainConfig); lr and temperature suit the default MiniLM start point
-    steps: int = TrainConfig.steps
+    steps: int = field_like(TrainConfig, "steps")
     base_steps: int = field(default=0, metadata={
         "help": "two-phase protocol: a naive base trained this many steps, which every fine-tuned system "
                 "(naive, taco, pcgrad, cgd, single-<task>) then continues from for STEPS more with a fresh "
-                "optimiser; 0: each system trains from the start encoder"})
+                "optimiser; 0: each system trains from the start encoder", "min": 0})
     base_dir: str = field(default="", metadata={
         "help": "folder of the naive base (default: WORK_DIR/train/naive-base); a seed study shares one"})
     base_seed: int = field(default=-1, metadata={
-        "help": "seed of the naive base (-1: the run's seed); a seed study trains one base with its first seed"})
-    per_task_batch_size: int = TrainConfig.per_task_batch_size
-    n_negatives: int = TrainConfig.n_negatives
-    lr: float = 3e-5
-    warmup_steps: int = TrainConfig.warmup_steps
-    warmup_ratio: float = field(default=TrainConfig.warmup_ratio, metadata={
-        "help": "share of steps with learning-rate warm-up and naive task weighting (TrainConfig)"})
-    task_temperature: float = field(default=TrainConfig.task_temperature, metadata={
-        "help": "0: equal per-task batches; T > 0: batch shares proportional to n_t^(1/T) (TrainConfig)"})
-    query_prompt_style: str = field(default=TrainConfig.query_prompt_style, metadata={
-        "help": "fine-tuned systems' query prompts: short | taco-t5 (TrainConfig); empty: the encoder's"})
-    negative_sampling: str = field(default=TrainConfig.negative_sampling, metadata={
-        "help": "sample | top: how training batches take hard negatives (TrainConfig)"})
-    temperature: float = field(default=0.05, metadata={"help": "softmax temperature over cosine similarities"})
-    query_max_length: int = TrainConfig.query_max_length
-    passage_max_length: int = TrainConfig.passage_max_length
+        "help": "seed of the naive base (-1: the run's seed); a seed study trains one base with its first seed",
+        "min": -1})
+    per_task_batch_size: int = field_like(TrainConfig, "per_task_batch_size")
+    n_negatives: int = field_like(TrainConfig, "n_negatives")
+    lr: float = field_like(TrainConfig, "lr", default=3e-5)
+    warmup_steps: int = field_like(TrainConfig, "warmup_steps")
+    warmup_ratio: float = field_like(TrainConfig, "warmup_ratio", help=(
+        "share of steps with learning-rate warm-up and naive task weighting (TrainConfig)"))
+    task_temperature: float = field_like(TrainConfig, "task_temperature", help=(
+        "0: equal per-task batches; T > 0: batch shares proportional to n_t^(1/T) (TrainConfig)"))
+    query_prompt_style: str = field_like(TrainConfig, "query_prompt_style", help=(
+        "fine-tuned systems' query prompts: short | taco-t5 (TrainConfig); empty: the encoder's"))
+    negative_sampling: str = field_like(TrainConfig, "negative_sampling", help=(
+        "sample | top: how training batches take hard negatives (TrainConfig)"))
+    temperature: float = field_like(TrainConfig, "temperature", default=0.05, help=(
+        "softmax temperature over cosine similarities"))
+    query_max_length: int = field_like(TrainConfig, "query_max_length")
+    passage_max_length: int = field_like(TrainConfig, "passage_max_length")
     taco: TacoConfig = field(default_factory=TacoConfig)
     # reranking (RerankTrainConfig)
-    rerank_k: int = 20
-    rerank_queries: int = field(default=0, metadata={"help": "cap on reranked dev queries per task (0 = all)"})
+    rerank_k: int = field(default=20, metadata={
+        "help": "candidates reranked per query, and the depth rerankers train on", "min": 1})
+    rerank_queries: int = field(default=0, metadata={"help": "cap on reranked dev queries per task (0 = all)",
+                                                     "min": 0})
     dev_queries: int = field(default=0, metadata={
         "help": "score every system on the first N dev queries of each task (0 = all), so that every row "
-                "of the table stands on the same queries"})
-    reranker_steps: int = RerankTrainConfig.steps
-    reranker_batch_size: int = RerankTrainConfig.batch_size
-    reranker_group_size: int = RerankTrainConfig.group_size
+                "of the table stands on the same queries", "min": 0})
+    reranker_steps: int = field_like(RerankTrainConfig, "steps")
+    reranker_batch_size: int = field_like(RerankTrainConfig, "batch_size")
+    reranker_group_size: int = field_like(RerankTrainConfig, "group_size")
     cross_encoder_steps: int = field(default=0, metadata={
         "help": "cross-encoder training steps (0: reranker_steps); its fresh scoring head may need more than "
-                "the LLM rerankers' small modules"})
-    reranker_lr: float = field(default=RerankTrainConfig.lr, metadata={"help": "cross-encoder learning rate"})
+                "the LLM rerankers' small modules", "min": 0})
+    reranker_lr: float = field_like(RerankTrainConfig, "lr", help="cross-encoder learning rate")
     teacher: str = field(default="qpeft-a", metadata={
         "help": "reranker (any LLM reranker, or a cross-encoder schedule without distill) whose scores on the "
                 "retriever's training candidates the cross-encoder.*distill* "
                 "schedules learn from (trained on the same candidates first)"})
-    teacher_queries: int = field(default=0, metadata={"help": "training queries per task the teacher scores (0 = all)"})
+    teacher_queries: int = field(default=0, metadata={
+        "help": "training queries per task the teacher scores (0 = all)", "min": 0})
     distill_loss: str = field(default="ranknet", metadata={"help": " | ".join(distill_losses())})
-    llm_reranker_lr: float = field(default=1e-3, metadata={"help": "learning rate of the LLM rerankers' small modules"})
+    llm_reranker_lr: float = field(default=1e-3, metadata={
+        "help": "learning rate of the LLM rerankers' small modules", "min": 0})
     llm_reranker_loss: str = field(default="", metadata={
         "help": "loss of the LLM rerankers (a rerank.losses name, e.g. ql+hinge as Q-PEFT's released code); "
                 "empty: each method's own (lce+ql)"})
-    max_train_queries: int = field(default=0, metadata={"help": "cap on training queries per task (0 = all)"})
+    max_train_queries: int = field_like(TrainConfig, "max_train_queries")
     reranker_epochs: float = field(default=0.0, metadata={
         "help": "passes over the rerankers' training queries; sets their step counts (0: reranker_steps and "
-                "cross_encoder_steps)"})
+                "cross_encoder_steps)", "min": 0})
     score_on: str = field(default="dev", metadata={
         "help": "dev | validation: score on a held-out, grouped share (validation_split) of each task's "
                 "training queries, training on the rest, and never read the dev files; for choosing settings "
@@ -108,10 +115,10 @@ class ExperimentConfig:
                 "documents or subjects)"})
     fusion_validation: float = field(default=0.1, metadata={
         "help": "share of each task's training queries held out from reranker training, on which the weights "
-                "of <system>@fused are fitted (0: none held out, and no @fused system)"})
+                "of <system>@fused are fitted (0: none held out, and no @fused system)", "min": 0, "max": 1})
     fusion_min_validation: int = field(default=0, metadata={
         "help": "hold out at least this many of each task's training queries (never more than half of them), "
-                "so that a small task has enough to fit its own weight on (50: the per-task minimum)"})
+                "so that a small task has enough to fit its own weight on (50: the per-task minimum)", "min": 0})
     fusion_holdout_retriever: bool = field(default=False, metadata={
         "help": "hold the fusion validation queries out of the dual encoder's training too, so that the fit "
                 "does not favour a retriever that has seen them"})
@@ -125,16 +132,8 @@ class ExperimentConfig:
         return Path(self.work_dir or Path("runs") / Path(self.data_dir).resolve().name)
 
     def __post_init__(self) -> None:
-        for name in ("k", "rerank_k"):  # rerank_k is also the depth rerankers train on
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_fields(self)
         if self.score_on not in SCORE_ON:
             raise ValueError(f"score_on must be one of {', '.join(SCORE_ON)}, got {self.score_on!r}")
         if not 0.0 < self.validation_split < 1.0:
             raise ValueError(f"validation_split must be in (0, 1), got {self.validation_split}")
-        if self.fusion_min_validation < 0:
-            raise ValueError(f"fusion_min_validation must be >= 0, got {self.fusion_min_validation}")
-        if self.dev_queries < 0:
-            raise ValueError(f"dev_queries must be >= 0 (0 = all), got {self.dev_queries}")
-        if self.rerank_queries < 0:
-            raise ValueError(f"rerank_queries must be >= 0 (0 = all), got {self.rerank_queries}")

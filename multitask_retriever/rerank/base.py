@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from kilt.hits import Hit
+from kilt.io import read_json_object
 
 
 def default_passage_text(hit: Hit) -> str:
@@ -39,8 +40,8 @@ def read_reranker_meta(path: str | Path, method: str | None = None) -> dict[str,
     file = Path(path) / CONFIG_NAME
     if not file.is_file():
         raise FileNotFoundError(f"{path}: no {CONFIG_NAME} (not a saved reranker)")
-    meta = json.loads(file.read_text(encoding="utf-8"))
-    if not isinstance(meta, dict) or not isinstance(meta.get("method"), str):
+    meta = read_json_object(file)
+    if not isinstance(meta.get("method"), str):
         raise ValueError(f"{file}: expected a JSON object with a \"method\"")
     if method is not None and meta["method"] != method:
         raise ValueError(f"{file}: not a {method} checkpoint (method: {meta['method']!r})")

@@ -18,8 +18,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Batc
 from kilt.io import atomic_directory
 from kilt.tasks import keeps_end, query_window
 
+from ..config import check_fields
 from ..devices import DTYPES, autocast, check_dtype_name
-from ..models import own_memory, packaged_minilm_path, resolve_model_name
+from ..models import named_weight_errors, own_memory, packaged_minilm_path, resolve_model_name
 from .base import (CONFIG_NAME, Reranker, check_rows, group_size, make_config, read_reranker_meta, split_rows,
                    write_reranker_meta)
 
@@ -29,9 +30,9 @@ class CrossEncoderConfig:
     """How the cross-encoder reads pairs; saved in mtr_reranker.json beside the weights."""
 
     model_name_or_path: str = field(default="", metadata={"help": "Hugging Face name or local folder"})
-    max_length: int = field(default=256, metadata={"help": "pair tokens, special tokens included"})
+    max_length: int = field(default=256, metadata={"help": "pair tokens, special tokens included", "min": 1})
     max_query_length: int = field(default=128, metadata={
-        "help": "query tokens kept; longer queries are cut so the passage always has room"})
+        "help": "query tokens kept; longer queries are cut so the passage always has room", "min": 1})
     query_keep: str = field(default="auto", metadata={
         "help": "what a cut query keeps: auto (a dialogue its latest turns, other tasks their start) | start | "
                 "end; an entity mention always stays"})
@@ -42,6 +43,7 @@ class CrossEncoderConfig:
                 + " | ".join(DTYPES)})
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.max_query_length >= self.max_length - 3:
             raise ValueError(f"max_query_length ({self.max_query_length}) must leave room for a passage "
                              f"within max_length ({self.max_length})")
@@ -83,7 +85,8 @@ class CrossEncoderReranker(Reranker):
         path = resolve_model_name(path)
         saved = read_reranker_meta(path, cls.method).get("config", {}) if (Path(path) / CONFIG_NAME).is_file() else {}
         config = make_config(CrossEncoderConfig, {"model_name_or_path": path, **saved, **overrides})
-        model = own_memory(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1))
+        with named_weight_errors(path):
+            model = own_memory(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1))
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(model, tokenizer, config)
 

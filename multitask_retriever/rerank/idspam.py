@@ -30,17 +30,16 @@ from .llm_scoring import LLMReranker, LLMScoringConfig, transformer_layers
 class IDSpamConfig(LLMScoringConfig):
     """ID-SPAM's module on top of the scoring config; saved in mtr_reranker.json."""
 
-    num_prompt_tokens: int = field(default=8, metadata={"help": "soft-prompt vectors generated per input"})
-    layer: int = field(default=0, metadata={"help": "index of the LM layer whose input gets the prompt"})
-    num_heads: int = field(default=4, metadata={"help": "heads of the self-attention over the input"})
-    bottleneck: int = field(default=64, metadata={"help": "hidden width of the MLP"})
-    dropout: float = field(default=0.1, metadata={"help": "dropout inside the MLP (training only)"})
+    num_prompt_tokens: int = field(default=8, metadata={"help": "soft-prompt vectors generated per input", "min": 1})
+    layer: int = field(default=0, metadata={"help": "index of the LM layer whose input gets the prompt (-1: the last)"})
+    num_heads: int = field(default=4, metadata={"help": "heads of the self-attention over the input", "min": 1})
+    bottleneck: int = field(default=64, metadata={"help": "hidden width of the MLP", "min": 1})
+    dropout: float = field(default=0.1, metadata={"help": "dropout inside the MLP (training only)",
+                                                  "min": 0, "below": 1})
     input: str = field(default="passage", metadata={"help": "passage | query_passage: what the attention reads"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.num_prompt_tokens < 1 or self.bottleneck < 1:
-            raise ValueError("num_prompt_tokens and bottleneck must be at least 1")
         if self.input not in ("passage", "query_passage"):
             raise ValueError(f"input must be passage or query_passage, got {self.input!r}")
 

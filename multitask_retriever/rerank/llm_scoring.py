@@ -20,6 +20,7 @@ from torch import nn
 
 from kilt.tasks import keeps_end, query_window
 
+from ..config import check_fields
 from ..devices import DTYPES, autocast, check_dtype_name
 from .base import (Reranker, check_rows, group_size, make_config, read_reranker_meta, split_rows,
                    write_reranker_meta)
@@ -56,21 +57,20 @@ class LLMScoringConfig:
     task_instructions: dict[str, str] = field(default_factory=_default_task_instructions, metadata={
         "help": "task -> instruction asking for the query in that task's form (a claim for fever, the next "
                 "turn for wow, ...); tasks not listed use `instruction`"})
-    max_passage_tokens: int = field(default=256, metadata={"help": "longer passages are cut (one warning)"})
-    max_query_tokens: int = field(default=64, metadata={"help": "longer queries are cut (one warning)"})
+    max_passage_tokens: int = field(default=256, metadata={"help": "longer passages are cut (one warning)", "min": 1})
+    max_query_tokens: int = field(default=64, metadata={"help": "longer queries are cut (one warning)", "min": 1})
     query_keep: str = field(default="auto", metadata={
         "help": "what a cut query keeps: auto (a dialogue its latest turns, other tasks their start) | start | "
                 "end; an entity mention always stays"})
     reduction: str = field(default="mean", metadata={"help": "mean | sum of the query tokens' log-probs"})
-    max_batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per forward pass"})
+    max_batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per forward pass", "min": 1})
     inference_dtype: str = field(default="auto", metadata={
         "help": "autocast dtype: auto (bfloat16 or float16 on CUDA, float32 elsewhere) | " + " | ".join(DTYPES)})
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be mean or sum, got {self.reduction!r}")
-        if min(self.max_passage_tokens, self.max_query_tokens) < 1:
-            raise ValueError("max_passage_tokens and max_query_tokens must be at least 1")
         keeps_end(None, self.query_keep)  # ValueError naming the choices
         check_dtype_name(self.inference_dtype, "inference_dtype")
 
@@ -88,12 +88,13 @@ def load_lm(name_or_path: str) -> tuple[nn.Module, Any]:
     """A frozen LM (causal or seq2seq, by its config) and its tokenizer, in eval mode."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from ..models import check_model_path, own_memory, resolve_llm
+    from ..models import check_model_path, named_weight_errors, own_memory, resolve_llm
 
     path = check_model_path(resolve_llm(name_or_path))
     config = AutoConfig.from_pretrained(path)
     cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    lm = own_memory(cls.from_pretrained(path))
+    with named_weight_errors(path):
+        lm = own_memory(cls.from_pretrained(path))
     tokenizer = AutoTokenizer.from_pretrained(path)
     lm.eval()
     lm.requires_grad_(False)
@@ -462,13 +463,16 @@ class LLMReranker(Reranker):
         """Rebuild from a saved folder: the LM from `config.llm`, the trained parameters from the folder."""
         from safetensors.torch import load_file
 
+        from ..models import named_weight_errors
+
         meta = read_reranker_meta(path, cls.method)
         config = cls._make_config({**meta.get("config", {}), **overrides})
         lm, tokenizer = load_lm(config.llm)
         reranker = cls(lm, tokenizer, config)
         weights = Path(path) / WEIGHTS_NAME
         expected = set(reranker._module_state())
-        state = load_file(str(weights)) if weights.is_file() else {}
+        with named_weight_errors(weights):
+            state = load_file(str(weights)) if weights.is_file() else {}
         if set(state) != expected:
             raise ValueError(f"{path}: saved parameters {sorted(set(state) ^ expected)[:5]} do not match "
                              f"the {cls.method} module")

@@ -21,7 +21,7 @@ class ZeroShotReranker(LLMReranker):
 
 @dataclass
 class PromptTuningConfig(LLMScoringConfig):
-    num_virtual_tokens: int = field(default=8, metadata={"help": "learned soft tokens before the prompt"})
+    num_virtual_tokens: int = field(default=8, metadata={"help": "learned soft tokens before the prompt", "min": 1})
 
 
 class PromptTuningReranker(LLMReranker):
@@ -53,9 +53,9 @@ class PromptTuningReranker(LLMReranker):
 
 @dataclass
 class LoraConfig(LLMScoringConfig):
-    r: int = field(default=8, metadata={"help": "LoRA rank"})
-    alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA branch"})
+    r: int = field(default=8, metadata={"help": "LoRA rank", "min": 1})
+    alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)", "min": 1})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA branch", "min": 0, "below": 1})
     target_modules: list[str] | None = field(default=None, metadata={
         "help": "module names to adapt; default: peft's choice for the architecture (attention q/v)"})
 

@@ -35,19 +35,18 @@ from .llm_scoring import LLMReranker, LLMScoringConfig
 class QPeftConfig(LLMScoringConfig):
     """Q-PEFT's module on top of the scoring config; saved in mtr_reranker.json."""
 
-    num_prompt_tokens: int = field(default=4, metadata={"help": "learned, query-independent soft tokens"})
-    num_clues: int = field(default=8, metadata={"help": "k: clue tokens of Q-PEFT-R (Q-PEFT-A gives one per query token)"})
-    num_heads: int = field(default=4, metadata={"help": "attention heads of Q-PEFT-A"})
+    num_prompt_tokens: int = field(default=4, metadata={"help": "learned, query-independent soft tokens", "min": 0})
+    num_clues: int = field(default=8, metadata={
+        "help": "k: clue tokens of Q-PEFT-R (Q-PEFT-A gives one per query token)", "min": 1})
+    num_heads: int = field(default=4, metadata={"help": "attention heads of Q-PEFT-A", "min": 1})
     max_context_tokens: int = field(default=1024, metadata={
-        "help": "tokens of the concatenated candidate passages the module reads"})
+        "help": "tokens of the concatenated candidate passages the module reads", "min": 1})
     context: str = field(default="passage", metadata={
         "help": "passage (clues from the scored passage, as the authors' code) | candidates (from the "
                 "query's whole candidate list, concatenated: the same clues for every passage)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.num_clues < 1 or self.num_prompt_tokens < 0:
-            raise ValueError("num_clues must be >= 1 and num_prompt_tokens >= 0")
         if self.context not in ("candidates", "passage"):
             raise ValueError(f"context must be candidates or passage, got {self.context!r}")
 

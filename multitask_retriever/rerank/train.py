@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 
 
+from ..config import check_fields
 from ..training_loop import FINAL_NAME, TrainingLoop, read_log
 from .base import Reranker
 from .examples import RerankExample
@@ -37,24 +38,23 @@ class RerankTrainConfig:
 
     loss: str = field(default="lce", metadata={"help": " | ".join(LOSSES)})
     loss_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "e.g. {temperature: 2.0} for kl"})
-    lr: float = 3e-5
-    weight_decay: float = 0.01
+    lr: float = field(default=3e-5, metadata={"min": 0})
+    weight_decay: float = field(default=0.01, metadata={"min": 0})
     scheduler: str = field(default="linear", metadata={"help": "transformers schedule: linear | constant | cosine"})
-    warmup_steps: int = 0
-    steps: int = 1000
-    batch_size: int = field(default=8, metadata={"help": "queries per step (per process)"})
-    group_size: int = field(default=8, metadata={"help": "passages per query: 1 positive + group_size-1 negatives"})
-    max_grad_norm: float = field(default=10.0, metadata={"help": "gradient clipping norm (0 = none)"})
+    warmup_steps: int = field(default=0, metadata={"min": 0})
+    steps: int = field(default=1000, metadata={"min": 1})
+    batch_size: int = field(default=8, metadata={"help": "queries per step (per process)", "min": 1})
+    group_size: int = field(default=8, metadata={"help": "passages per query: 1 positive + group_size-1 negatives",
+                                                 "min": 1})
+    max_grad_norm: float = field(default=10.0, metadata={"help": "gradient clipping norm (0 = none)", "min": 0})
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"min": 0})
     output_dir: str = field(default="", metadata={"help": "checkpoints, final weights and train_log.jsonl"})
-    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only the final one)"})
+    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only the final one)", "min": 0})
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "group_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        check_fields(self)
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
 
