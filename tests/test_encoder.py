@@ -99,7 +99,8 @@ def test_default_prompts_cover_every_kilt_task():
 def test_prompt_styles():
     from kilt.tasks import TASKS
 
-    assert PROMPT_STYLES == ("short", "taco-t5")
+    assert PROMPT_STYLES == ("short", "taco-t5", "none")
+    assert set(query_prompts_for("none").values()) == {"{query}"}
     assert query_prompts_for("short") == EncoderConfig().query_prompts
     taco = query_prompts_for("taco-t5")
     assert set(taco) == set(TASKS)

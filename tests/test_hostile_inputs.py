@@ -307,8 +307,6 @@ def test_an_error_loading_a_run_is_one_line(tmp_path, capsys, monkeypatch):
         f"mtr train: error: {state}: lacks the keys 'step', 'config' (written by another version?)"
 
 
-@pytest.mark.xfail(raises=KeyError, strict=False,
-                   reason="trainer_state.pt loading (training_loop.py) is hardened under another item of issue 23")
 def test_a_state_file_without_its_keys_is_one_line_naming_it(tiny_bert, mini_kilt, tmp_path, capsys):
     run = tmp_path / "run"
     argv = ["train", "--model-name-or-path", str(tiny_bert), "--data-dir", str(mini_kilt), "--tasks", "nq",

@@ -56,11 +56,17 @@ def test_hub_ids_and_other_names_are_not_packaged(name):
     assert is_packaged(name) is False
 
 
-def test_a_hub_id_goes_to_from_pretrained_unchanged():
+def test_a_hub_id_goes_to_from_pretrained_unchanged(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # online, a hub id is for from_pretrained to fetch
     assert resolve_model_name("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
 
 
-def test_an_unknown_bare_name_goes_to_from_pretrained_unchanged():
+def test_an_unknown_bare_name_goes_to_from_pretrained_unchanged(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     assert resolve_model_name("t5-base") == "t5-base"
 
 
