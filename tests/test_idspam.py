@@ -57,13 +57,22 @@ def test_the_prompt_replaces_the_slots_at_the_chosen_layer_only(tiny_llama, laye
         assert torch.equal(seen[0][0, 0], pad)
 
 
-def test_the_prompt_depends_on_the_input(tiny_gpt2):
-    reranker = IDSpamReranker.create(str(tiny_gpt2), input="query_passage")
+def _prompts_for_two_queries(reranker):
+    """The prompts of one passage under two different queries."""
     reranker.eval()
     q = reranker.scorer.query_ids(["who wrote hamlet", "capital of france"])
     p = reranker.scorer.passage_ids(["hamlet is by shakespeare"] * 2)
-    soft = reranker.soft_prompts([None, None], q, p)
+    return reranker.soft_prompts([None, None], q, p)
+
+
+def test_by_default_the_prompt_changes_with_the_query(tiny_gpt2):
+    soft = _prompts_for_two_queries(IDSpamReranker.create(str(tiny_gpt2)))
     assert soft.shape == (2, 8, D) and not torch.allclose(soft[0], soft[1])
+
+
+def test_reading_the_passage_alone_the_prompt_ignores_the_query(tiny_gpt2):
+    soft = _prompts_for_two_queries(IDSpamReranker.create(str(tiny_gpt2), input="passage"))
+    assert torch.equal(soft[0], soft[1])
 
 
 def test_a_layer_outside_the_lm_is_refused(tiny_gpt2):

@@ -105,11 +105,13 @@ def test_an_llm_prompt_keeps_the_querys_budget_and_fits_the_lms_positions(method
     scorer = reranker.scorer
     (query_ids,) = scorer.query_ids([QUERY])
     (passage_ids,) = scorer.passage_ids([PASSAGES[0]])
-    n_soft = 0 if method == "zero-shot" else reranker.config.num_prompt_tokens + len(query_ids)  # Q-PEFT-A
+    # Q-PEFT-A: its soft prompt after BOS, then its clue block (one clue per query token, wrapped)
+    head = 0 if method == "zero-shot" else reranker.config.num_prompt_tokens
+    n_soft = 0 if method == "zero-shot" else head + len(reranker.clue_blocks([query_ids], [passage_ids])[0])
     pair = scorer.build(query_ids, passage_ids, n_soft)
     assert pair.target == scorer.tokenizer(QUERY, add_special_tokens=False)["input_ids"][:64]
     assert len(pair.context) + len(pair.target) == 512  # the tiny GPT-2's positions, filled exactly
-    start = len(scorer._bos) + len(scorer._prefix)
+    start = len(scorer._bos) + head + len(scorer._prefix)
     kept = 512 - 64 - n_soft - start - len(scorer.instruction_ids(None)) - len(scorer._eos)
     assert pair.context[start: start + kept] == passage_ids[:kept]
 

@@ -4,8 +4,10 @@ embeddings, mean-pools them, and a bottleneck MLP turns the pooled vector into s
 vectors that are prepended to the input of ONE chosen layer of the frozen LM.
 
 As a reranker, the LM's input is the passage prompt and the score is the query's
-log-likelihood; `input` chooses what the attention reads: the passage (the paper reads the
-LM's whole input) or the query and the passage.
+log-likelihood. The attention reads the query and the passage by default
+(`input="query_passage"`), as the paper's attention reads a pair task's whole input, so the
+prompt depends on both; `input="passage"` reads the passage alone, keeping the query out of
+the prompt so that the score is the likelihood of a query the prompt never saw.
 
 Deviations, for a fixed-length sequence through HF layers: the prompt's slots exist from
 the input on (holding the pad token's embedding below the chosen layer, where the passage
@@ -36,7 +38,8 @@ class IDSpamConfig(LLMScoringConfig):
     bottleneck: int = field(default=64, metadata={"help": "hidden width of the MLP", "min": 1})
     dropout: float = field(default=0.1, metadata={"help": "dropout inside the MLP (training only)",
                                                   "min": 0, "below": 1})
-    input: str = field(default="passage", metadata={"help": "passage | query_passage: what the attention reads"})
+    input: str = field(default="query_passage", metadata={
+        "help": "query_passage (the query's tokens, then the passage's) | passage: what the attention reads"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

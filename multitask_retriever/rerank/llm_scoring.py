@@ -26,7 +26,9 @@ from .base import (Reranker, check_rows, group_size, make_config, read_reranker_
                    write_reranker_meta)
 
 WEIGHTS_NAME = "module.safetensors"
-SOFT_POSITIONS = ("start", "before_instruction")
+#: where a pair's soft slots go: all at the start (after BOS), all between the passage and the
+#: instruction, or "split": the first `start_slots` at the start and the rest before the instruction
+SOFT_POSITIONS = ("start", "before_instruction", "split")
 
 
 #: what the LM is asked to write after a passage, by KILT task kind: the form that kind's queries take
@@ -114,7 +116,7 @@ class LLMScorer(nn.Module):
     """Scores (query, passage) pairs by query log-likelihood with a frozen LM."""
 
     def __init__(self, lm: nn.Module, tokenizer: Any, config: LLMScoringConfig,
-                 soft_position: str = "start", soft_layer: int | None = None):
+                 soft_position: str = "start", soft_layer: int | None = None, start_slots: int = 0):
         super().__init__()
         if soft_position not in SOFT_POSITIONS:
             raise ValueError(f"soft_position must be one of {SOFT_POSITIONS}, got {soft_position!r}")
@@ -122,6 +124,7 @@ class LLMScorer(nn.Module):
         self.tokenizer = tokenizer
         self.config = config
         self.soft_position = soft_position
+        self.start_slots = start_slots  # used by soft_position "split"
         self.seq2seq = bool(lm.config.is_encoder_decoder)
         self._warned: set[str] = set()
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (soft vectors, slot mask) for the hook
@@ -217,15 +220,10 @@ class LLMScorer(nn.Module):
                     warnings.warn(f"passages are cut further so that prompts fit the LM's {self.max_positions} "
                                   f"positions", stacklevel=4)
                 passage = passage[:room]
-        slots = [self._pad] * n_soft
-        parts: list[tuple[list[int], bool]] = [(self._bos, False)]
-        if self.soft_position == "start":
-            parts.append((slots, True))
-        parts += [(self._prefix, False), (passage, False)]
-        if self.soft_position == "before_instruction":
-            parts.append((slots, True))
-        parts.append((instruction, False))
-        parts.append((self._eos, False))
+        head = {"start": n_soft, "before_instruction": 0}.get(self.soft_position, min(self.start_slots, n_soft))
+        parts: list[tuple[list[int], bool]] = [
+            (self._bos, False), ([self._pad] * head, True), (self._prefix, False), (passage, False),
+            ([self._pad] * (n_soft - head), True), (instruction, False), (self._eos, False)]
         context = [t for ids, _ in parts for t in ids]
         mask = [flag for ids, flag in parts for _ in ids]
         return _Pair(context, mask, query)
@@ -362,11 +360,13 @@ class LLMReranker(Reranker):
     soft_position: ClassVar[str] = "start"
     training_loss: ClassVar[str] = "lce+ql"
 
-    def __init__(self, lm: nn.Module, tokenizer: Any, config: LLMScoringConfig, soft_layer: int | None = None):
+    def __init__(self, lm: nn.Module, tokenizer: Any, config: LLMScoringConfig, soft_layer: int | None = None,
+                 start_slots: int = 0):
         super().__init__()
         self.config = config
         lm.requires_grad_(False)
-        self.scorer = LLMScorer(lm, tokenizer, config, soft_position=self.soft_position, soft_layer=soft_layer)
+        self.scorer = LLMScorer(lm, tokenizer, config, soft_position=self.soft_position, soft_layer=soft_layer,
+                                start_slots=start_slots)
 
     @classmethod
     def create(cls, llm: str = "", **options: Any) -> "LLMReranker":
@@ -443,7 +443,15 @@ class LLMReranker(Reranker):
 
     # ---------------------------------------------------------------- saving
     def _module_state(self) -> dict[str, torch.Tensor]:
+        """What `save_pretrained` writes: the trained parameters by name."""
         return {name: p.detach().cpu().contiguous() for name, p in self.named_parameters() if p.requires_grad}
+
+    def _load_module_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of `_module_state` (its keys already checked)."""
+        with torch.no_grad():
+            params = dict(self.named_parameters())
+            for name, value in state.items():
+                params[name].copy_(value)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write the trained parameters (safetensors) and mtr_reranker.json; never the LM itself."""
@@ -476,8 +484,5 @@ class LLMReranker(Reranker):
         if set(state) != expected:
             raise ValueError(f"{path}: saved parameters {sorted(set(state) ^ expected)[:5]} do not match "
                              f"the {cls.method} module")
-        with torch.no_grad():
-            params = dict(reranker.named_parameters())
-            for name, value in state.items():
-                params[name].copy_(value)
+        reranker._load_module_state(state)
         return reranker
