@@ -39,7 +39,7 @@ def round_dir(output_dir: str | Path, k: int) -> Path:
 
 def _folder_inputs(folder: Path) -> dict[str, Any]:
     """Path, size and mtime of every file in a model folder (a retrained model differs); hidden
-    files (the digest caches `kilt.digest` keeps beside the weights) are not the model."""
+    files are not the model."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     return {"path": str(folder.resolve()), "files": {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in files}}
 

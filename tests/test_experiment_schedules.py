@@ -4,12 +4,12 @@ before it, distillation reading the teacher's scores of the retriever's candidat
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 import multitask_retriever.rerank.train as rerank_train
+from conftest import kilt_folder
 from multitask_retriever.experiment import Experiment, ExperimentConfig, cross_encoder_schedule
 from multitask_retriever.experiment.systems import check_teacher
 
@@ -25,11 +25,7 @@ def _checksum(reranker) -> float:
 def run(mini_kilt, tiny_bert, tiny_llama, tmp_path_factory):
     """Every schedule over BM25 on two mini-KILT tasks (zero-shot LLM teacher), with each call
     of the reranker training loop recorded: its loss, examples and starting weights."""
-    data = tmp_path_factory.mktemp("data")
-    shutil.copy(mini_kilt / "knowledge_source.jsonl", data)
-    for task in ("nq", "fever"):
-        for split in ("train", "dev"):
-            shutil.copy(mini_kilt / f"{task}-{split}-kilt.jsonl", data)
+    data = kilt_folder(mini_kilt, tmp_path_factory.mktemp("data"), ["nq", "fever"])
     calls = []
     real = rerank_train.train_reranker
 
@@ -91,11 +87,7 @@ def test_each_schedule_is_compared_with_single_stage_contrastive(run):
 
 def test_trained_llm_rerankers_are_compared_with_zero_shot_query_likelihood(mini_kilt, tiny_bert, tiny_llama,
                                                                          tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    shutil.copy(mini_kilt / "knowledge_source.jsonl", data)
-    for split in ("train", "dev"):
-        shutil.copy(mini_kilt / f"nq-{split}-kilt.jsonl", data)
+    data = kilt_folder(mini_kilt, tmp_path / "data", ["nq"])
     config = ExperimentConfig(
         data_dir=str(data), work_dir=str(tmp_path / "work"), systems=["bm25", "bm25+zero-shot", "bm25+qpeft-r"],
         llm=str(tiny_llama), k=20, rerank_k=3, rerank_queries=2, reranker_steps=1, reranker_batch_size=2,
@@ -128,11 +120,7 @@ def test_any_trained_reranker_can_teach(teacher, name):
 
 
 def test_a_cross_encoder_teaches_a_distilled_cross_encoder(mini_kilt, tiny_bert, tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    shutil.copy(mini_kilt / "knowledge_source.jsonl", data)
-    for split in ("train", "dev"):
-        shutil.copy(mini_kilt / f"nq-{split}-kilt.jsonl", data)
+    data = kilt_folder(mini_kilt, tmp_path / "data", ["nq"])
     config = ExperimentConfig(
         data_dir=str(data), work_dir=str(tmp_path / "work"), systems=["bm25+cross-encoder.distill"],
         encoder=str(tiny_bert), cross_encoder=str(tiny_bert), teacher="cross-encoder.contrastive", teacher_queries=3,
@@ -143,11 +131,7 @@ def test_a_cross_encoder_teaches_a_distilled_cross_encoder(mini_kilt, tiny_bert,
 
 
 def test_the_llm_rerankers_loss_can_be_the_released_qpeft_loss(mini_kilt, tiny_bert, tiny_llama, tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    shutil.copy(mini_kilt / "knowledge_source.jsonl", data)
-    for split in ("train", "dev"):
-        shutil.copy(mini_kilt / f"nq-{split}-kilt.jsonl", data)
+    data = kilt_folder(mini_kilt, tmp_path / "data", ["nq"])
     losses = []
     real = rerank_train.train_reranker
 
