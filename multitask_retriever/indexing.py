@@ -8,6 +8,12 @@ file's content digest and passage count and the encoder's files' digest, so that
 (`IndexMismatchError`) another passage file or encoder, whatever their sizes, names or paths.
 Indexes saved before these digests (format 1) still load; they are checked as then, by the
 passage file's size and the encoder's name, with a warning to re-encode and rebuild them.
+
+At scale (KILT's 22-36M passages): `index_type="auto"` keeps a flat index while its vectors fit
+`max_flat_bytes` (or, on CUDA, the GPU's free memory in float16) and builds IVF-PQ beyond;
+IVF training always samples at least 39 vectors per cell; `refine` re-scores IVF-PQ's
+candidates exactly from stored float vectors; `Index.load(..., mmap=True)` maps the index
+file instead of reading it into RAM.
 """
 from __future__ import annotations
 
@@ -38,7 +44,7 @@ IDS_FILE = "ids.npy"
 META_FILE = "index_meta.json"
 # what an index folder may hold: its files, and temporary files of earlier (killed) saves
 _INDEX_NAMES = re.compile(r"(\.)?(index\.faiss|ids\.npy|index_meta\.json)(?(1)\..+\.tmp)")
-INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("faiss", "torch")
 # IndexConfig fields that only change how a built index is searched (allowed in Index.load)
@@ -47,13 +53,18 @@ _FORMAT = 2  # 2: IndexSource's digests and passage count
 _TRAIN_SEED = 0
 _ADD_ROWS = 65_536  # rows converted to float32 and added at a time
 _TORCH_SCORE_ELEMENTS = 1 << 27  # query x passage scores held at once by the torch backend
+MIN_TRAIN_PER_CELL = 39  # faiss's minimum of training vectors per k-means centroid
+DEFAULT_TRAIN_SIZE = 300_000
+_GPU_FLAT_SHARE = 0.75  # of the GPUs' free memory a flat index may fill (the rest: queries, scores)
 
 
 @dataclass
 class IndexConfig:
     """What kind of index to build over passage vectors, and where and how to search it."""
 
-    index_type: str = field(default="flat", metadata={"help": "flat | hnsw | ivf | ivfpq"})
+    index_type: str = field(default="auto", metadata={
+        "help": "auto | flat | hnsw | ivf | ivfpq; auto: flat while the vectors fit max_flat_bytes (on CUDA: "
+                "the GPU's free memory), else ivfpq"})
     metric: str = field(default="ip", metadata={"help": "similarity; only inner product (ip) is supported"})
     device: str = field(default="auto", metadata={
         "help": "auto | cpu | cuda; auto uses GPUs when faiss (or, for flat, torch) can"})
@@ -68,9 +79,16 @@ class IndexConfig:
     pq_m: int | None = field(default=None, metadata={
         "help": "PQ subquantisers, must divide dim; unset: about dim/8", "min": 1})
     pq_bits: int = field(default=8, metadata={"help": "bits per PQ code", "min": 1, "max": 16})
-    train_size: int = field(default=300_000, metadata={"help": "most vectors sampled to train IVF / PQ", "min": 1})
+    train_size: int | None = field(default=None, metadata={
+        "help": "vectors sampled to train IVF / PQ; unset: max(300000, 39*ivf_nlist), at most all; "
+                "a sample of fewer than 39 per IVF cell is refused", "min": 1})
     gpu_float16: bool = field(default=True, metadata={
         "help": "store vectors as float16 on GPU (faiss-gpu; exact torch search re-scores its top k in float32)"})
+    max_flat_bytes: int = field(default=32 * 2**30, metadata={
+        "help": "largest float32 vectors (bytes) index_type=auto keeps flat on CPU; above it ivfpq", "min": 1})
+    refine: int = field(default=0, metadata={
+        "help": "ivfpq: re-score refine*k candidates exactly against stored float32 vectors (4*dim more bytes "
+                "a vector; load with mmap to keep them on disk); 0: off", "min": 0})
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -78,14 +96,86 @@ class IndexConfig:
                               ("backend", BACKENDS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.backend == "torch" and self.index_type != "flat":
+        if self.backend == "torch" and self.index_type not in ("auto", "flat"):
             raise ValueError(f"the torch backend searches exactly: index_type must be 'flat', "
+                             f"got {self.index_type!r}")
+        if self.refine and self.index_type not in ("auto", "ivfpq"):
+            raise ValueError(f"refine re-scores IVF-PQ's candidates: index_type must be 'ivfpq' (or 'auto'), "
                              f"got {self.index_type!r}")
 
 
 def default_nlist(n: int) -> int:
     """About 4*sqrt(n) IVF cells, with at least 39 training vectors per cell and at most 65536."""
     return int(max(1, min(round(4 * math.sqrt(n)), n // 39, 65536)))
+
+
+def default_train_size(n: int, nlist: int) -> int:
+    """Vectors sampled to train `nlist` IVF cells on `n`: 300000, or 39 per cell where that is
+    more, and at most all `n`."""
+    return min(n, max(DEFAULT_TRAIN_SIZE, MIN_TRAIN_PER_CELL * nlist))
+
+
+def train_sample_size(n: int, nlist: int, train_size: int | None) -> int:
+    """The IVF / PQ training sample for `n` vectors in `nlist` cells: `train_size` (at most `n`),
+    or unset `default_train_size`. An explicit `train_size` sampling fewer than 39 vectors per
+    cell where the corpus has them is refused: k-means on fewer gives poor cells (faiss only warns)."""
+    if train_size is None:
+        return default_train_size(n, nlist)
+    wanted = min(n, MIN_TRAIN_PER_CELL * nlist)
+    if train_size < wanted:
+        raise ValueError(f"train_size={train_size} samples {train_size // nlist} vectors per IVF cell of "
+                         f"{nlist}; at least {MIN_TRAIN_PER_CELL} are needed: set train_size >= {wanted} "
+                         f"(or leave it unset), or a smaller ivf_nlist")
+    return min(n, train_size)
+
+
+def _train_rows(config: IndexConfig, n: int) -> int:
+    """`train_sample_size` for `config` on `n` vectors. An explicit ivf_nlist above n/39 (a
+    corpus too small for its cells) is warned about, not refused, so tiny corpora can still be
+    indexed with a few cells."""
+    nlist = _nlist(config, n)
+    if config.ivf_nlist is not None and n < MIN_TRAIN_PER_CELL * nlist:
+        logger.warning("ivf_nlist=%d cells get %d of the %d vectors each to train on, below faiss's minimum of "
+                       "%d; set ivf_nlist <= %d (or leave it unset) for well-trained cells", nlist, n // nlist, n,
+                       MIN_TRAIN_PER_CELL, max(1, n // MIN_TRAIN_PER_CELL))
+    return train_sample_size(n, nlist, config.train_size)
+
+
+def auto_index_type(n: int, dim: int, device: str, max_flat_bytes: int, gpu_free_bytes: int = 0,
+                    float16: bool = True) -> str:
+    """'flat' or 'ivfpq' for `n` vectors of `dim` on `device` (a torch device name): on CUDA flat
+    while the vectors (float16 if `float16`) fill at most 3/4 of the GPUs' free memory, else on
+    CPU flat while their float32 bytes are at most `max_flat_bytes`."""
+    if device.startswith("cuda"):
+        return "flat" if n * dim * (2 if float16 else 4) <= _GPU_FLAT_SHARE * gpu_free_bytes else "ivfpq"
+    return "flat" if n * dim * 4 <= max_flat_bytes else "ivfpq"
+
+
+def _gpu_free_bytes(device: str) -> int:
+    """Free memory of the GPUs a flat index on `device` would use: all of them under faiss-gpu
+    (it shards across them), else the one torch device."""
+    if (faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0) > 0:
+        return sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
+    return int(torch.cuda.mem_get_info(torch.device(device))[0])
+
+
+def resolve_index_type(config: IndexConfig, n: int, dim: int) -> IndexConfig:
+    """`config`, with index_type 'auto' replaced by the type `auto_index_type` picks for `n`
+    vectors of `dim` (flat for the torch backend, which searches only flat)."""
+    if config.index_type != "auto":
+        return config
+    if config.backend == "torch":
+        chosen = "flat"
+    else:
+        device = resolve_device(config.device)
+        gpu_free = _gpu_free_bytes(device) if device.startswith("cuda") else 0
+        chosen = auto_index_type(n, dim, device, config.max_flat_bytes, gpu_free, config.gpu_float16)
+    logger.info("index_type=auto: %s for %d vectors of dim %d", chosen, n, dim)
+    return dataclasses.replace(config, index_type=chosen)
+
+
+def _nlist(config: IndexConfig, n: int) -> int:
+    return config.ivf_nlist or default_nlist(n)
 
 
 def default_pq_m(dim: int) -> int:
@@ -103,7 +193,7 @@ def _new_faiss_index(config: IndexConfig, dim: int, n: int) -> faiss.Index:
         index = faiss.IndexHNSWFlat(dim, config.hnsw_m, ip)
         index.hnsw.efConstruction = config.hnsw_ef_construction
         return index
-    nlist = config.ivf_nlist or default_nlist(n)
+    nlist = _nlist(config, n)
     needed = max(nlist, 2 ** config.pq_bits if config.index_type == "ivfpq" else 0)
     if n < needed:
         raise ValueError(f"an {config.index_type} index of {nlist} cells needs at least {needed} vectors to train "
@@ -113,8 +203,9 @@ def _new_faiss_index(config: IndexConfig, dim: int, n: int) -> faiss.Index:
     pq_m = config.pq_m or default_pq_m(dim)
     if dim % pq_m:
         raise ValueError(f"pq_m={pq_m} does not divide the vector dim {dim}")
-    # "np": no polysemous training, which index_factory would otherwise run and we never use
-    return faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}x{config.pq_bits}np", ip)
+    # "np": no polysemous training, which index_factory would otherwise run and we never use;
+    # "RFlat": float32 copies of the vectors that re-score the candidates (IndexRefineFlat)
+    return faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}x{config.pq_bits}np{',RFlat' if config.refine else ''}", ip)
 
 
 def _set_search_params(index: faiss.Index, config: IndexConfig) -> None:
@@ -122,6 +213,8 @@ def _set_search_params(index: faiss.Index, config: IndexConfig) -> None:
         index.hnsw.efSearch = config.hnsw_ef_search
     elif config.index_type in ("ivf", "ivfpq"):
         faiss.extract_index_ivf(index).nprobe = config.nprobe
+    if config.refine:
+        faiss.downcast_index(index).k_factor = float(config.refine)
 
 
 def _placement(config: IndexConfig) -> tuple[str, str]:
@@ -156,7 +249,7 @@ class _FaissSearcher:
             options = faiss.GpuMultipleClonerOptions()
             options.shard = True
             options.useFloat16 = config.gpu_float16
-            self.index = faiss.index_cpu_to_all_gpus(cpu_index, co=options)
+            self.index = _with_base_moved(cpu_index, lambda base: faiss.index_cpu_to_all_gpus(base, co=options))
         self.gpu = gpu
 
     @property
@@ -177,7 +270,20 @@ class _FaissSearcher:
         return self.index.search(queries, k)
 
     def cpu_index(self) -> faiss.Index:
-        return faiss.index_gpu_to_cpu(self.index) if self.gpu else self.index
+        return _with_base_moved(self.index, faiss.index_gpu_to_cpu) if self.gpu else self.index
+
+
+def _with_base_moved(index: faiss.Index, move: Any) -> faiss.Index:
+    """`move(index)`; for an IndexRefine, its base index moved and its float vectors kept where
+    they are (in RAM or memory-mapped, not on the GPU), in a new IndexRefine of the same k_factor."""
+    refine = faiss.downcast_index(index)
+    if not isinstance(refine, faiss.IndexRefine):
+        return move(index)
+    base = move(refine.base_index)
+    moved = faiss.IndexRefine(base, refine.refine_index)
+    moved.k_factor = refine.k_factor
+    moved.referenced_objects = [base, index]  # `index` owns the float vectors
+    return moved
 
 
 class _TorchSearcher:
@@ -387,7 +493,8 @@ class Index:
     @classmethod
     def build(cls, vectors: np.ndarray, config: IndexConfig | None = None, ids: Sequence[int] | None = None,
               encoder_name: str | None = None) -> "Index":
-        """Index `vectors` [n, dim] (float32 or float16); `ids` default to 0..n-1."""
+        """Index `vectors` [n, dim] (float32 or float16); `ids` default to 0..n-1. index_type
+        'auto' is resolved (`resolve_index_type`): the result's config names the type built."""
         config = config or IndexConfig()
         if vectors.ndim != 2:
             raise ValueError(f"vectors must be 2-D [n, dim], got shape {vectors.shape}")
@@ -399,9 +506,10 @@ class Index:
             raise ValueError(f"ids must be {n} integers, got shape {ids_array.shape} {ids_array.dtype}")
         if len(np.unique(ids_array)) != n:
             raise ValueError("ids must be unique")
-        index = cls._empty(config, dim, n, IndexSource(encoder=encoder_name))
+        index = cls._empty(resolve_index_type(config, n, dim), dim, n, IndexSource(encoder=encoder_name))
         if not index._searcher.is_trained:
-            sample = np.sort(np.random.default_rng(_TRAIN_SEED).choice(n, min(n, config.train_size), replace=False))
+            rows = _train_rows(index.config, n)
+            sample = np.sort(np.random.default_rng(_TRAIN_SEED).choice(n, rows, replace=False))
             index._searcher.train(_checked_finite(vectors[sample], "vectors", sample))
         index._add(vectors, ids_array, "vectors")
         return index
@@ -414,7 +522,8 @@ class Index:
         Every shard is checked first: its ids int64, one per vector, each a passage of the
         file and in no other shard; its vectors finite (checked as they are added). A bad
         shard is a ValueError naming its file. IVF / PQ are first trained on up to
-        `train_size` vectors sampled across all shards.
+        `train_size` vectors sampled across all shards (`train_sample_size`); index_type
+        'auto' is resolved to the type built (`resolve_index_type`), as by `build`.
         """
         config = config or IndexConfig()
         shard_dir = Path(shard_dir)
@@ -432,10 +541,10 @@ class Index:
                              passage_file=manifest.get("passage_file"),
                              passage_file_bytes=manifest.get("passage_file_bytes"),
                              passage_file_digest=manifest.get("passage_file_digest"), passages=num_passages)
-        index = cls._empty(config, dim, num_passages, source)
+        index = cls._empty(resolve_index_type(config, num_passages, dim), dim, num_passages, source)
         if not index._searcher.is_trained:
             index._searcher.train(_sample_shards([v for v, _ in files], [len(i) for i in shard_ids],
-                                                 config.train_size))
+                                                 _train_rows(index.config, num_passages)))
         for (vectors_path, _), ids in tqdm(list(zip(files, shard_ids)), desc=f"indexing {shard_dir.name}",
                                            unit="shard", disable=not progress):
             index._add(_load_npy(vectors_path, mmap=True), ids, vectors_path, _redo_shard(vectors_path))
@@ -485,11 +594,14 @@ class Index:
         return path
 
     @classmethod
-    def load(cls, path: str | Path, expected_dim: int | None = None, **overrides: Any) -> "Index":
+    def load(cls, path: str | Path, expected_dim: int | None = None, mmap: bool = False,
+             **overrides: Any) -> "Index":
         """Load a folder written by `save`, checking it is whole and consistent.
 
         `overrides` may change the search-time fields (`SEARCH_FIELDS`) of the saved config;
-        `expected_dim` is the query encoder's dim.
+        `expected_dim` is the query encoder's dim. `mmap`: map the index file's vectors and
+        codes into memory instead of reading them (`read_faiss_index`), so a large index is paged
+        in from disk as searches touch it; a GPU placement still copies them onto the GPU.
         """
         path = Path(path)
         unknown = set(overrides) - set(SEARCH_FIELDS)
@@ -526,10 +638,7 @@ class Index:
         if size != meta["index_file_bytes"]:
             raise ValueError(f"{index_path}: {size} bytes, but {META_FILE} says {meta['index_file_bytes']} "
                              f"(truncated or replaced)")
-        try:
-            cpu_index = faiss.read_index(str(index_path))
-        except RuntimeError as e:
-            raise ValueError(f"{index_path}: cannot read the FAISS index (corrupt?): {e}") from None
+        cpu_index = read_faiss_index(index_path, mmap)
         if cpu_index.ntotal != count or cpu_index.d != dim:
             raise ValueError(f"{index_path}: holds {cpu_index.ntotal} vectors of dim {cpu_index.d}, but "
                              f"{META_FILE} says {count} of dim {dim}")
@@ -600,6 +709,20 @@ class Index:
         if source.encoder is not None and not _same_model(source.encoder, name):
             raise IndexMismatchError(f"{name}: not the encoder {self._name()} was built with ({source.encoder}); "
                                      f"{refuse}")
+
+
+def read_faiss_index(path: Path, mmap: bool = False) -> faiss.Index:
+    """The FAISS index in file `path`; with `mmap`, its arrays memory-mapped (read-only) rather
+    than read: faiss's IO_FLAG_MMAP_IFC (flat, HNSW, IVF, IVF-PQ, refine) where this faiss has it, else
+    IO_FLAG_MMAP, which maps only IVF lists. A file faiss cannot read is a ValueError naming it."""
+    flag = 0
+    if mmap:
+        flag = getattr(faiss, "IO_FLAG_MMAP_IFC", None) or faiss.IO_FLAG_MMAP
+    try:
+        return faiss.read_index(str(path), flag)
+    except RuntimeError as e:
+        how = " memory-mapped (this faiss may not map this index type; load without mmap)" if mmap else ""
+        raise ValueError(f"{path}: cannot read the FAISS index{how} (corrupt?): {e}") from None
 
 
 def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
