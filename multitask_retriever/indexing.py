@@ -161,7 +161,8 @@ def _gpu_free_bytes(device: str) -> int:
 
 def resolve_index_type(config: IndexConfig, n: int, dim: int) -> IndexConfig:
     """`config`, with index_type 'auto' replaced by the type `auto_index_type` picks for `n`
-    vectors of `dim` (flat for the torch backend, which searches only flat)."""
+    vectors of `dim` (flat for the torch backend, which searches only flat); refine is kept
+    for ivfpq only (a flat index is exact)."""
     if config.index_type != "auto":
         return config
     if config.backend == "torch":
@@ -171,7 +172,7 @@ def resolve_index_type(config: IndexConfig, n: int, dim: int) -> IndexConfig:
         gpu_free = _gpu_free_bytes(device) if device.startswith("cuda") else 0
         chosen = auto_index_type(n, dim, device, config.max_flat_bytes, gpu_free, config.gpu_float16)
     logger.info("index_type=auto: %s for %d vectors of dim %d", chosen, n, dim)
-    return dataclasses.replace(config, index_type=chosen)
+    return dataclasses.replace(config, index_type=chosen, refine=config.refine if chosen == "ivfpq" else 0)
 
 
 def _nlist(config: IndexConfig, n: int) -> int:

@@ -138,6 +138,13 @@ def test_auto_builds_ivfpq_over_max_flat_bytes_and_saves_the_type_built(clustere
     assert json.loads((tmp_path / "index" / "index_meta.json").read_text())["index_type"] == "ivfpq"
 
 
+def test_auto_keeps_refine_for_ivfpq_only(clustered):
+    flat = Index.build(clustered[0], IndexConfig(device="cpu", refine=4))
+    ivfpq = Index.build(clustered[0], IndexConfig(device="cpu", refine=4, max_flat_bytes=1, pq_m=8))
+    assert (flat.config.index_type, flat.config.refine, ivfpq.config.index_type, ivfpq.config.refine) == (
+        "flat", 0, "ivfpq", 4)
+
+
 def test_auto_with_the_torch_backend_is_flat(clustered):
     index = Index.build(clustered[0], IndexConfig(backend="torch", device="cpu", max_flat_bytes=1))
     assert index.config.index_type == "flat"
