@@ -142,12 +142,13 @@ def _train(args) -> None:
     from kilt.io import check_outputs
 
     from .config import config_from_args, load_config_file
-    from .trainer import MultitaskTrainer, TrainConfig
+    from .rounds import train
+    from .trainer import TrainConfig
 
     cfg = config_from_args(TrainConfig, args, [load_config_file(path) for path in args.config])
     check_outputs(folders=[cfg.output_dir] if cfg.output_dir else [], inputs=[
         *args.config, *_kilt_files(cfg.data_dir), cfg.passages, cfg.negatives, cfg.model_name_or_path])
-    result = MultitaskTrainer(cfg).train(resume=args.resume)
+    result = train(cfg, resume=args.resume)
     rounds = f" in each of {cfg.negative_rounds + 1} rounds" if cfg.negative_rounds else ""
     print(f"trained {cfg.method} for {result.step} steps{rounds}; model: {result.model_path}")
 

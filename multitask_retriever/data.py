@@ -200,7 +200,8 @@ EXAMPLES_NAME = "training_examples.jsonl"
 KNOWLEDGE_SOURCES = ("knowledge_source.jsonl", "knowledge_source.jsonl.gz", "kilt_knowledgesource.json")
 
 
-def _file_inputs(path: Path) -> dict[str, Any]:
+def file_inputs(path: Path) -> dict[str, Any]:
+    """Path, size and mtime of a file: what a cache built from it records (a changed file differs)."""
     stat = path.stat()
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
@@ -210,7 +211,7 @@ def _inputs_record(path: Path) -> Path:
 
 
 def is_cached(path: Path, inputs: dict[str, Any]) -> bool:
-    """Whether `path` exists and was built from `inputs` (as recorded by `_build_unless_cached`)."""
+    """Whether `path` exists and was built from `inputs` (as recorded by `build_unless_cached`)."""
     try:
         saved = json.loads(_inputs_record(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -218,7 +219,7 @@ def is_cached(path: Path, inputs: dict[str, Any]) -> bool:
     return path.is_file() and saved == json.loads(json.dumps(inputs))
 
 
-def _build_unless_cached(path: Path, inputs: dict[str, Any], build: Callable[[Path], Any]) -> None:
+def build_unless_cached(path: Path, inputs: dict[str, Any], build: Callable[[Path], Any]) -> None:
     """Run `build(path)` unless `path` exists and was built from `inputs` (recorded beside it
     in PATH.inputs.json), so a file left by a run on other inputs is never reused."""
     record = _inputs_record(path)
@@ -255,7 +256,7 @@ def prepare_training_data(output_dir: str | Path, data_dir: str | Path = "", pas
         if source is None:
             raise FileNotFoundError(f"{data_dir}: no {' or '.join(KNOWLEDGE_SOURCES)}; set passages")
         passage_file = output_dir / PASSAGES_NAME
-        _build_unless_cached(passage_file, {"knowledge_source": _file_inputs(source)},
+        build_unless_cached(passage_file, {"knowledge_source": file_inputs(source)},
                              lambda path: write_passages(source, path, progress=progress))
     store = PassageStore(passage_file, progress=progress)
     if negatives not in ("bm25", "none"):
@@ -265,15 +266,15 @@ def prepare_training_data(output_dir: str | Path, data_dir: str | Path = "", pas
             raise ValueError("data_dir is required to build training examples")
         files = task_train_files(data_dir, tasks)
         cache = output_dir / EXAMPLES_NAME
-        inputs = {"task_files": {t: _file_inputs(Path(f)) for t, f in files.items()},
-                  "passages": _file_inputs(passage_file), "negatives": negatives, "depth": depth, "keep": keep,
+        inputs = {"task_files": {t: file_inputs(Path(f)) for t, f in files.items()},
+                  "passages": file_inputs(passage_file), "negatives": negatives, "depth": depth, "keep": keep,
                   "max_queries": max_queries}
 
         def build(path: Path) -> None:
             write_training_examples(path, build_training_examples(files, store, negatives, depth=depth, keep=keep,
                                                                   max_queries=max_queries, progress=progress))
 
-        _build_unless_cached(cache, inputs, build)
+        build_unless_cached(cache, inputs, build)
         examples = read_training_examples(cache, tasks)
     if max_queries:
         examples = {t: e[:max_queries] for t, e in examples.items()}

@@ -1,5 +1,7 @@
 """ANCE-style hard-negative rounds (`mtr train --negative-rounds N`): train, mine hard negatives
 with the model just trained, train on from its weights on them; N times after the first run.
+`train` is the entry point of `mtr train` and the experiment runner: these rounds when the
+config asks for them, else one `MultitaskTrainer` run.
 
     OUTPUT_DIR/round-0/                   the first run (negatives as configured, e.g. BM25)
     OUTPUT_DIR/round-K/negatives.jsonl    mined with round K-1's final model (inputs recorded beside it)
@@ -22,19 +24,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .data import (PASSAGES_NAME, _build_unless_cached, _file_inputs, build_training_examples, is_cached,
+from .data import (PASSAGES_NAME, build_training_examples, build_unless_cached, file_inputs, is_cached,
                    task_train_files, write_training_examples)
-from .trainer import MODEL_DIR, MultitaskTrainer, TrainConfig, TrainResult
+from .trainer import MODEL_DIR, MultitaskTrainer, TrainConfig, TrainResult, round_dir
 from .training_loop import FINAL_NAME, latest_checkpoint
 
 log = logging.getLogger("mtr.train")
 
 NEGATIVES_NAME = "negatives.jsonl"
-
-
-def round_dir(output_dir: str | Path, k: int) -> Path:
-    """The folder of round `k` of a run in `output_dir`."""
-    return Path(output_dir) / f"round-{k}"
 
 
 def _folder_inputs(folder: Path) -> dict[str, Any]:
@@ -59,8 +56,8 @@ def mine_negatives(model: Path, out: Path, passage_file: Path, config: TrainConf
 
     cfg = config
     files = task_train_files(cfg.data_dir, cfg.tasks)
-    inputs = {"model": _folder_inputs(model), "passages": _file_inputs(passage_file),
-              "task_files": {t: _file_inputs(Path(f)) for t, f in files.items()},
+    inputs = {"model": _folder_inputs(model), "passages": file_inputs(passage_file),
+              "task_files": {t: file_inputs(Path(f)) for t, f in files.items()},
               "depth": cfg.negative_depth, "keep": cfg.negatives_per_query, "max_queries": cfg.max_train_queries}
     state = PartialState()
     if not is_cached(out, inputs):
@@ -79,7 +76,7 @@ def mine_negatives(model: Path, out: Path, passage_file: Path, config: TrainConf
                     files, retriever.passages, retriever, depth=cfg.negative_depth, keep=cfg.negatives_per_query,
                     max_queries=cfg.max_train_queries, progress=cfg.progress))
 
-            _build_unless_cached(out, inputs, build)
+            build_unless_cached(out, inputs, build)
         state.wait_for_everyone()
     if state.is_main_process:
         for shards in out.parent.glob("shards-*"):
@@ -121,3 +118,12 @@ def train_with_rounds(config: TrainConfig, resume: bool = False, stop_after: int
             break
     assert result is not None
     return result
+
+
+def train(config: TrainConfig, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+    """Train as `config` says: with `negative_rounds`, round 0 and the rounds after it
+    (`train_with_rounds`), else one `MultitaskTrainer` run on the data and model it names.
+    `resume` and `stop_after` as in `MultitaskTrainer.train`."""
+    if config.negative_rounds:
+        return train_with_rounds(config, resume=resume, stop_after=stop_after)
+    return MultitaskTrainer(config).train(resume=resume, stop_after=stop_after)

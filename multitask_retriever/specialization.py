@@ -13,6 +13,7 @@ as the trainer, the CLI and the experiment runner share them.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -208,7 +209,7 @@ class TacoConfig:
         _check_taco(self.beta, self.tau, self.warmup_steps, self.median, "median", self.scale)
 
     def combiner_options(self) -> dict[str, Any]:
-        """The TaskSpecialization keyword arguments these settings stand for."""
+        """The ``taco`` combiner's keyword arguments these settings stand for (``exact`` picks its class)."""
         return {"beta": self.beta, "tau": self.tau, "warmup_steps": self.warmup_steps, "exact": self.exact,
                 "median_over": self.median, "scale": self.scale}
 
@@ -217,21 +218,22 @@ class TaskSpecialization(GradientCombiner):
     """TACO (Zhang et al., TACL 2023): each parameter entry weights the tasks by how much it
     matters to them, w_t = softmax_t(E_t / tau), E_t the EMA of median-normalised |theta * g_t|.
 
-    ``exact=True`` is the update of the issue, all trainable parameters flattened into one
-    vector theta of P entries; per step, after all K tasks are observed:
+    The combiner registered as ``taco``. It has two modes, one class each:
+    ``TaskSpecialization(..., exact=True)`` builds an :class:`ExactTaskSpecialization` (the
+    update to the letter, K x P gradient copies), else a :class:`StreamedTaskSpecialization`
+    (default: no gradient copies). Both take the same options (``ema_dtype`` and
+    ``median_sample`` matter to the streamed one only), so one ``taco`` config builds either;
+    this base holds the settings, the task-weight diagnostics and the state's common keys.
 
-    * I_t = |theta * g_t| / (median(I_t) + 1e-12), the median (torch.median's lower middle) over
-      the entries where I_t is non-zero (``median_over="nonzero"``, default) or over all P
-      (``"all"``, the official code). Why: where most entries get no gradient, as the unused
-      vocabulary rows of a BERT-size embedding matrix (52 % of MiniLM's entries), the median
-      over all is 0, every I_t becomes ~1e12 times its value, and the softmax hands each
-      parameter to a single task from the first step (measured: weight entropy 3e-4 nats in
-      every MiniLM layer after 30 steps; with T5-base's 11 % embedding share it stays finite).
-    * finite step: E_t <- beta * E_t + (1 - beta) * I_t (from zero, warm-up steps included);
-      then g = sum_t g_t / K while ``steps < warmup_steps``, else
-      g = sum_t softmax_t(E_t / tau) * g_t (``scale="mean"``, default) or that / K
-      (``scale="official"``);
-    * a step where any g_t has a NaN/inf: g = sum_t g_t / K and E is left unchanged.
+    Common to both: I_t = |theta * g_t| / (median(I_t) + 1e-12), the median (torch.median's
+    lower middle) over the entries where I_t is non-zero (``median_over="nonzero"``, default)
+    or over all P (``"all"``, the official code). Why: where most entries get no gradient, as
+    the unused vocabulary rows of a BERT-size embedding matrix (52 % of MiniLM's entries), the
+    median over all is 0, every I_t becomes ~1e12 times its value, and the softmax hands each
+    parameter to a single task from the first step (measured: weight entropy 3e-4 nats in
+    every MiniLM layer after 30 steps; with T5-base's 11 % embedding share it stays finite).
+    The first ``warmup_steps`` steps write g = sum_t g_t / K; after them
+    g = sum_t w_t * g_t (``scale="mean"``, default) or that / K (``scale="official"``).
 
     Why ``mean``: with uniform weights it is exactly the warm-up's (and naive's) mean gradient,
     so a huge tau gives naive training; ``official`` drops the update K-fold at the end of the
@@ -245,164 +247,61 @@ class TaskSpecialization(GradientCombiner):
     over every model parameter, frozen ones as zeros; here only over the trainable ones, and
     by default only over their non-zero importances (above).
     The official code keeps K x P gradient copies and K x P EMAs (plus K x P temporaries).
-
-    ``exact=False`` (default) streams: no gradient copies, only the K EMAs and one fp32
-    accumulator (as ``naive`` has). It differs from exact in exactly these ways:
-
-    1. one-step lag: step s weights the tasks with E after step s-1 (E from zero at step 0,
-       i.e. uniform weights 1/K), since each g_t is folded in as it is observed; E itself is
-       updated as in exact mode. With beta = 0.999 the lag moves a logit by (1-beta)(I-E)/tau.
-    2. the median of |theta * g_t| is that of a fixed random sample of ``median_sample``
-       entries (drawn once, with replacement, from ``seed``); exact when P <= median_sample
-       or ``median_sample=None``.
-    3. E is stored as log-weights: F_t = E_t / tau - lse_t'(E_t' / tau), renormalised at the
-       end of each step (softmax is shift-invariant and the shift decays by beta, so this is
-       the same EMA); in ``ema_dtype`` (float32, or bfloat16 with stochastic rounding, whose
-       noise at beta = 0.999 is about 10 bfloat16 steps in each log-weight).
-    4. a non-finite g_t is only seen when task t is observed: tasks observed before it in
-       that step keep their weighted contribution and their EMA update; it and later tasks
-       add plainly and leave their EMA unchanged. The written gradient is non-finite either
-       way (so a GradScaler skips the step, as with exact).
     """
 
+    #: the mode (set by each subclass, saved in the state)
+    exact: bool
+
+    def __new__(cls, *args: Any, **options: Any) -> TaskSpecialization:
+        """``TaskSpecialization(...)`` itself builds the class of its ``exact`` option."""
+        if cls is TaskSpecialization:
+            bound = inspect.signature(TaskSpecialization.__init__).bind(None, *args, **options)
+            cls = ExactTaskSpecialization if bound.arguments.get("exact") else StreamedTaskSpecialization
+        return super().__new__(cls)
+
     def __init__(self, params: Iterable[nn.Parameter], num_tasks: int, beta: float = 0.999,
-                 tau: float = 2.0, warmup_steps: int = 0, exact: bool = False,
+                 tau: float = 2.0, warmup_steps: int = 0, exact: bool | None = None,
                  ema_dtype: torch.dtype = torch.float32, median_sample: int | None = 1 << 16,
                  seed: int = 0, scale: str = "mean", median_over: str = "nonzero"):
+        """`exact` None: this class's mode; else it must be this class's mode."""
         super().__init__(params, num_tasks, seed)
         _check_taco(beta, tau, warmup_steps, median_over, "median_over", scale)
         if ema_dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"ema_dtype must be torch.float32 or torch.bfloat16, got {ema_dtype}")
-        if exact and ema_dtype != torch.float32:
-            raise ValueError("exact=True keeps its EMAs in float32")
+        if exact is not None and bool(exact) != self.exact:
+            raise ValueError(f"{type(self).__name__} has exact={self.exact}, got exact={exact}")
         self.median_over = median_over
         self.beta, self.tau, self.warmup_steps = beta, tau, warmup_steps
-        self.exact, self.ema_dtype, self.scale = exact, ema_dtype, scale
+        self.ema_dtype, self.scale = ema_dtype, scale
         self.num_entries = sum(p.numel() for p in self.params)
-        device = self.params[0].device
-        k, n = num_tasks, self.num_entries
-        if exact:
-            self._grad_rows = torch.zeros(k, n, device=device)  # K x P gradient copies
-            self._ema = torch.zeros(k, n, device=device)  # E, K x P
-        else:
-            # F_t per parameter tensor, shape (K, numel): log-weights up to a shared shift, from the
-            # uniform -log K so that the weights sum to one from the first step
-            self._logits = [torch.full((k, p.numel()), -math.log(k), dtype=ema_dtype, device=device)
-                            for p in self.params]
-            self._acc: list[torch.Tensor] | None = None
-            self._nonfinite = False
-            self._rng = torch.Generator(device=device).manual_seed(seed)
-            self._sample = self._draw_sample(median_sample, seed)
+        self._allocate(median_sample)
 
-    # -- default (streamed) mode helpers
-    def _draw_sample(self, size: int | None, seed: int) -> list[torch.Tensor] | None:
-        """Per tensor, the local indices of a fixed random sample of all P entries."""
-        if size is None or self.num_entries <= size:
-            return None
-        gen = torch.Generator().manual_seed(seed)
-        flat = torch.sort(torch.randint(0, self.num_entries, (size,), generator=gen)).values
-        out, offset = [], 0
-        for p in self.params:
-            n = p.numel()
-            lo, hi = torch.searchsorted(flat, torch.tensor([offset, offset + n]))
-            out.append((flat[lo:hi] - offset).to(self.params[0].device))
-            offset += n
-        return out
+    @abstractmethod
+    def _allocate(self, median_sample: int | None) -> None:
+        """Create the mode's buffers (EMAs, copies) for ``self.params``."""
 
-    def _median(self, grads: list[torch.Tensor]) -> float:
-        """Median of |theta * g| over all entries, or over the fixed sample (non-zero ones only
-        with ``median_over="nonzero"``)."""
-        if self._sample is None:
-            parts = [(p.detach().reshape(-1).float() * g.reshape(-1).float()).abs() for p, g in zip(self.params, grads)]
-        else:
-            parts = [(p.detach().reshape(-1)[i].float() * g.reshape(-1)[i].float()).abs()
-                     for p, g, i in zip(self.params, grads, self._sample)]
-        return _median(torch.cat(parts), self.median_over == "nonzero")
+    @abstractmethod
+    def _task_logits(self) -> Iterator[torch.Tensor]:
+        """Per parameter tensor, the float32 task logits of the current EMAs, shape (K, numel)."""
+
+    @abstractmethod
+    def _buffers_state(self) -> dict[str, Any]:
+        """The mode's part of ``state_dict`` (copies of its EMAs, its RNG)."""
+
+    @abstractmethod
+    def _load_buffers(self, state: dict[str, Any]) -> None:
+        """Restore what ``_buffers_state`` saved."""
 
     def _divisor(self, weighted: bool) -> float:
         """What the summed task gradients are divided by: K for a plain sum (warm-up, non-finite)
         and for a weighted one under ``scale="official"``, else 1."""
         return 1.0 if weighted and self.scale == "mean" else float(self.num_tasks)
 
-    def _observe(self, task: int, grads: list[torch.Tensor]) -> None:
-        if self.exact:
-            _flat_into(self._grad_rows[task], grads)
-            return
-        if self._acc is None:
-            self._acc = [torch.zeros(p.numel(), device=p.device) for p in self.params]
-            self._nonfinite = False
-        if not all(bool(torch.isfinite(g).all()) for g in grads):
-            self._nonfinite = True
-        weighted = self.steps >= self.warmup_steps and not self._nonfinite
-        scale = 0.0 if self._nonfinite else (1.0 - self.beta) / (self.tau * (self._median(grads) + _EPS))
-        for p, g, acc, logits in zip(self.params, grads, self._acc, self._logits):
-            g = g.detach().reshape(-1).float()
-            row = logits[task]
-            if weighted:
-                acc.addcmul_(torch.exp(row.float()), g)
-            else:
-                acc.add_(g)
-            if self._nonfinite:
-                continue
-            inc = p.detach().reshape(-1).float().mul(g).abs_().mul_(scale)  # (1-beta) I_t / tau
-            if self.ema_dtype == torch.float32:
-                row.mul_(self.beta).add_(inc)
-            else:
-                row.copy_(_stochastic_round_bf16(row.float().mul_(self.beta).add_(inc), self._rng))
-
-    def _renormalise(self, chunk: int = 1 << 20) -> None:
-        """Shift every entry's F_t so that exp(F_t) sums to one over tasks."""
-        for logits in self._logits:
-            for a in range(0, logits.shape[1], chunk):
-                block = logits[:, a:a + chunk]
-                x = block.float()
-                x = x - torch.logsumexp(x, dim=0, keepdim=True)
-                block.copy_(x if self.ema_dtype == torch.float32 else _stochastic_round_bf16(x, self._rng))
-
-    def _combine(self) -> list[torch.Tensor]:
-        self._require_all_tasks()
-        return self._combine_exact() if self.exact else self._combine_streamed()
-
-    def _combine_streamed(self) -> list[torch.Tensor]:
-        assert self._acc is not None
-        div = self._divisor(self.steps >= self.warmup_steps and not self._nonfinite)
-        out = [acc.div_(div).reshape(p.shape).to(p.dtype) for acc, p in zip(self._acc, self.params)]
-        self._acc = None
-        if self.steps + 1 >= self.warmup_steps:
-            self._renormalise()
-        self._nonfinite = False
-        return out
-
-    def _combine_exact(self) -> list[torch.Tensor]:
-        grads, k = self._grad_rows, self.num_tasks
-        with torch.no_grad():
-            if not bool(torch.isfinite(grads).all()):
-                return _unflat(grads.sum(0) / k, self.params)
-            theta = torch.empty(self.num_entries, device=grads.device)
-            _flat_into(theta, self.params)
-            ipt = (theta * grads).abs()
-            med = torch.tensor([_median(row, self.median_over == "nonzero") for row in ipt], device=ipt.device)
-            ipt = ipt / (med[:, None] + _EPS)
-            self._ema.mul_(self.beta).add_(ipt, alpha=1.0 - self.beta)
-            if self.steps < self.warmup_steps:
-                combined = grads.sum(0) / k
-            else:
-                weights = torch.softmax(self._ema / self.tau, dim=0)
-                combined = (weights * grads).sum(0) / self._divisor(weighted=True)
-        return _unflat(combined, self.params)
-
     # -- state and diagnostics
     def task_weights(self) -> list[torch.Tensor]:
         """Per parameter tensor, the softmax task weights of the current EMAs, shape (K, *p.shape)."""
-        out, offset = [], 0
-        for i, p in enumerate(self.params):
-            if self.exact:
-                e = self._ema[:, offset:offset + p.numel()] / self.tau
-                offset += p.numel()
-            else:
-                e = self._logits[i].float()
-            out.append(torch.softmax(e, dim=0).reshape(self.num_tasks, *p.shape))
-        return out
+        return [torch.softmax(e, dim=0).reshape(self.num_tasks, *p.shape)
+                for p, e in zip(self.params, self._task_logits())]
 
     def weight_entropy(self) -> float:
         """Mean entropy (nats) of the task weights over all entries: log K when uniform, 0 when
@@ -442,24 +341,183 @@ class TaskSpecialization(GradientCombiner):
         return sum(t.numel() * t.element_size() for t in _held_tensors(vars(self), skip=self.params))
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"steps": self.steps, "exact": self.exact}
-        if self.exact:
-            state["ema"] = self._ema.clone()
-        else:
-            state["logits"] = [t.clone() for t in self._logits]
-            state["rng"] = self._rng.get_state()
-        return state
+        return {"steps": self.steps, "exact": self.exact, **self._buffers_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if bool(state["exact"]) != self.exact:
             raise ValueError(f"state is for exact={state['exact']}, this combiner has exact={self.exact}")
         super().load_state_dict(state)
-        if self.exact:
-            self._ema.copy_(state["ema"])
+        self._load_buffers(state)
+
+
+class ExactTaskSpecialization(TaskSpecialization):
+    """TACO's update to the letter (``taco`` with ``exact=True``): all trainable parameters
+    flattened into one vector theta of P entries; per step, after all K tasks are observed:
+
+    * I_t = |theta * g_t| / (median(I_t) + 1e-12) (the base's median);
+    * finite step: E_t <- beta * E_t + (1 - beta) * I_t (from zero, warm-up steps included);
+      then g = sum_t g_t / K while ``steps < warmup_steps``, else
+      g = sum_t softmax_t(E_t / tau) * g_t (``scale="mean"``) or that / K (``"official"``);
+    * a step where any g_t has a NaN/inf: g = sum_t g_t / K and E is left unchanged.
+
+    Holds K x P gradient copies and K x P float32 EMAs; ``median_sample`` is unused.
+    """
+
+    exact = True
+
+    def _allocate(self, median_sample: int | None) -> None:
+        if self.ema_dtype != torch.float32:
+            raise ValueError("exact=True keeps its EMAs in float32")
+        device = self.params[0].device
+        self._grad_rows = torch.zeros(self.num_tasks, self.num_entries, device=device)  # K x P gradient copies
+        self._ema = torch.zeros(self.num_tasks, self.num_entries, device=device)  # E, K x P
+
+    def _observe(self, task: int, grads: list[torch.Tensor]) -> None:
+        _flat_into(self._grad_rows[task], grads)
+
+    def _combine(self) -> list[torch.Tensor]:
+        self._require_all_tasks()
+        grads, k = self._grad_rows, self.num_tasks
+        with torch.no_grad():
+            if not bool(torch.isfinite(grads).all()):
+                return _unflat(grads.sum(0) / k, self.params)
+            theta = torch.empty(self.num_entries, device=grads.device)
+            _flat_into(theta, self.params)
+            ipt = (theta * grads).abs()
+            med = torch.tensor([_median(row, self.median_over == "nonzero") for row in ipt], device=ipt.device)
+            ipt = ipt / (med[:, None] + _EPS)
+            self._ema.mul_(self.beta).add_(ipt, alpha=1.0 - self.beta)
+            if self.steps < self.warmup_steps:
+                combined = grads.sum(0) / k
+            else:
+                weights = torch.softmax(self._ema / self.tau, dim=0)
+                combined = (weights * grads).sum(0) / self._divisor(weighted=True)
+        return _unflat(combined, self.params)
+
+    def _task_logits(self) -> Iterator[torch.Tensor]:
+        offset = 0
+        for p in self.params:
+            yield self._ema[:, offset:offset + p.numel()] / self.tau
+            offset += p.numel()
+
+    def _buffers_state(self) -> dict[str, Any]:
+        return {"ema": self._ema.clone()}
+
+    def _load_buffers(self, state: dict[str, Any]) -> None:
+        self._ema.copy_(state["ema"])
+
+
+class StreamedTaskSpecialization(TaskSpecialization):
+    """TACO streamed (``taco``'s default, ``exact=False``): no gradient copies, only the K EMAs
+    and one fp32 accumulator (as ``naive`` has). It differs from the exact update in exactly
+    these ways:
+
+    1. one-step lag: step s weights the tasks with E after step s-1 (E from zero at step 0,
+       i.e. uniform weights 1/K), since each g_t is folded in as it is observed; E itself is
+       updated as in exact mode. With beta = 0.999 the lag moves a logit by (1-beta)(I-E)/tau.
+    2. the median of |theta * g_t| is that of a fixed random sample of ``median_sample``
+       entries (drawn once, with replacement, from ``seed``); exact when P <= median_sample
+       or ``median_sample=None``.
+    3. E is stored as log-weights: F_t = E_t / tau - lse_t'(E_t' / tau), renormalised at the
+       end of each step (softmax is shift-invariant and the shift decays by beta, so this is
+       the same EMA); in ``ema_dtype`` (float32, or bfloat16 with stochastic rounding, whose
+       noise at beta = 0.999 is about 10 bfloat16 steps in each log-weight).
+    4. a non-finite g_t is only seen when task t is observed: tasks observed before it in
+       that step keep their weighted contribution and their EMA update; it and later tasks
+       add plainly and leave their EMA unchanged. The written gradient is non-finite either
+       way (so a GradScaler skips the step, as with exact).
+    """
+
+    exact = False
+
+    def _allocate(self, median_sample: int | None) -> None:
+        k, device = self.num_tasks, self.params[0].device
+        # F_t per parameter tensor, shape (K, numel): log-weights up to a shared shift, from the
+        # uniform -log K so that the weights sum to one from the first step
+        self._logits = [torch.full((k, p.numel()), -math.log(k), dtype=self.ema_dtype, device=device)
+                        for p in self.params]
+        self._acc: list[torch.Tensor] | None = None
+        self._nonfinite = False
+        self._rng = torch.Generator(device=device).manual_seed(self.seed)
+        self._sample = self._draw_sample(median_sample, self.seed)
+
+    def _draw_sample(self, size: int | None, seed: int) -> list[torch.Tensor] | None:
+        """Per tensor, the local indices of a fixed random sample of all P entries."""
+        if size is None or self.num_entries <= size:
+            return None
+        gen = torch.Generator().manual_seed(seed)
+        flat = torch.sort(torch.randint(0, self.num_entries, (size,), generator=gen)).values
+        out, offset = [], 0
+        for p in self.params:
+            n = p.numel()
+            lo, hi = torch.searchsorted(flat, torch.tensor([offset, offset + n]))
+            out.append((flat[lo:hi] - offset).to(self.params[0].device))
+            offset += n
+        return out
+
+    def _median(self, grads: list[torch.Tensor]) -> float:
+        """Median of |theta * g| over all entries, or over the fixed sample (non-zero ones only
+        with ``median_over="nonzero"``)."""
+        if self._sample is None:
+            parts = [(p.detach().reshape(-1).float() * g.reshape(-1).float()).abs() for p, g in zip(self.params, grads)]
         else:
-            for dst, src in zip(self._logits, state["logits"], strict=True):
-                dst.copy_(src)
-            self._rng.set_state(state["rng"])
+            parts = [(p.detach().reshape(-1)[i].float() * g.reshape(-1)[i].float()).abs()
+                     for p, g, i in zip(self.params, grads, self._sample)]
+        return _median(torch.cat(parts), self.median_over == "nonzero")
+
+    def _observe(self, task: int, grads: list[torch.Tensor]) -> None:
+        if self._acc is None:
+            self._acc = [torch.zeros(p.numel(), device=p.device) for p in self.params]
+            self._nonfinite = False
+        if not all(bool(torch.isfinite(g).all()) for g in grads):
+            self._nonfinite = True
+        weighted = self.steps >= self.warmup_steps and not self._nonfinite
+        scale = 0.0 if self._nonfinite else (1.0 - self.beta) / (self.tau * (self._median(grads) + _EPS))
+        for p, g, acc, logits in zip(self.params, grads, self._acc, self._logits):
+            g = g.detach().reshape(-1).float()
+            row = logits[task]
+            if weighted:
+                acc.addcmul_(torch.exp(row.float()), g)
+            else:
+                acc.add_(g)
+            if self._nonfinite:
+                continue
+            inc = p.detach().reshape(-1).float().mul(g).abs_().mul_(scale)  # (1-beta) I_t / tau
+            if self.ema_dtype == torch.float32:
+                row.mul_(self.beta).add_(inc)
+            else:
+                row.copy_(_stochastic_round_bf16(row.float().mul_(self.beta).add_(inc), self._rng))
+
+    def _renormalise(self, chunk: int = 1 << 20) -> None:
+        """Shift every entry's F_t so that exp(F_t) sums to one over tasks."""
+        for logits in self._logits:
+            for a in range(0, logits.shape[1], chunk):
+                block = logits[:, a:a + chunk]
+                x = block.float()
+                x = x - torch.logsumexp(x, dim=0, keepdim=True)
+                block.copy_(x if self.ema_dtype == torch.float32 else _stochastic_round_bf16(x, self._rng))
+
+    def _combine(self) -> list[torch.Tensor]:
+        self._require_all_tasks()
+        assert self._acc is not None
+        div = self._divisor(self.steps >= self.warmup_steps and not self._nonfinite)
+        out = [acc.div_(div).reshape(p.shape).to(p.dtype) for acc, p in zip(self._acc, self.params)]
+        self._acc = None
+        if self.steps + 1 >= self.warmup_steps:
+            self._renormalise()
+        self._nonfinite = False
+        return out
+
+    def _task_logits(self) -> Iterator[torch.Tensor]:
+        return (logits.float() for logits in self._logits)
+
+    def _buffers_state(self) -> dict[str, Any]:
+        return {"logits": [t.clone() for t in self._logits], "rng": self._rng.get_state()}
+
+    def _load_buffers(self, state: dict[str, Any]) -> None:
+        for dst, src in zip(self._logits, state["logits"], strict=True):
+            dst.copy_(src)
+        self._rng.set_state(state["rng"])
 
 
 def _held_tensors(obj: Any, skip: list[nn.Parameter]) -> Iterator[torch.Tensor]:

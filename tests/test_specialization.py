@@ -11,8 +11,10 @@ from torch import nn
 from multitask_retriever.specialization import (
     CGD,
     COMBINERS,
+    ExactTaskSpecialization,
     NaiveSum,
     PCGrad,
+    StreamedTaskSpecialization,
     TacoConfig,
     TaskSpecialization,
     make_combiner,
@@ -305,6 +307,24 @@ def test_taco_state_of_other_mode_is_refused():
     state = TaskSpecialization(model.parameters(), K, exact=True).state_dict()
     with pytest.raises(ValueError, match="exact"):
         TaskSpecialization(model.parameters(), K).load_state_dict(state)
+
+
+@pytest.mark.parametrize("exact, cls, keys", [
+    (True, ExactTaskSpecialization, ["steps", "exact", "ema"]),
+    (False, StreamedTaskSpecialization, ["steps", "exact", "logits", "rng"])])
+def test_taco_builds_the_class_of_its_mode_with_the_modes_state_keys(exact, cls, keys):
+    model = tiny_model()
+    assert COMBINERS["taco"] is TaskSpecialization
+    for spec in (TaskSpecialization(model.parameters(), K, exact=exact),
+                 TaskSpecialization(model.parameters(), K, 0.999, 2.0, 0, exact),  # positional as before
+                 make_combiner("taco", model.parameters(), K, **TacoConfig(exact=exact).combiner_options()),
+                 cls(model.parameters(), K)):
+        assert type(spec) is cls and isinstance(spec, TaskSpecialization) and spec.exact is exact
+        assert list(spec.state_dict()) == keys
+    assert type(TaskSpecialization(model.parameters(), K)) is StreamedTaskSpecialization
+    assert type(copy.deepcopy(cls(model.parameters(), K))) is cls
+    with pytest.raises(ValueError, match=f"{cls.__name__} has exact={exact}, got exact={not exact}"):
+        cls(model.parameters(), K, exact=not exact)
 
 
 # ----------------------------------------------------------------------------- PCGrad, CGD

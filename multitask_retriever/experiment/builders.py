@@ -224,7 +224,7 @@ class SystemBuilder:
         """Fine-tune `start` with the project's trainer: a gradient combiner over every task, or
         single-<task>; `BASE_RUN` is the naive base of the two-phase protocol (`base_steps`), and
         `start_key` the stage key of a trained start (its content, where the path says nothing)."""
-        from ..trainer import MultitaskTrainer
+        from ..rounds import train as train_encoder
 
         method, tasks = ("single", [name.removeprefix("single-")]) if name.startswith("single-") \
             else ("naive" if name == BASE_RUN else name.partition(".")[0], self.train_tasks())
@@ -247,7 +247,7 @@ class SystemBuilder:
             key = stage_key(train=key, start=start_key)
         with self.cache.stage(f"train {name}"):
             if not self.cache.cached(folder, key):
-                result = MultitaskTrainer(train).train(resume=True)
+                result = train_encoder(train, resume=True)
                 log.info("trained %s for %d steps in %.0f s", name, result.step, result.seconds)
                 self.cache.finish(folder, key)
         return str(self.training_run(name) / FINAL_NAME / MODEL_DIR), key
