@@ -94,6 +94,11 @@ def test_hits_read_the_passage_file_only_for_their_text(tmp_path, monkeypatch):
     assert reads == [3]
 
 
+def test_a_hit_without_its_text_needs_a_store_to_read_it_from():
+    with pytest.raises(TypeError, match="title and text, or a store"):
+        Hit(0, 1.0, "10")
+
+
 # --------------------------------------------------------------------------- the pipeline
 class Reverse(Reranker):
     """Scores a passage by its text, the passage's rank: the head comes out reversed."""
