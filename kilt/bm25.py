@@ -16,9 +16,9 @@ from typing import Iterator, Sequence
 import Stemmer
 from tqdm.auto import tqdm
 
-from .hits import Hit, read_hits
+from .hits import PASSAGES_PER_PAGE, Hit, read_hits, search_pages
 from .io import atomic_directory
-from .passages import PassageStore, iter_passage_file, page_ranking
+from .passages import PassageStore, iter_passage_file
 
 
 @contextmanager
@@ -52,8 +52,8 @@ class BM25Config:
     method: str = "lucene"
     stemmer: str = "english"
     stopwords: str = "en"
-    #: passages asked for per wanted page, so that k distinct pages usually come out
-    pages_depth: int = 4
+    #: passages first asked for per wanted page by search_pages (it asks deeper when short)
+    pages_depth: int = PASSAGES_PER_PAGE
 
 
 class BM25Retriever:
@@ -99,23 +99,9 @@ class BM25Retriever:
                 for ranked in self._search_docs(queries, k)]
 
     def search_pages(self, queries: Sequence[str], task: str | None = None, k: int = 100) -> list[list[str]]:
-        """Top-``k`` distinct pages per query, each ranked by its best passage.
-
-        Asks for ``pages_depth * k`` passages, and for more (doubling) for the queries whose
-        passages fill fewer than ``k`` pages while more scored passages may exist.
-        """
-        depth = self.config.pages_depth * k
-        queries = list(queries)
-        ranked = self._search_docs(queries, depth)
-        pages = [page_ranking((d for d, _ in r), self.store, k) for r in ranked]
-        todo = [i for i, r in enumerate(ranked) if len(pages[i]) < k and len(r) == depth]
-        while todo and depth < len(self):
-            depth *= 2
-            for i, r in zip(todo, self._search_docs([queries[i] for i in todo], depth)):
-                pages[i] = page_ranking((d for d, _ in r), self.store, k)
-                ranked[i] = r
-            todo = [i for i in todo if len(pages[i]) < k and len(ranked[i]) == min(depth, len(self))]
-        return pages
+        """Top-``k`` distinct pages per query, each ranked by its best passage (`kilt.hits`'s page
+        contract; the search starts at ``pages_depth * k`` passages)."""
+        return search_pages(self, queries, k, task=task, depth=self.config.pages_depth * k)
 
     def _search_docs(self, queries: Sequence[str], k: int) -> list[list[tuple[int, float]]]:
         """(passage id, score) per query, best first: a document's position is its passage id."""

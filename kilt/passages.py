@@ -16,7 +16,7 @@ import logging
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -135,12 +135,6 @@ def iter_passage_file(path: str | Path) -> Iterator[Passage]:
         for lineno, line in enumerate(f, start=1):
             if line.strip():
                 yield _parse_passage(line, path, lineno)
-
-
-class PageLookup(Protocol):
-    """Anything that maps a passage id to its page's wikipedia_id."""
-
-    def page_id(self, pid: int) -> str: ...
 
 
 class PassageStore:
@@ -281,21 +275,3 @@ class PassageStore:
                            self.cache_path, e)
         return index
 
-
-def page_ranking(passage_ids: Iterable[int], store: PageLookup, k: int | None = None) -> list[str]:
-    """Pages of ranked passages, in order of each page's first passage; at most ``k``.
-
-    Negative ids (FAISS's padding for missing results) are skipped.
-    """
-    pages: list[str] = []
-    seen: set[str] = set()
-    for pid in passage_ids:
-        if k is not None and len(pages) >= k:
-            break
-        if pid < 0:
-            continue
-        page = store.page_id(int(pid))
-        if page not in seen:
-            seen.add(page)
-            pages.append(page)
-    return pages

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from .io import read_task_file, write_predictions
 from .tasks import parse_task_filename
 
-#: (queries, task) -> each query's page ids, best first
+#: (queries, task) -> each query's page ids, best first (at most k: `kilt.hits`'s page contract)
 PageRanker = Callable[[list[str], Optional[str]], list[list[str]]]
 
 

@@ -1,6 +1,6 @@
-"""Retrieve-then-rerank: a retriever's top-k passages, the first `rerank_k` reordered by a
-reranker's scores fused with the retriever's (`rerank.fusion`), and page-level KILT
-predictions from the final order."""
+"""Retrieve-then-rerank: a retriever's passages for the top k pages (`kilt.hits`'s page
+contract), the first `rerank_k` passages reordered by a reranker's scores fused with the
+retriever's (`rerank.fusion`), and the top k pages of the final order as KILT predictions."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,7 +9,7 @@ from typing import Callable, Sequence, overload
 
 from tqdm.auto import tqdm
 
-from kilt.hits import Hit, SearchBackend
+from kilt.hits import PASSAGES_PER_PAGE, Hit, SearchBackend, hits_for_pages, top_pages
 from kilt.predict import predict_file
 
 from .rerank.base import Reranker, default_passage_text
@@ -18,20 +18,23 @@ from .rerank.fusion import Fusion
 
 @dataclass
 class PipelineResult:
-    """One query's final ranking; `rerank_scores[i]` belongs to `hits[i]` for i < len(rerank_scores)."""
+    """One query's final ranking of passages; `rerank_scores[i]` belongs to `hits[i]` for
+    i < len(rerank_scores); `k` is the number of pages asked for (None: all)."""
 
     query: str
     hits: list[Hit]
     rerank_scores: list[float] = field(default_factory=list)
+    k: int | None = None
 
     @property
     def pages(self) -> list[str]:
-        """Wikipedia ids in order of their first passage in the final ranking."""
-        return list(dict.fromkeys(h.wikipedia_id for h in self.hits))
+        """The top `k` wikipedia ids of the final ranking, each at its best passage's rank."""
+        return top_pages(self.hits, self.k)
 
 
 class Pipeline:
-    """`Pipeline(retriever, reranker, fusion)(queries, task, k=100, rerank_k=20)`.
+    """`Pipeline(retriever, reranker, fusion)(queries, task, k=100, rerank_k=20)`: the passages
+    of each query's top `k` pages, the first `rerank_k` of them reranked.
 
     `fusion` decides the final order of the reranked head from both scores; the default
     (`Fusion()`, method none) is the reranker's order.
@@ -58,12 +61,13 @@ class Pipeline:
     def __call__(self, queries, task=None, k=100, rerank_k=20, progress=False):
         single = isinstance(queries, str)
         batch = [queries] if single else list(queries)
-        if rerank_k > k:
-            raise ValueError(f"rerank_k ({rerank_k}) cannot exceed k ({k})")
+        if k < 1 or rerank_k < 0:
+            raise ValueError(f"k must be >= 1 and rerank_k >= 0, got {k} and {rerank_k}")
         for i, q in enumerate(batch):
             if not q or not q.strip():
                 raise ValueError(f"query {i} is empty")
-        results = [PipelineResult(q, hits) for q, hits in zip(batch, self.retriever.search(batch, task=task, k=k))]
+        found = hits_for_pages(self.retriever, batch, k, task=task, depth=max(PASSAGES_PER_PAGE * k, rerank_k))
+        results = [PipelineResult(q, hits, k=k) for q, hits in zip(batch, found)]
         if self.reranker is not None and rerank_k > 0:
             step = self.rerank_queries_per_call
             with tqdm(total=len(results), desc="rerank", unit="query", disable=not progress) as bar:

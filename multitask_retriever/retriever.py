@@ -7,8 +7,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from kilt.hits import Hit, read_hits
-from kilt.passages import PassageStore, page_ranking
+from kilt.hits import PASSAGES_PER_PAGE, Hit, read_hits, search_pages
+from kilt.passages import PassageStore
 from kilt.predict import predict_file
 
 from .indexing import Index
@@ -58,17 +58,13 @@ class Retriever:
                 for row_scores, row_ids in zip(scores, ids)]
 
     def search_pages(self, queries: Sequence[str], task: str | None = None, k: int = 100,
-                     passages_per_page_factor: int = 4) -> list[list[str]]:
-        """Up to `k` wikipedia_ids per query, ordered by each page's best passage.
-
-        Searches `k * passages_per_page_factor` passages, since a page often owns several hits.
-        """
+                     passages_per_page_factor: int = PASSAGES_PER_PAGE) -> list[list[str]]:
+        """Up to `k` wikipedia_ids per query, ordered by each page's best passage (`kilt.hits`'s
+        page contract: the search starts at `k * passages_per_page_factor` passages and goes
+        deeper for queries whose passages hold fewer than `k` pages)."""
         if k < 1 or passages_per_page_factor < 1:
             raise ValueError(f"k and passages_per_page_factor must be >= 1, got {k} and {passages_per_page_factor}")
-        if not queries:
-            return []
-        _, ids = self._search(queries, task, k * passages_per_page_factor)
-        return [page_ranking(row.tolist(), self.passages, k) for row in ids]
+        return search_pages(self, queries, k, task=task, depth=k * passages_per_page_factor)
 
     def predict(self, task_file: str | Path, out_path: str | Path, task: str | None = None, k: int = 100,
                 batch_size: int = 256, progress: bool = True) -> int:

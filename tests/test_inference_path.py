@@ -15,7 +15,8 @@ import torch
 from kilt.eval import evaluate
 from kilt.eval import main as eval_main
 from kilt.io import read_predictions, read_task_file
-from kilt.passages import PassageStore, iter_passage_file, page_ranking, write_passages
+from kilt.hits import read_hits, top_pages
+from kilt.passages import PassageStore, iter_passage_file, write_passages
 from multitask_retriever.cli import main as mtr
 from multitask_retriever.encoder import DualEncoder
 from multitask_retriever.encoding import encode_corpus, read_manifest, shard_paths
@@ -54,16 +55,17 @@ def passage_file(tmp_path_factory, mini_kilt):
     return path
 
 
-def brute_force_pages(encoder, shard_dir, queries, task, k, factor=4) -> list[list[str]]:
-    """Page rankings from numpy exact inner products over the shards (the reference)."""
+def brute_force_pages(encoder, shard_dir, queries, task, k) -> list[list[str]]:
+    """Page rankings from numpy exact inner products over the shards (the reference): the first
+    k distinct pages of each query's full ranking."""
     manifest = read_manifest(shard_dir)
     files = [shard_paths(shard_dir, i) for i in range(manifest["num_shards"])]
     vectors = np.concatenate([np.load(v) for v, _ in files]).astype(np.float64)
     ids = np.concatenate([np.load(i) for _, i in files])
     scores = encoder.encode_queries(queries, task=task).astype(np.float64) @ vectors.T
-    top = np.argsort(-scores, axis=1, kind="stable")[:, : k * factor]
+    top = np.argsort(-scores, axis=1, kind="stable")
     store = PassageStore(manifest["passage_file"], progress=False)
-    return [page_ranking(ids[row].tolist(), store, k) for row in top]
+    return [top_pages(read_hits(store, ids[row].tolist(), scores[i, row].tolist()), k) for i, row in enumerate(top)]
 
 
 @pytest.mark.parametrize("fixture", ["tiny_t5", "tiny_bert"])

@@ -1,4 +1,4 @@
-"""kilt.passages: 100-word chunking, the passage file, PassageStore and page rankings."""
+"""kilt.passages: 100-word chunking, the passage file and PassageStore (page rankings: test_page_contract)."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from kilt.io import KiltFormatError, Page, Provenance, iter_pages
-from kilt.passages import (Passage, PassageStore, chunk_page, iter_passage_file, iter_passages,
-                           page_ranking, write_passages)
+from kilt.passages import Passage, PassageStore, chunk_page, iter_passage_file, iter_passages, write_passages
 
 PAGE = Page(
     wikipedia_id="42",
@@ -179,24 +178,6 @@ def test_store_requires_ids_in_file_order(tmp_path):
     path.write_text(json.dumps(record) + "\n")
     with pytest.raises(KiltFormatError, match=r"p\.jsonl:1: passage id 1, expected 0"):
         PassageStore(path, progress=False)
-
-
-class _Pages:
-    def __init__(self, pages):
-        self.pages = pages
-
-    def page_id(self, pid):
-        return self.pages[pid]
-
-
-def test_page_ranking_keeps_first_hit_of_each_page_and_truncates():
-    lookup = _Pages(["a", "a", "b", "c", "b"])
-    assert page_ranking([1, 4, 0, 3, 2], lookup) == ["a", "b", "c"]
-    assert page_ranking([1, 4, 0, 3, 2], lookup, k=2) == ["a", "b"]
-
-
-def test_page_ranking_skips_faiss_padding():
-    assert page_ranking([-1, 2, -1, 0], _Pages(["a", "b", "c"])) == ["c", "a"]
 
 
 # --------------------------------------------------------------------------- provenance -> passage

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from kilt.eval import GoldOutput, r_precision
+from kilt.hits import Hit, top_pages
 from kilt.io import read_json_object, write_json
 
 METHODS = ("none", "interpolate", "rrf")
@@ -167,13 +168,16 @@ class FusionQuery:
     def pages(self) -> list[str]:
         return self.page_ids if self.page_ids is not None else [str(i) for i in range(len(self.gold))]
 
+    def hits(self) -> list[Hit]:
+        """The candidates as hits on their pages, in retrieval order (their text is not needed)."""
+        return [Hit(i, score, page, "", "")
+                for i, (score, page) in enumerate(zip(self.retriever_scores, self.pages()))]
+
 
 def _page_ranking(query: FusionQuery, order: Sequence[int]) -> tuple[list[str], list[str]]:
     """The distinct pages in fused order, and the gold pages among the candidates."""
-    pages = query.pages()
-    ranked = list(dict.fromkeys(pages[i] for i in order))
-    gold = list(dict.fromkeys(p for p, g in zip(pages, query.gold) if g))
-    return ranked, gold
+    hits = query.hits()
+    return top_pages(hits[i] for i in order), top_pages(h for h, gold in zip(hits, query.gold) if gold)
 
 
 def _r_precision(ranked: list[str], gold: list[str]) -> float:
