@@ -80,15 +80,20 @@ def read_hits(store: PassageStore, passage_ids: Sequence[int], scores: Sequence[
     return [Hit(int(pid), float(s), store.page_id(pid), store=store) for pid, s in zip(passage_ids, scores)]
 
 
-def top_pages(hits: Iterable[Hit], k: int | None = None) -> list[str]:
-    """The distinct pages of `hits` (ranked best first), each at the rank of its best passage;
-    at most `k` (None: all). The one page aggregation: every page ranking goes through it."""
-    pages: dict[str, None] = {}
+def top_page_hits(hits: Iterable[Hit], k: int | None = None) -> list[Hit]:
+    """Each distinct page's best passage among `hits` (ranked best first), in that passage's
+    rank; at most `k` (None: all). The one page aggregation: every page ranking goes through it."""
+    best: dict[str, Hit] = {}
     for hit in hits:
-        if k is not None and len(pages) >= k:
+        if k is not None and len(best) >= k:
             break
-        pages.setdefault(hit.wikipedia_id)
-    return list(pages)
+        best.setdefault(hit.wikipedia_id, hit)
+    return list(best.values())
+
+
+def top_pages(hits: Iterable[Hit], k: int | None = None) -> list[str]:
+    """The wikipedia ids of `top_page_hits`: the page ranking of a passage ranking."""
+    return [hit.wikipedia_id for hit in top_page_hits(hits, k)]
 
 
 def hits_for_pages(backend: SearchBackend, queries: Sequence[str], k: int, task: str | None = None,

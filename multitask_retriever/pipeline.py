@@ -9,7 +9,7 @@ from typing import Callable, Sequence, overload
 
 from tqdm.auto import tqdm
 
-from kilt.hits import PASSAGES_PER_PAGE, Hit, SearchBackend, hits_for_pages, top_pages
+from kilt.hits import PASSAGES_PER_PAGE, Hit, SearchBackend, hits_for_pages, top_page_hits, top_pages
 from kilt.predict import predict_file
 
 from .rerank.base import Reranker, default_passage_text
@@ -30,6 +30,11 @@ class PipelineResult:
     def pages(self) -> list[str]:
         """The top `k` wikipedia ids of the final ranking, each at its best passage's rank."""
         return top_pages(self.hits, self.k)
+
+    @property
+    def page_hits(self) -> list[Hit]:
+        """The best passage of each of the top `k` pages (title, text, score), best first."""
+        return top_page_hits(self.hits, self.k)
 
 
 class Pipeline:

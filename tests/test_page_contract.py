@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kilt.hits import Hit, hits_for_pages, read_hits, search_pages, top_pages
+from kilt.hits import Hit, hits_for_pages, read_hits, search_pages, top_page_hits, top_pages
 from kilt.io import read_predictions
 from kilt.passages import Passage, PassageStore
 from multitask_retriever.cli import main as mtr
@@ -46,6 +46,11 @@ def test_k_counts_pages_not_passages():
     hits = [hit(0, "a"), hit(1, "a"), hit(2, "b"), hit(3, "c")]
     assert top_pages(hits, 2) == ["a", "b"]
     assert top_pages(hits, 10) == ["a", "b", "c"]
+
+
+def test_each_page_hit_is_the_pages_best_passage():
+    hits = [hit(0, "a", 0.9), hit(1, "b", 0.8), hit(2, "a", 0.7), hit(3, "c", 0.6)]
+    assert [(h.passage_id, h.score) for h in top_page_hits(hits, 2)] == [(0, 0.9), (1, 0.8)]
 
 
 # --------------------------------------------------------------------------- hits_for_pages
