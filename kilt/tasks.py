@@ -5,7 +5,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 FACT_CHECKING = "fact checking"
 ENTITY_LINKING = "entity linking"
@@ -47,6 +47,21 @@ def mention_window(offsets: list[tuple[int, int]], span: tuple[int, int], limit:
 #: what a cut query keeps: auto (task-aware: a dialogue its latest turns, any other task its
 #: start), start, or end; a marked entity mention is always kept with its context
 QUERY_KEEP = ("auto", "start", "end")
+
+
+def check_queries(queries: Sequence[str]) -> list[str]:
+    """The queries of one call as a list, each a str with some non-blank text: the one query
+    check of every encoder, retriever and reranker, so all refuse bad queries alike (a
+    ValueError naming the query's position in the call)."""
+    if isinstance(queries, str):
+        raise ValueError("expected a sequence of queries, got one str")
+    out = list(queries)
+    for i, query in enumerate(out):
+        if not isinstance(query, str):
+            raise ValueError(f"query number {i} of the call is a {type(query).__name__}, not a str: {query!r}")
+        if not query.strip():
+            raise ValueError(f"empty query (number {i} of the call): {query!r}")
+    return out
 
 
 def keeps_end(task: str | None, keep: str = "auto") -> bool:

@@ -14,22 +14,78 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
+from .config import field_like
+from .rerank import METHODS as RERANK_METHODS
+from .rerank.fusion import METHODS as FUSION_METHODS, Fusion
+
+if TYPE_CHECKING:
+    from kilt.hits import SearchBackend
 
 
-def command(name: str):
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its handler, the dataclass declaring its own flags (beside the handler),
+    the config dataclasses (`module.Class` in this package) whose fields are flags too, its
+    help line (or a function giving it), and extra `add_parser` options (or None)."""
+
+    handler: Callable[[argparse.Namespace], int | None]
+    args: type | None = None
+    help: str | Callable[[], str] = ""
+    configs: tuple[str, ...] = ()
+    parser_options: Callable[[], dict[str, Any]] | None = None
+
+
+#: every subcommand name (aliases too) -> its Command, in the order `mtr --help` lists them
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, args: type | None = None, help: str | Callable[[], str] = "", aliases: tuple[str, ...] = (),
+            configs: tuple[str, ...] = (), parser_options: Callable[[], dict[str, Any]] | None = None):
+    """Register the decorated handler as subcommand `name` (and `aliases`) with its flags."""
     def register(fn):
-        COMMANDS[name] = fn
+        spec = Command(fn, args, help, configs, parser_options)
+        for key in (name, *aliases):
+            COMMANDS[key] = spec
         return fn
 
     return register
+
+
+def arg(default: Any = dataclasses.MISSING, help: str | Callable[[], str] = "", **meta: Any) -> Any:
+    """A field of a command's arguments dataclass: its default (none: a required flag) and
+    metadata for `config.add_config_arguments(..., command=True)`: help, a range (min, above,
+    max, below), positional, aliases, choices (a list or a function giving it), metavar."""
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=default.copy, metadata={"help": help, **meta})
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+def _force() -> Any:
+    """The --force switch of commands that search an index."""
+    return arg(False, "search an index with another encoder or passage file than it was built from")
+
+
+def _prompt_styles() -> list[str]:
+    """--query-prompts' choices: unset, or one of the encoder's prompt styles."""
+    from .encoder import PROMPT_STYLES
+
+    return ["", *PROMPT_STYLES]
+
+
+def _query_prompts() -> Any:
+    """The --query-prompts flag of commands that encode queries."""
+    return arg("", choices=_prompt_styles, metavar="STYLE", help=lambda: (
+        f"replace the encoder's saved query prompts: {' | '.join(_prompt_styles()[1:])} (none: the plain query, "
+        "as benchmark-quality's zero-shot system reads it) [the encoder's]"))
 
 
 def _kilt_files(data_dir: str | Path) -> list[Path]:
@@ -47,7 +103,17 @@ def _kilt_files(data_dir: str | Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- KILT layer
-@command("chunk")
+@dataclass(kw_only=True)
+class ChunkArgs:
+    """`mtr chunk`: a knowledge source into a passage file."""
+
+    knowledge_source: str = arg(help="KILT knowledge source (.jsonl or .jsonl.gz)", positional=True)
+    out: str = arg(help="passage file to write (JSONL)", positional=True)
+    words: int = arg(100, "words per passage", min=1)
+    skip_invalid: bool = arg(False, "skip malformed pages (counted and reported) instead of stopping at the first")
+
+
+@command("chunk", ChunkArgs, "split a KILT knowledge source into 100-word passages")
 def _chunk(args) -> None:
     from kilt.io import check_outputs
     from kilt.passages import write_passages
@@ -57,7 +123,17 @@ def _chunk(args) -> None:
     print(f"wrote {n} passages to {args.out}")
 
 
-@command("bm25")
+@dataclass(kw_only=True)
+class BM25Args:
+    """`mtr bm25`: BM25 predictions for task files."""
+
+    passages: str = arg(help="passage file from `mtr chunk`", positional=True)
+    task_files: list[str] = arg(help="KILT task files (queries)", positional=True)
+    out_dir: str = arg(help="where prediction files go")
+    k: int = arg(100, "pages per query", min=1)
+
+
+@command("bm25", BM25Args, "BM25 page rankings for KILT task files")
 def _bm25(args) -> None:
     from kilt.bm25 import BM25Retriever
     from kilt.io import check_outputs
@@ -74,7 +150,20 @@ def _bm25(args) -> None:
         print(f"{task_file}: {n} predictions -> {out}")
 
 
-@command("kilt-subset")
+@dataclass(kw_only=True)
+class KiltSubsetArgs:
+    """`mtr kilt-subset`: a miniature KILT folder from the full files."""
+
+    kilt_dir: str = arg(help="folder with the official <task>-<split>-kilt.jsonl files", positional=True)
+    knowledge_source: str = arg(help="kilt_knowledgesource.json", positional=True)
+    out_dir: str = arg(positional=True)
+    queries: int = arg(100, "queries per task and split", min=1)
+    distractors: int = arg(10000, "random extra pages", min=0)
+    tasks: str = arg("", "comma-separated task names [all present]")
+    seed: int = arg(0, min=0)
+
+
+@command("kilt-subset", KiltSubsetArgs, "a miniature benchmark from full KILT files, deterministic")
 def _kilt_subset(args) -> None:
     from kilt.subset import make_subset
 
@@ -85,7 +174,14 @@ def _kilt_subset(args) -> None:
     print(json.dumps(summary, indent=1, default=str))
 
 
-@command("evaluate")
+def _evaluate_parser() -> dict[str, Any]:
+    """The flags and description of `python -m kilt.eval`, which the KILT layer declares."""
+    from kilt.eval import DESCRIPTION, build_parser as eval_parser
+
+    return {"description": DESCRIPTION, "parents": [eval_parser(add_help=False)]}
+
+
+@command("evaluate", None, "KILT retrieval metrics (same as python -m kilt.eval)", parser_options=_evaluate_parser)
 def _evaluate(args) -> int:
     from kilt.eval import run
 
@@ -93,7 +189,20 @@ def _evaluate(args) -> int:
 
 
 # --------------------------------------------------------------------------- inference path
-@command("encode")
+@dataclass(kw_only=True)
+class EncodeArgs:
+    """`mtr encode`: a passage file into vector shards."""
+
+    encoder: str = arg(help="DualEncoder folder or Hugging Face name")
+    passages: str = arg(help="passage file from `mtr chunk`")
+    out_dir: str = arg(help="shard folder (resumes where it stopped)")
+    overwrite: bool = arg(False, "encode every shard again, discarding the shards --out-dir holds (never an input)")
+    shard_size: int = arg(100_000, min=1)
+    batch_size: int = arg(128, min=1)
+    device: str = arg("auto")
+
+
+@command("encode", EncodeArgs, "encode a passage file into resumable shards")
 def _encode(args) -> None:
     from kilt.io import check_outputs
 
@@ -108,7 +217,15 @@ def _encode(args) -> None:
     print(f"encoded shards in {out}")
 
 
-@command("index")
+@dataclass(kw_only=True)
+class IndexArgs:
+    """`mtr index` (with IndexConfig's flags): shards into an index."""
+
+    shards: str = arg(help="folder written by `mtr encode`")
+    out: str = arg(help="index folder to write")
+
+
+@command("index", IndexArgs, "build a FAISS index from encoded shards", configs=("indexing.IndexConfig",))
 def _index(args) -> None:
     from kilt.io import check_outputs
 
@@ -121,7 +238,26 @@ def _index(args) -> None:
     print(f"saved {args.out}")
 
 
-@command("retrieve")
+@dataclass(kw_only=True)
+class RetrieveArgs:
+    """`mtr retrieve` / `mtr search`: dense predictions for a task file."""
+
+    encoder: str = arg()
+    index: str = arg(help="folder written by `mtr index`")
+    passages: str = arg()
+    queries: str = arg(help="KILT task file")
+    out: str = arg(help="KILT prediction file to write")
+    task: str | None = arg(None, "task prompt [from the file name]")
+    k: int = arg(100, min=1)
+    device: str = arg("auto", "auto | cpu | cuda: where the encoder runs and the index searches")
+    nprobe: int | None = arg(None, "IVF cells visited per query [as the index was saved]")
+    hnsw_ef_search: int | None = arg(None, "HNSW search beam width [as saved]")
+    backend: str | None = arg(None, "faiss | torch: search with another backend [as saved]")
+    query_prompts: str = _query_prompts()
+    force: bool = _force()
+
+
+@command("retrieve", RetrieveArgs, "top-k pages for every query of a KILT task file", aliases=("search",))
 def _retrieve(args) -> None:
     from kilt.io import check_outputs
 
@@ -137,7 +273,23 @@ def _retrieve(args) -> None:
 
 
 # --------------------------------------------------------------------------- dual-encoder training
-@command("train")
+def _train_help() -> str:
+    """`mtr train`'s help line, naming the training methods."""
+    from .trainer import methods
+
+    return f"train the dual encoder on KILT tasks ({', '.join(methods())})"
+
+
+@dataclass(kw_only=True)
+class TrainArgs:
+    """`mtr train` (with TrainConfig's flags)."""
+
+    config: list[str] = arg([], "YAML/JSON with TrainConfig fields; repeatable, later files and flags override "
+                            "earlier", metavar="FILE")
+    resume: bool = arg(False, "continue the run in --output-dir from its checkpoint")
+
+
+@command("train", TrainArgs, _train_help, configs=("trainer.TrainConfig",))
 def _train(args) -> None:
     from kilt.io import check_outputs
 
@@ -153,7 +305,25 @@ def _train(args) -> None:
     print(f"trained {cfg.method} for {result.step} steps{rounds}; model: {result.model_path}")
 
 
-@command("mine-negatives")
+@dataclass(kw_only=True)
+class MineNegativesArgs:
+    """`mtr mine-negatives`: hard negatives from BM25 or a trained encoder."""
+
+    data_dir: str = arg(help="KILT folder with <task>-train-kilt.jsonl files")
+    passages: str = arg(help="passage file from `mtr chunk`")
+    out: str = arg(help="JSONL to write (TrainConfig.negatives / --negatives)")
+    tasks: str = arg("", "comma-separated task names [all with a train file]")
+    split: str = arg("train")
+    encoder: str | None = arg(None, "DualEncoder folder for ANCE-style negatives [BM25]")
+    index: str | None = arg(None, "folder written by `mtr index` for --encoder")
+    depth: int = arg(100, "passages retrieved per query", min=1)
+    keep: int = arg(30, "hard negatives kept per query", min=0)
+    max_queries: int = arg(0, "cap on queries per task (0 = all)", min=0)
+    device: str = arg("auto")
+    force: bool = _force()
+
+
+@command("mine-negatives", MineNegativesArgs, "training queries with hard negatives from BM25 or a trained model")
 def _mine_negatives(args) -> None:
     from kilt.io import check_outputs
     from kilt.passages import PassageStore
@@ -190,7 +360,19 @@ def _option_values(pairs: list[str]) -> dict:
     return values
 
 
-def _first_stage(args):
+@dataclass(kw_only=True)
+class FirstStageArgs:
+    """The first stage of reranking commands (`_first_stage`): dense or BM25 candidates."""
+
+    passages: str = arg(help="passage file from `mtr chunk`")
+    encoder: str | None = arg(None, "DualEncoder folder for dense candidates [BM25]")
+    index: str | None = arg(None, "folder written by `mtr index` for --encoder")
+    device: str = arg("auto", "auto | cpu | cuda: the encoder, its index and the reranker")
+    query_prompts: str = _query_prompts()
+    force: bool = _force()
+
+
+def _first_stage(args: argparse.Namespace) -> SearchBackend:
     """Our dense Retriever (--encoder/--index) or BM25 over the passage file, returning Hits."""
     if args.encoder:
         if not args.index:
@@ -205,7 +387,45 @@ def _first_stage(args):
     return BM25Retriever.build(PassageStore(args.passages))
 
 
-@command("train-reranker")
+def _losses() -> list[str]:
+    """--loss's choices: every rerank loss."""
+    from .rerank.losses import LOSSES
+
+    return list(LOSSES)
+
+
+def _distill_losses() -> list[str]:
+    """--distill-loss's choices: the losses that read teacher scores."""
+    from .rerank.losses import distill_losses
+
+    return distill_losses()
+
+
+@dataclass(kw_only=True)
+class TrainRerankerArgs(FirstStageArgs):
+    """`mtr train-reranker` (with RerankTrainConfig's flags; --loss is its own)."""
+
+    method: str = arg(choices=list(RERANK_METHODS))
+    data_dir: str = arg(help="KILT folder with <task>-train-kilt.jsonl files")
+    tasks: str = arg("", "comma-separated task names [all with a train file]")
+    model: str = arg("", "start model: the LM of an LLM method [packaged SmolLM2-135M] or the cross-encoder's "
+                     "encoder [packaged all-MiniLM-L6-v2]", aliases=("--llm",))
+    option: list[str] = arg([], "method config field, e.g. num_clues=8 or layer=6 (repeatable)", metavar="KEY=VALUE")
+    stages: str = arg("contrastive", "contrastive,distill in order; one stage trains in --output-dir, several each "
+                      "in --output-dir/<i>-<stage>")
+    teacher: str | None = arg(None, "teacher scores/rankings JSONL for the distill stage")
+    distill_loss: str = arg("ranknet", "the distill stage's loss", choices=_distill_losses)
+    depth: int = arg(30, "candidates retrieved per query", min=1)
+    num_negatives: int | None = arg(None, "hard negatives kept per query [all]", min=0)
+    max_queries: int = arg(0, "cap on training queries per task (0 = all)", min=0)
+    resume: bool = arg(False, "continue the run in --output-dir")
+    loss: str | None = arg(None, "the contrastive stage's loss [the method's own: Reranker.training_loss]",
+                           choices=_losses)
+
+
+@command("train-reranker", TrainRerankerArgs,
+         f"train a reranker ({', '.join(RERANK_METHODS)}) on retrieved candidates",
+         configs=("rerank.train.RerankTrainConfig",))
 def _train_reranker(args) -> None:
     from kilt.io import check_outputs, read_task_file
     from kilt.passages import PassageStore
@@ -248,14 +468,30 @@ def _train_reranker(args) -> None:
     if len(stages) == 1:
         _, stage_examples, stage_config = stages[0]
         result = train_reranker(reranker, stage_examples, stage_config, resume=args.resume)
-        print(f"trained {result['step']} steps (last loss {result['loss']:.4f}); reranker: {result['reranker_path']}")
+        print(f"trained {result.step} steps (last loss {result.loss:.4f}); reranker: {result.model_path}")
         return
     results = train_stages(reranker, stages, config.output_dir, resume=args.resume)
     last = list(results.values())[-1]
-    print(f"trained stages {', '.join(results)}; reranker: {last['reranker_path']}")
+    print(f"trained stages {', '.join(results)}; reranker: {last.model_path}")
 
 
-@command("pipeline")
+@dataclass(kw_only=True)
+class PipelineArgs(FirstStageArgs):
+    """`mtr pipeline`: first stage, reranker and fusion into predictions."""
+
+    reranker: str | None = arg(None, "folder saved by train-reranker [no reranking]")
+    queries: str = arg(help="KILT task file")
+    out: str = arg(help="KILT prediction file to write")
+    task: str | None = arg(None, "task prompt [from the file name]")
+    k: int = arg(100, min=1)
+    rerank_k: int = arg(20, "passages reranked per query (0: none)", min=0)
+    fusion: str = arg("fitted", "final order of the reranked passages: fitted (the reranker folder's fusion.json "
+                      "from benchmark-quality, else the reranker's order), none (the reranker's order), "
+                      "interpolate (--alpha) or rrf", choices=["fitted", *FUSION_METHODS])
+    alpha: float = field_like(Fusion, "alpha", help="the reranker's weight for --fusion interpolate")
+
+
+@command("pipeline", PipelineArgs, "retrieve, rerank the top rerank-k, write KILT predictions")
 def _pipeline(args) -> None:
     from .devices import resolve_device
     from .pipeline import Pipeline
@@ -263,7 +499,7 @@ def _pipeline(args) -> None:
 
     from kilt.io import check_outputs
 
-    from .rerank.fusion import FUSION_NAME, Fusion
+    from .rerank.fusion import FUSION_NAME
 
     check_outputs(files=[args.out], inputs=[args.queries, args.passages, args.index, args.encoder, args.reranker])
     if args.rerank_k < 0 or args.k < 1:
@@ -277,7 +513,21 @@ def _pipeline(args) -> None:
 
 
 # --------------------------------------------------------------------------- benchmark
-@command("benchmark-quality")
+@dataclass(kw_only=True)
+class BenchmarkQualityArgs:
+    """`mtr benchmark-quality` (with ExperimentConfig's flags; data_dir is its own)."""
+
+    data_dir: str = arg(help="folder with knowledge_source.jsonl[.gz] and <task>-{train,dev}-kilt.jsonl",
+                        positional=True)
+    out: str = arg(help="result JSON (a .md table and a .png chart go beside it)")
+    config: list[str] = arg([], "YAML/JSON with ExperimentConfig fields; repeatable, later files and flags override "
+                            "earlier (the committed CPU runs: scripts/configs/cpu.yaml, then the run's file)",
+                            metavar="FILE")
+    quiet: bool = arg(False, "no progress bars")
+
+
+@command("benchmark-quality", BenchmarkQualityArgs, "build and score every system on a KILT folder",
+         configs=("experiment.ExperimentConfig",))
 def _benchmark_quality(args) -> None:
     from kilt.io import check_outputs
 
@@ -302,171 +552,30 @@ def _benchmark_quality(args) -> None:
 
 
 # --------------------------------------------------------------------------- parser
-def force_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--force", action="store_true",
-                   help="search an index with another encoder or passage file than it was built from")
-
-
-def query_prompts_argument(p: argparse.ArgumentParser) -> None:
-    from .encoder import PROMPT_STYLES
-
-    p.add_argument("--query-prompts", default="", choices=["", *PROMPT_STYLES], metavar="STYLE",
-                   help=f"replace the encoder's saved query prompts: {' | '.join(PROMPT_STYLES)} (none: the plain "
-                        "query, as benchmark-quality's zero-shot system reads it) [the encoder's]")
+def _config_class(path: str) -> type:
+    """The dataclass `module.Class` of this package that `path` names."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kilt.eval import DESCRIPTION as EVAL_DESCRIPTION, build_parser as eval_parser
-
-    from .config import add_config_arguments, bounded
-    from .rerank.fusion import METHODS as FUSION_METHODS, Fusion
+    """`mtr` with one subparser per registered command: its own flags from its arguments
+    dataclass, then one per field of its config dataclasses (those it declares itself aside)."""
+    from .config import add_config_arguments
 
     parser = argparse.ArgumentParser(prog="mtr", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("chunk", help="split a KILT knowledge source into 100-word passages")
-    p.add_argument("knowledge_source", help="KILT knowledge source (.jsonl or .jsonl.gz)")
-    p.add_argument("out", help="passage file to write (JSONL)")
-    p.add_argument("--words", type=bounded(int, min=1), default=100, help="words per passage [100]")
-    p.add_argument("--skip-invalid", action="store_true",
-                   help="skip malformed pages (counted and reported) instead of stopping at the first")
-
-    p = sub.add_parser("bm25", help="BM25 page rankings for KILT task files")
-    p.add_argument("passages", help="passage file from `mtr chunk`")
-    p.add_argument("task_files", nargs="+", help="KILT task files (queries)")
-    p.add_argument("--out-dir", required=True, help="where prediction files go")
-    p.add_argument("--k", type=bounded(int, min=1), default=100, help="pages per query [100]")
-
-    p = sub.add_parser("kilt-subset", help="a miniature benchmark from full KILT files, deterministic")
-    p.add_argument("kilt_dir", help="folder with the official <task>-<split>-kilt.jsonl files")
-    p.add_argument("knowledge_source", help="kilt_knowledgesource.json")
-    p.add_argument("out_dir")
-    p.add_argument("--queries", type=bounded(int, min=1), default=100, help="queries per task and split [100]")
-    p.add_argument("--distractors", type=bounded(int, min=0), default=10000, help="random extra pages [10000]")
-    p.add_argument("--tasks", default="", help="comma-separated task names [all present]")
-    p.add_argument("--seed", type=bounded(int, min=0), default=0)
-
-    sub.add_parser("evaluate", help="KILT retrieval metrics (same as python -m kilt.eval)",
-                   description=EVAL_DESCRIPTION, parents=[eval_parser(add_help=False)])
-
-    p = sub.add_parser("encode", help="encode a passage file into resumable shards")
-    p.add_argument("--encoder", required=True, help="DualEncoder folder or Hugging Face name")
-    p.add_argument("--passages", required=True, help="passage file from `mtr chunk`")
-    p.add_argument("--out-dir", required=True, help="shard folder (resumes where it stopped)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="encode every shard again, discarding the shards --out-dir holds (never an input)")
-    p.add_argument("--shard-size", type=bounded(int, min=1), default=100_000)
-    p.add_argument("--batch-size", type=bounded(int, min=1), default=128)
-    p.add_argument("--device", default="auto")
-
-    from .indexing import IndexConfig
-
-    p = sub.add_parser("index", help="build a FAISS index from encoded shards")
-    p.add_argument("--shards", required=True, help="folder written by `mtr encode`")
-    p.add_argument("--out", required=True, help="index folder to write")
-    add_config_arguments(p, IndexConfig)
-
-    for name in ("retrieve", "search"):
-        p = sub.add_parser(name, help="top-k pages for every query of a KILT task file")
-        p.add_argument("--encoder", required=True)
-        p.add_argument("--index", required=True, help="folder written by `mtr index`")
-        p.add_argument("--passages", required=True)
-        p.add_argument("--queries", required=True, help="KILT task file")
-        p.add_argument("--out", required=True, help="KILT prediction file to write")
-        p.add_argument("--task", default=None, help="task prompt [from the file name]")
-        p.add_argument("--k", type=bounded(int, min=1), default=100)
-        p.add_argument("--device", default="auto",
-                       help="auto | cpu | cuda: where the encoder runs and the index searches")
-        p.add_argument("--nprobe", type=int, default=None, help="IVF cells visited per query [as the index was saved]")
-        p.add_argument("--hnsw-ef-search", type=int, default=None, help="HNSW search beam width [as saved]")
-        p.add_argument("--backend", default=None, help="faiss | torch: search with another backend [as saved]")
-        query_prompts_argument(p)
-        force_argument(p)
-
-    from .trainer import TrainConfig, methods
-
-    p = sub.add_parser("train", help=f"train the dual encoder on KILT tasks ({', '.join(methods())})")
-    p.add_argument("--config", action="append", default=[], metavar="FILE",
-                   help="YAML/JSON with TrainConfig fields; repeatable, later files and flags override earlier")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its checkpoint")
-    add_config_arguments(p, TrainConfig)
-
-    p = sub.add_parser("mine-negatives", help="training queries with hard negatives from BM25 or a trained model")
-    p.add_argument("--data-dir", required=True, help="KILT folder with <task>-train-kilt.jsonl files")
-    p.add_argument("--passages", required=True, help="passage file from `mtr chunk`")
-    p.add_argument("--out", required=True, help="JSONL to write (TrainConfig.negatives / --negatives)")
-    p.add_argument("--tasks", default="", help="comma-separated task names [all with a train file]")
-    p.add_argument("--split", default="train")
-    p.add_argument("--encoder", default=None, help="DualEncoder folder for ANCE-style negatives [BM25]")
-    p.add_argument("--index", default=None, help="folder written by `mtr index` for --encoder")
-    p.add_argument("--depth", type=bounded(int, min=1), default=100, help="passages retrieved per query [100]")
-    p.add_argument("--keep", type=bounded(int, min=0), default=30, help="hard negatives kept per query [30]")
-    p.add_argument("--max-queries", type=bounded(int, min=0), default=0, help="cap on queries per task (0 = all)")
-    p.add_argument("--device", default="auto")
-    force_argument(p)
-
-    def first_stage_arguments(p) -> None:
-        p.add_argument("--passages", required=True, help="passage file from `mtr chunk`")
-        p.add_argument("--encoder", default=None, help="DualEncoder folder for dense candidates [BM25]")
-        p.add_argument("--index", default=None, help="folder written by `mtr index` for --encoder")
-        p.add_argument("--device", default="auto", help="auto | cpu | cuda: the encoder, its index and the reranker")
-        query_prompts_argument(p)
-        force_argument(p)
-
-    from .rerank import METHODS
-    from .rerank.losses import LOSSES, distill_losses
-    from .rerank.train import RerankTrainConfig
-
-    p = sub.add_parser("train-reranker", help=f"train a reranker ({', '.join(METHODS)}) on retrieved candidates")
-    p.add_argument("--method", required=True, choices=list(METHODS))
-    p.add_argument("--data-dir", required=True, help="KILT folder with <task>-train-kilt.jsonl files")
-    first_stage_arguments(p)
-    p.add_argument("--tasks", default="", help="comma-separated task names [all with a train file]")
-    p.add_argument("--model", "--llm", default="", help="start model: the LM of an LLM method [packaged "
-                   "SmolLM2-135M] or the cross-encoder's encoder [packaged all-MiniLM-L6-v2]")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="method config field, e.g. num_clues=8 or layer=6 (repeatable)")
-    p.add_argument("--stages", default="contrastive", help="contrastive,distill in order; one stage trains in "
-                   "--output-dir, several each in --output-dir/<i>-<stage>")
-    p.add_argument("--teacher", default=None, help="teacher scores/rankings JSONL for the distill stage")
-    p.add_argument("--distill-loss", default="ranknet", choices=distill_losses(), help="the distill stage's loss")
-    p.add_argument("--depth", type=bounded(int, min=1), default=30, help="candidates retrieved per query [30]")
-    p.add_argument("--num-negatives", type=bounded(int, min=0), default=None,
-                   help="hard negatives kept per query [all]")
-    p.add_argument("--max-queries", type=bounded(int, min=0), default=0,
-                   help="cap on training queries per task (0 = all)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
-    add_config_arguments(p, RerankTrainConfig, skip={"loss"})
-    p.add_argument("--loss", default=None, choices=list(LOSSES),
-                   help="the contrastive stage's loss [the method's own: Reranker.training_loss]")
-
-    p = sub.add_parser("pipeline", help="retrieve, rerank the top rerank-k, write KILT predictions")
-    first_stage_arguments(p)
-    p.add_argument("--reranker", default=None, help="folder saved by train-reranker [no reranking]")
-    p.add_argument("--queries", required=True, help="KILT task file")
-    p.add_argument("--out", required=True, help="KILT prediction file to write")
-    p.add_argument("--task", default=None, help="task prompt [from the file name]")
-    p.add_argument("--k", type=bounded(int, min=1), default=100)
-    p.add_argument("--rerank-k", type=bounded(int, min=0), default=20,
-                   help="passages reranked per query (0: none) [20]")
-    p.add_argument("--fusion", default="fitted", choices=["fitted", *FUSION_METHODS],
-                   help="final order of the reranked passages: fitted (the reranker folder's fusion.json from "
-                        "benchmark-quality, else the reranker's order), none (the reranker's order), "
-                        "interpolate (--alpha) or rrf [fitted]")
-    p.add_argument("--alpha", type=float, default=Fusion.alpha, help="the reranker's weight for --fusion interpolate")
-
-    from .experiment import ExperimentConfig
-
-    p = sub.add_parser("benchmark-quality", help="build and score every system on a KILT folder")
-    p.add_argument("data_dir", help="folder with knowledge_source.jsonl[.gz] and <task>-{train,dev}-kilt.jsonl")
-    p.add_argument("--out", required=True, help="result JSON (a .md table and a .png chart go beside it)")
-    p.add_argument("--config", action="append", default=[], metavar="FILE",
-                   help="YAML/JSON with ExperimentConfig fields; repeatable, later files and flags override "
-                        "earlier (the committed CPU runs: scripts/configs/cpu.yaml, then the run's file)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_config_arguments(p, ExperimentConfig, skip={"data_dir"})
+    for name, spec in COMMANDS.items():
+        p = sub.add_parser(name, help=spec.help() if callable(spec.help) else spec.help,
+                           **(spec.parser_options() if spec.parser_options else {}))
+        own: set[str] = set()
+        if spec.args is not None:
+            add_config_arguments(p, spec.args, command=True)
+            own = {f.name for f in dataclasses.fields(spec.args)}
+        for path in spec.configs:
+            add_config_arguments(p, _config_class(path), skip=own)
     return parser
 
 
@@ -497,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     if not args.verbose:
         logging.getLogger("bm25s").setLevel(logging.WARNING)
-    handler = COMMANDS["retrieve" if args.command == "search" else args.command]
+    handler = COMMANDS[args.command].handler
     _offline_if_local(args)
     try:
         return int(handler(args) or 0)

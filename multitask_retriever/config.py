@@ -80,8 +80,7 @@ def _parse_bool(text: str) -> bool:
 
 def _list_parser(hint: Any) -> Any:
     """argparse type of a list field: comma-separated items of the list's element type."""
-    args = typing.get_args(_optional_inner(hint))
-    item = args[0] if args and args[0] in (int, float, str) else str
+    item = _list_item(hint)
 
     def parse(text: str) -> list:
         try:
@@ -226,9 +225,14 @@ def field_like(cls: type, name: str, **changes: Any) -> Any:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: set[str] = frozenset(),
-                         prefix: str = "") -> None:
+                         prefix: str = "", command: bool = False) -> None:
     """Add one `--field-name` flag per scalar or list field of dataclass `cls` (default: unset),
-    and `--section-field` flags for the fields of each nested dataclass `section`."""
+    and `--section-field` flags for the fields of each nested dataclass `section`.
+
+    With `command`, `cls` declares a command's own arguments instead (`_add_command_arguments`)."""
+    if command:
+        _add_command_arguments(parser, cls, skip)
+        return
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().split("\n")[0])
     for f in dataclasses.fields(cls):
@@ -252,6 +256,63 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: set[s
                                metavar="A,B,...", help=help_text)
         else:
             group.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+
+
+# --------------------------------------------------------------------------- a command's own arguments
+def _add_command_arguments(parser: argparse.ArgumentParser, cls: type, skip: set[str] = frozenset()) -> None:
+    """One argument per field of `cls`, a dataclass of a command's own arguments: unlike config
+    fields these take their defaults while parsing (handlers read them from the Namespace) and
+    check their range there. A field without a default is required; a bool is a switch; a list
+    is a repeatable flag or, when positional, one or more values. Metadata beside the range:
+    `help` (text or a function giving it), `positional`, `aliases` (more flag names), `choices`
+    (a list or a function giving it) and `metavar`. The help ends with the default unless it is
+    unset (None, empty or False: the help says in words what unset means)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in skip:
+            names, options = _command_argument(f, hints[f.name])
+            parser.add_argument(*names, **options)
+
+
+def _command_argument(f: dataclasses.Field, hint: Any) -> tuple[list[str], dict[str, Any]]:
+    """The names and `add_argument` options of one field of a command's arguments dataclass."""
+    meta, kind = f.metadata, _scalar_type(hint)
+    required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    default = None if required else _default(f)
+    help_text = meta["help"]() if callable(meta.get("help")) else meta.get("help", "")
+    options: dict[str, Any] = {}
+    for key in ("choices", "metavar"):
+        if key in meta:
+            options[key] = list(meta[key]()) if key == "choices" and callable(meta[key]) else meta[key]
+    if kind is bool:
+        options["action"] = "store_true"
+    elif kind == "list":
+        if _list_item(hint) is not str:
+            options["type"] = _list_item(hint)
+        if meta.get("positional"):
+            options["nargs"] = "+"
+        else:
+            options.update(action="append", default=default)
+    else:
+        bounds = {k: meta[k] for k in _BOUND_TESTS if k in meta}
+        if bounds or kind is not str:
+            options["type"] = bounded(kind, **bounds) if bounds else kind
+    if not required and default not in (None, "", False) and default != []:
+        limits = bounds_text(meta)
+        help_text = f"{help_text} [default: {default}{'; ' + limits if limits else ''}]".lstrip()
+    options["help"] = help_text
+    if meta.get("positional"):
+        return [f.name], options
+    options.setdefault("default", default)
+    if required:
+        options["required"] = True
+    return ["--" + f.name.replace("_", "-"), *meta.get("aliases", ())], {"dest": f.name, **options}
+
+
+def _list_item(hint: Any) -> type:
+    """The element type of a list annotation (str when it names none)."""
+    args = typing.get_args(_optional_inner(hint))
+    return args[0] if args and args[0] in (int, float, str) else str
 
 
 def _checked(cls: type, name: str, value: Any) -> Any:

@@ -28,7 +28,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, BatchEncoding, Pr
 from transformers.utils import cached_file
 
 from kilt.io import atomic_directory, read_text
-from kilt.tasks import TASKS, keeps_end, mention_span, mention_window
+from kilt.tasks import TASKS, check_queries, keeps_end, mention_span, mention_window
 
 from .config import check_fields
 from .devices import check_dtype_name, resolve_dtype
@@ -308,7 +308,7 @@ class DualEncoder(nn.Module):
 
         A query with a marked entity mention keeps the mention and context on both sides of it.
         """
-        texts = _check_queries(texts)
+        texts = check_queries(texts)
         if not texts:
             return []
         prefix, suffix = _split_query_template(self.query_template(task))
@@ -524,17 +524,6 @@ def _weights_in(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
     finally:
         for param, data in saved.items():
             param.data = data
-
-
-def _check_queries(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError("expected a sequence of query strings, got one str")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"query {i} is a {type(text).__name__}, not a str")
-        if not text.strip():
-            raise ValueError(f"query {i} is empty")
-    return list(texts)
 
 
 def _keep_words(text: str, start: int, offsets: list[tuple[int, int]], words: list[int | None], room: int,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 from accelerate import PartialState
@@ -27,6 +27,27 @@ _FORMAT = 2  # 2: records the passage file's and the encoder's content digests
 _ENCODE_CHUNK_BATCHES = 16  # batches handed to the encoder per call (it length-sorts within a call)
 
 
+class QueryEncoder(Protocol):
+    """What a retriever needs of an encoder (a `DualEncoder` is one): its vector size and the
+    vectors [len(texts), dim] of queries with `task`'s prompt."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode_queries(self, texts: Sequence[str], task: str | None = None, batch_size: int = 64) -> np.ndarray: ...
+
+
+class PassageEncoder(Protocol):
+    """What encoding a passage file needs of an encoder (a `DualEncoder` is one): its vector size
+    and the vectors [len(passages), dim] of passages. Its `config.model_name_or_path`, where it
+    has one, names the files the vectors came from (`encoder_fingerprint`)."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode_passages(self, passages: Sequence[Passage], batch_size: int = 64) -> np.ndarray: ...
+
+
 def shard_paths(out_dir: str | Path, shard: int) -> tuple[Path, Path]:
     """(vectors, ids) file paths of shard number `shard`."""
     stem = Path(out_dir) / f"shard-{shard:05d}"
@@ -39,7 +60,7 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def _encoder_name(encoder: Any) -> str:
+def _encoder_name(encoder: PassageEncoder) -> str:
     config = getattr(encoder, "config", None)
     return str(getattr(config, "model_name_or_path", type(encoder).__name__))
 
@@ -83,7 +104,7 @@ def model_fingerprint(name_or_path: str | Path) -> str | None:
     return combined_digest({p.relative_to(folder).as_posix(): file_digest(p) for p in files})
 
 
-def encoder_fingerprint(encoder: Any) -> str | None:
+def encoder_fingerprint(encoder: PassageEncoder | QueryEncoder) -> str | None:
     """`model_fingerprint` of the files `encoder` was loaded from (its config's model_name_or_path):
     what the vectors came from, unless the encoder was changed in memory after loading."""
     name = getattr(getattr(encoder, "config", None), "model_name_or_path", None)
@@ -118,7 +139,7 @@ def _check_finished_shard(out_dir: Path, shard: int, passages: Sequence[Passage]
                          f"({len(passages)}, {dim}) {dtype}; encode again with overwrite=True (mtr encode --overwrite)")
 
 
-def _encode_shard(encoder: Any, passages: list[Passage], batch_size: int, dtype: np.dtype,
+def _encode_shard(encoder: PassageEncoder, passages: list[Passage], batch_size: int, dtype: np.dtype,
                   bar: tqdm) -> np.ndarray:
     vectors = np.empty((len(passages), encoder.dim), dtype=dtype)
     step = batch_size * _ENCODE_CHUNK_BATCHES
@@ -129,7 +150,7 @@ def _encode_shard(encoder: Any, passages: list[Passage], batch_size: int, dtype:
     return vectors
 
 
-def encode_corpus(encoder: Any, passage_file: str | Path, out_dir: str | Path, shard_size: int = 100_000,
+def encode_corpus(encoder: PassageEncoder, passage_file: str | Path, out_dir: str | Path, shard_size: int = 100_000,
                   batch_size: int = 128, dtype: str = "float32", max_shards: int | None = None,
                   overwrite: bool = False, progress: bool = True) -> Path:
     """Encode a passage file into vector shards in `out_dir`, skipping shards already finished.

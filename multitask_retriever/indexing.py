@@ -24,7 +24,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import faiss
 import numpy as np
@@ -36,6 +36,9 @@ from kilt.io import atomic_directory, read_json_object, write_json
 from .config import check_fields
 from .devices import resolve_device
 from .encoding import MANIFEST_NAME, read_manifest, save_npy, shard_paths
+
+if TYPE_CHECKING:
+    from kilt.passages import PassageStore
 
 logger = logging.getLogger(__name__)
 
@@ -669,7 +672,7 @@ class Index:
                            "name only; encode and index again to have them checked by content", self._name())
         return old
 
-    def check_passages(self, store: Any) -> None:
+    def check_passages(self, store: PassageStore) -> None:
         """Refuse (`IndexMismatchError`) a passage store (`kilt.passages.PassageStore`) whose file
         is not the one the vectors were encoded from: by passage count and content digest; an
         index saved before digests by the file's byte size only, with a warning."""

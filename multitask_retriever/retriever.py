@@ -11,6 +11,7 @@ from kilt.hits import PASSAGES_PER_PAGE, Hit, read_hits, search_pages
 from kilt.passages import PassageStore
 from kilt.predict import predict_file
 
+from .encoding import QueryEncoder
 from .indexing import Index
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class Retriever:
     `encoder` is a DualEncoder (anything with `dim` and `encode_queries(texts, task, batch_size)`).
     """
 
-    def __init__(self, encoder: Any, index: Index, passages: PassageStore, batch_size: int = 64,
+    def __init__(self, encoder: QueryEncoder, index: Index, passages: PassageStore, batch_size: int = 64,
                  force: bool = False):
         if index.dim != encoder.dim:
             raise ValueError(f"index dim {index.dim} != encoder dim {encoder.dim}")

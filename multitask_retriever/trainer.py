@@ -38,7 +38,7 @@ from .data import (
 )
 from .losses import ContrastiveLoss
 from .specialization import COMBINERS, TacoConfig
-from .training_loop import STATE_NAME, TrainingLoop, load_state, read_log
+from .training_loop import STATE_NAME, RunResult, TrainingLoop, load_state, read_log
 
 log = logging.getLogger("mtr.train")
 
@@ -209,14 +209,10 @@ def specialization_summary(checkpoint: str | Path, depth: int = 4) -> dict[str, 
 
 
 @dataclass
-class TrainResult:
-    """What a run produced: the final DualEncoder folder and the per-step log."""
+class TrainResult(RunResult):
+    """What a run produced (`model_path`: the final DualEncoder folder), with each task's losses."""
 
-    model_path: str
-    step: int
-    losses: list[float]
-    task_losses: dict[str, list[float]]
-    seconds: float
+    task_losses: dict[str, list[float]] = field(default_factory=dict)
 
 
 class _PairEncoder(nn.Module):
@@ -396,6 +392,6 @@ class MultitaskTrainer:
             for key, value in row.items():
                 if key.startswith("loss/"):
                     task_losses.setdefault(key[5:], []).append(value)
-        return TrainResult(str(model_path), step, [row["loss"] for row in history], task_losses,
-                           time.perf_counter() - started)
+        return TrainResult(str(model_path), step, [row["loss"] for row in history], time.perf_counter() - started,
+                           task_losses)
 

@@ -125,6 +125,23 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+@dataclasses.dataclass
+class RunResult:
+    """What a training run produced, whichever model it trained (dual encoder or reranker):
+    the final saved model folder, its last step, every step's loss (resumed ones included) and
+    this call's seconds; the trainers return it (or a subclass with their own extras)."""
+
+    model_path: str
+    step: int
+    losses: list[float]
+    seconds: float
+
+    @property
+    def loss(self) -> float | None:
+        """The last step's loss; None when no step was logged."""
+        return self.losses[-1] if self.losses else None
+
+
 def read_log(path: Path) -> list[dict]:
     """Rows of a training log; a line cut short by a crash is ignored."""
     return [row for _, row in iter_jsonl(path, skip_invalid=True)] if path.is_file() else []

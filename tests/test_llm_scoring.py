@@ -56,13 +56,13 @@ def check_training(reranker, examples, tmp: Path, loader, **config):
     # two fixed queries per step: the loss trend is not hidden by which queries a step drew
     result = train_reranker(reranker, examples[:2], train_config(tmp / "run", **config),
                             loss=ListwiseQueryLikelihood())
-    losses = result["losses"]
+    losses = result.losses
     assert len(losses) == 10
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
     after = dict(reranker.named_parameters())
     assert frozen and all(torch.equal(frozen[n], after[n]) for n in frozen)
     assert any(not torch.equal(trained[n], after[n]) for n in trained)
-    saved = Path(result["reranker_path"])
+    saved = Path(result.model_path)
     assert sorted(p.name for p in saved.iterdir()) == ["module.safetensors", "mtr_reranker.json"]
     assert (saved / "module.safetensors").stat().st_size < 4 * reranker.num_trainable_parameters() + 10_000
     loaded = loader(saved)
@@ -170,6 +170,18 @@ def test_unknown_methods_and_config_fields_are_named():
         ZeroShotReranker.create("", temperatur=2)
     with pytest.raises(ValueError, match="reduction must be mean or sum"):
         LLMScoringConfig(reduction="max")
+
+
+def test_create_takes_the_lm_as_model(tiny_gpt2):
+    assert ZeroShotReranker.create(model=str(tiny_gpt2)).config.llm == str(tiny_gpt2)
+
+
+def test_create_llm_keyword_still_works_with_a_deprecation_warning(tiny_gpt2):
+    with pytest.warns(DeprecationWarning, match="pass model="):
+        reranker = ZeroShotReranker.create(llm=str(tiny_gpt2))
+    assert reranker.config.llm == str(tiny_gpt2)
+    with pytest.raises(TypeError, match="llm= \\(deprecated\\) names it too"):
+        ZeroShotReranker.create(model=str(tiny_gpt2), llm=str(tiny_gpt2))
 
 
 def test_load_reranker_needs_a_saved_folder_with_a_known_method(tmp_path):

@@ -37,7 +37,7 @@ def test_training_lowers_the_loss_keeps_the_lm_and_round_trips(method, lm, examp
     reranker = make_reranker(method, str(request.getfixturevalue(lm)), max_passage_tokens=32, dropout=0.0)
     result = check_training(reranker, examples, tmp_path, load_reranker, lr=2e-2)
     # the embedding copy is saved as exactly the rows training moved
-    saved = load_file(f"{result['reranker_path']}/module.safetensors")
+    saved = load_file(f"{result.model_path}/module.safetensors")
     moved = reranker.embedding_delta.detach().cpu().any(dim=1).nonzero().flatten()
     assert 0 < len(moved) < VOCAB and torch.equal(saved["embedding_delta.rows"], moved)
 

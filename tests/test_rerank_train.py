@@ -212,8 +212,8 @@ def test_each_schedule_lowers_the_loss_within_every_stage(schedule, tiny_bert, t
     results = train_stages(_reranker(tiny_bert), stages, tmp_path / "run")
     assert list(results) == [name for name, _ in SCHEDULES[schedule]]
     for name, result in results.items():
-        losses = result["losses"]
-        assert len(losses) == 16 and result["step"] == 16
+        losses = result.losses
+        assert len(losses) == 16 and result.step == 16
         assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4, (name, losses)
 
 
@@ -230,7 +230,7 @@ def test_only_trainable_parameters_change(tiny_bert, examples, tmp_path):
 def test_a_trained_cross_encoder_saves_and_loads_with_identical_scores(tiny_bert, examples, tmp_path):
     reranker = _reranker(tiny_bert)
     result = train_reranker(reranker, examples, _config(tmp_path, steps=3))
-    loaded = CrossEncoderReranker.from_pretrained(result["reranker_path"])
+    loaded = CrossEncoderReranker.from_pretrained(result.model_path)
     e = examples[0]
     assert loaded.rerank(e.query, e.passages) == reranker.rerank(e.query, e.passages)
 
@@ -261,7 +261,7 @@ def test_resume_within_a_stage_reproduces_the_uninterrupted_run(tiny_bert, examp
     result = train_reranker(resumed, examples, config, resume=True)
 
     _assert_same_params(_params(resumed), _params(whole))
-    assert result["losses"] == pytest.approx(expected["losses"], abs=1e-6)
+    assert result.losses == pytest.approx(expected.losses, abs=1e-6)
     logged = [json.loads(line)["step"] for line in (tmp_path / "crashed" / "train_log.jsonl").open()]
     assert logged == [1, 2, 3, 4, 5, 6]
     assert not list((tmp_path / "crashed").glob("checkpoint-*"))
@@ -280,7 +280,7 @@ def test_a_run_stopped_after_stage_one_resumes_at_stage_two(tiny_bert, teacher_e
     results = train_stages(resumed, [stage1, stage2], tmp_path / "run")
 
     assert state.stat().st_mtime_ns == stamp  # stage 1 was not redone
-    assert results["contrastive"]["step"] == 4 and results["distill"]["step"] == 4
+    assert results["contrastive"].step == 4 and results["distill"].step == 4
     assert (tmp_path / "run" / "2-distill" / "final" / "reranker" / "mtr_reranker.json").is_file()
     _assert_same_params(_params(resumed), _params(uninterrupted))
 

@@ -312,8 +312,8 @@ class SystemBuilder:
                 return self._load_reranker(folder / "train" / "final" / "reranker")
             examples = self._train_examples(retriever_name, method)
             result = train_reranker(reranker, examples, train, resume=True)
-            log.info("trained %s on %d queries: loss %.4f -> %.4f", method, len(examples), result["losses"][0],
-                     result["loss"])
+            log.info("trained %s on %d queries: loss %.4f -> %.4f", method, len(examples), result.losses[0],
+                     result.loss)
             self.cache.finish(folder, key)
             return reranker
 
@@ -353,7 +353,7 @@ class SystemBuilder:
                 examples = self._train_examples(retriever_name, method)
             result = train_reranker(reranker, examples, train, resume=True)
             log.info("trained %s (%s stage) on %d queries: loss %.4f -> %.4f", method, stages[-1], len(examples),
-                     result["losses"][0], result["loss"])
+                     result.losses[0], result.loss)
             self.cache.finish(folder, key)
             return reranker
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from kilt.hits import Hit
 from kilt.io import read_json_object
+from kilt.tasks import check_queries
 
 
 def default_passage_text(hit: Hit) -> str:
@@ -64,14 +65,11 @@ def make_config(config_class: type[C], values: dict[str, Any]) -> C:
 
 
 def check_rows(queries: Sequence[str], passages: Sequence[Sequence[str]]) -> None:
-    """A rerank call's queries are non-empty and each has its own passage list."""
-    if isinstance(queries, str):
-        raise TypeError("expected a list of queries, got one str")
+    """A rerank call's queries are non-empty strs (`kilt.tasks.check_queries`) and each has its
+    own passage list."""
+    check_queries(queries)
     if len(queries) != len(passages):
         raise ValueError(f"{len(queries)} queries but {len(passages)} passage lists")
-    for i, query in enumerate(queries):
-        if not query or not query.strip():
-            raise ValueError(f"empty query (number {i} of the call)")
 
 
 def split_rows(flat: Sequence[float], rows: Sequence[Sequence[Any]]) -> list[list[float]]:

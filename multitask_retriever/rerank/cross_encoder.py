@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BatchEncoding
 
 from kilt.io import atomic_directory
-from kilt.tasks import keeps_end, query_window
+from kilt.tasks import check_queries, keeps_end, query_window
 
 from ..config import check_fields
 from ..devices import DTYPES, autocast, check_dtype_name
@@ -166,8 +166,7 @@ class CrossEncoderReranker(Reranker):
         """Pairs (queries[i], passages[i][j]) in row order: the query (of tasks[i]) is cut to
         `max_query_length` tokens first, then the passage to the rest of `max_length` (passage
         cuts warned about once)."""
-        if any(not q or not q.strip() for q in queries):
-            raise ValueError("empty query")
+        check_queries(queries)
         capped, counts, _ = self._cut(queries, [self.config.max_query_length] * len(queries),
                                       list(tasks) if tasks is not None else [None] * len(queries))
         room = self.config.max_length - self.tokenizer.num_special_tokens_to_add(pair=True)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
-from kilt.tasks import keeps_end, query_window
+from kilt.tasks import check_queries, keeps_end, query_window
 
 from ..config import check_fields
 from ..devices import DTYPES, autocast, check_dtype_name
@@ -181,9 +181,8 @@ class LLMScorer(nn.Module):
     def query_ids(self, queries: Sequence[str], tasks: Sequence[str | None] | None = None) -> list[list[int]]:
         """Token ids of queries (of `tasks`), cut to `max_query_tokens` by the task-aware
         `kilt.tasks.query_window` (warned about once); an empty query is an error."""
-        if any(not q or not q.strip() for q in queries):
-            raise ValueError("empty query")
-        enc = self.tokenizer(list(queries), add_special_tokens=False, return_offsets_mapping=True)
+        queries = check_queries(queries)
+        enc = self.tokenizer(queries, add_special_tokens=False, return_offsets_mapping=True)
         limit = self.config.max_query_tokens
         out = []
         for query, ids, offsets, task in zip(queries, enc["input_ids"], enc["offset_mapping"],
@@ -369,9 +368,15 @@ class LLMReranker(Reranker):
                                 start_slots=start_slots)
 
     @classmethod
-    def create(cls, llm: str = "", **options: Any) -> "LLMReranker":
-        """A fresh reranker over the LM `llm` (empty: the packaged SmolLM2) with config `options`."""
-        config = cls._make_config({**options, "llm": llm})
+    def create(cls, model: str = "", llm: str | None = None, **options: Any) -> "LLMReranker":
+        """A fresh reranker over the LM `model` (empty: the packaged SmolLM2) with config `options`;
+        `llm=` is the deprecated name of `model`, as every reranker's `create` takes `model`."""
+        if llm is not None:
+            if model:
+                raise TypeError("create() takes the LM as model=; llm= (deprecated) names it too")
+            warnings.warn("LLMReranker.create(llm=...) is deprecated; pass model=", DeprecationWarning, stacklevel=2)
+            model = llm
+        config = cls._make_config({**options, "llm": model})
         lm, tokenizer = load_lm(config.llm)
         return cls(lm, tokenizer, config)
 

@@ -23,7 +23,7 @@ import torch
 
 
 from ..config import check_fields
-from ..training_loop import FINAL_NAME, TrainingLoop, read_log
+from ..training_loop import FINAL_NAME, RunResult, TrainingLoop, read_log
 from .base import Reranker
 from .examples import RerankExample
 from .losses import LOSSES, RerankLoss, make_loss
@@ -139,14 +139,13 @@ def _load_trainable(named: dict[str, torch.nn.Parameter], state: dict[str, Any],
 
 
 def train_reranker(reranker: Reranker, examples: Sequence[RerankExample], config: RerankTrainConfig,
-                   loss: RerankLoss | None = None, resume: bool = False) -> dict[str, Any]:
+                   loss: RerankLoss | None = None, resume: bool = False) -> RunResult:
     """Train `reranker.trainable_parameters()` for `config.steps` steps of `loss` (default:
     `make_loss(config.loss, **config.loss_options)`); with `resume`, continue from the
     latest checkpoint in `config.output_dir` (a finished run only loads its weights).
     The reranker ends on the accelerator's device.
 
-    Returns {"step", "loss" (last step's), "losses" (every step's, resumed ones included),
-    "reranker_path" (the final `save_pretrained` folder), "seconds" (this call)}.
+    Returns the run's `RunResult`: its `model_path` is the final `save_pretrained` folder.
     """
     started = time.perf_counter()
     loss_fn = loss if loss is not None else make_loss(config.loss, **config.loss_options)
@@ -165,8 +164,7 @@ def train_reranker(reranker: Reranker, examples: Sequence[RerankExample], config
     if loop.finished:
         losses = [row["loss"] for row in read_log(loop.log_path)]
         log.info("%s: already trained (%d steps); loaded its weights", loop.output_dir, loop.step)
-        return {"step": loop.step, "loss": losses[-1] if losses else None, "losses": losses,
-                "reranker_path": str(final_path), "seconds": time.perf_counter() - started}
+        return RunResult(str(final_path), loop.step, losses, time.perf_counter() - started)
 
     sampler = _GroupSampler(examples, config, accelerator.num_processes, accelerator.process_index)
     params = list(named.values())
@@ -195,12 +193,11 @@ def train_reranker(reranker: Reranker, examples: Sequence[RerankExample], config
     finally:
         reranker.train(was_training)
     losses = [row["loss"] for row in history]
-    return {"step": loop.step, "loss": losses[-1], "losses": losses, "reranker_path": str(final_path),
-            "seconds": time.perf_counter() - started}
+    return RunResult(str(final_path), loop.step, losses, time.perf_counter() - started)
 
 
 def train_stages(reranker: Reranker, stages: Sequence[tuple[str, Sequence[RerankExample], RerankTrainConfig]],
-                 output_dir: str | Path, resume: bool = True) -> dict[str, dict[str, Any]]:
+                 output_dir: str | Path, resume: bool = True) -> dict[str, RunResult]:
     """Train `reranker` through stages in order (e.g. contrastive then distillation), each in
     `output_dir/<i>-<name>` with its final checkpoint kept. With `resume`, finished stages
     only reload their weights and an interrupted stage continues from its checkpoint."""
