@@ -294,7 +294,7 @@ def _train(args) -> None:
     from kilt.io import check_outputs
 
     from .config import config_from_args, load_config_file
-    from .rounds import train
+    from .training import train
     from .trainer import TrainConfig
 
     cfg = config_from_args(TrainConfig, args, [load_config_file(path) for path in args.config])

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from kilt.hits import PASSAGES_PER_PAGE, Hit, SearchBackend, hits_for_pages, top_page_hits, top_pages
 from kilt.predict import predict_file
+from kilt.tasks import check_queries
 
 from .rerank.base import Reranker, default_passage_text
 from .rerank.fusion import Fusion
@@ -65,12 +66,9 @@ class Pipeline:
 
     def __call__(self, queries, task=None, k=100, rerank_k=20, progress=False):
         single = isinstance(queries, str)
-        batch = [queries] if single else list(queries)
+        batch = check_queries([queries] if single else queries)
         if k < 1 or rerank_k < 0:
             raise ValueError(f"k must be >= 1 and rerank_k >= 0, got {k} and {rerank_k}")
-        for i, q in enumerate(batch):
-            if not q or not q.strip():
-                raise ValueError(f"query {i} is empty")
         found = hits_for_pages(self.retriever, batch, k, task=task, depth=max(PASSAGES_PER_PAGE * k, rerank_k))
         results = [PipelineResult(q, hits, k=k) for q, hits in zip(batch, found)]
         if self.reranker is not None and rerank_k > 0:

@@ -10,20 +10,12 @@ import numpy as np
 from kilt.hits import PASSAGES_PER_PAGE, Hit, read_hits, search_pages
 from kilt.passages import PassageStore
 from kilt.predict import predict_file
+from kilt.tasks import check_queries
 
 from .encoding import QueryEncoder
 from .indexing import Index
 
 logger = logging.getLogger(__name__)
-
-
-def _check_queries(queries: Sequence[str]) -> list[str]:
-    if isinstance(queries, str):
-        raise TypeError("expected a list of queries, got one str")
-    for i, query in enumerate(queries):
-        if not isinstance(query, str) or not query.strip():
-            raise ValueError(f"query {i} is empty or not a string: {query!r}")
-    return list(queries)
 
 
 class Retriever:
@@ -47,7 +39,7 @@ class Retriever:
         self.batch_size = batch_size
 
     def _search(self, queries: Sequence[str], task: str | None, k: int) -> tuple[np.ndarray, np.ndarray]:
-        vectors = self.encoder.encode_queries(_check_queries(queries), task=task, batch_size=self.batch_size)
+        vectors = self.encoder.encode_queries(check_queries(queries), task=task, batch_size=self.batch_size)
         return self.index.search(vectors, k)
 
     def search(self, queries: Sequence[str], task: str | None = None, k: int = 100) -> list[list[Hit]]:

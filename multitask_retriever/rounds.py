@@ -1,7 +1,6 @@
 """ANCE-style hard-negative rounds (`mtr train --negative-rounds N`): train, mine hard negatives
 with the model just trained, train on from its weights on them; N times after the first run.
-`train` is the entry point of `mtr train` and the experiment runner: these rounds when the
-config asks for them, else one `MultitaskTrainer` run.
+`training.train` runs them when a config asks for them.
 
     OUTPUT_DIR/round-0/                   the first run (negatives as configured, e.g. BM25)
     OUTPUT_DIR/round-K/negatives.jsonl    mined with round K-1's final model (inputs recorded beside it)
@@ -118,12 +117,3 @@ def train_with_rounds(config: TrainConfig, resume: bool = False, stop_after: int
             break
     assert result is not None
     return result
-
-
-def train(config: TrainConfig, resume: bool = False, stop_after: int | None = None) -> TrainResult:
-    """Train as `config` says: with `negative_rounds`, round 0 and the rounds after it
-    (`train_with_rounds`), else one `MultitaskTrainer` run on the data and model it names.
-    `resume` and `stop_after` as in `MultitaskTrainer.train`."""
-    if config.negative_rounds:
-        return train_with_rounds(config, resume=resume, stop_after=stop_after)
-    return MultitaskTrainer(config).train(resume=resume, stop_after=stop_after)

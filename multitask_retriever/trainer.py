@@ -5,7 +5,7 @@ then AdamW with a linear schedule. Single-task training is the same loop with on
     trainer = MultitaskTrainer(TrainConfig(model_name_or_path=..., data_dir=..., method="taco", ...))
     result = trainer.train(resume=True)      # result.model_path: a DualEncoder folder
 
-A trainer is one run; `rounds.train` is the entry point that also runs ANCE-style negative
+A trainer is one run; `training.train` is the entry point that also runs ANCE-style negative
 rounds (`negative_rounds`), each a MultitaskTrainer run in OUTPUT_DIR/round-K.
 Checkpoints, exact resume and the log come from `training_loop`; each checkpoint adds the
 model, the combiner state and the data position. Multi-GPU/multi-node:
@@ -284,13 +284,13 @@ class MultitaskTrainer:
         `carry_from` (a finished run's final folder, kept with `keep_optimizer`) starts a new run
         with that run's combiner state (TACO's EMAs) and optimiser moments, as the official
         ANCE rounds do; the learning-rate schedule starts afresh. A config with
-        `negative_rounds` is refused: `rounds.train` runs it, round by round."""
+        `negative_rounds` is refused: `training.train` runs it, round by round."""
         from .specialization import make_combiner
 
         cfg = self.config
         if cfg.negative_rounds:
             raise ValueError(f"negative_rounds {cfg.negative_rounds}: a MultitaskTrainer run is one round; "
-                             "train with multitask_retriever.rounds.train")
+                             "train with multitask_retriever.training.train")
         if round_dir(self.output_dir, 0).is_dir():
             raise ValueError(f"{self.output_dir}: holds a run with negative rounds ({round_dir(self.output_dir, 0)}); "
                              "resume it with its negative_rounds, or choose another output_dir")

@@ -1,6 +1,6 @@
 """ANCE-style negative rounds (`negative_rounds`): round folders, negatives mined by the previous
 round's model, exact resume across and within rounds, refused setting changes, the plain layout at 0;
-`rounds.train` runs them, a MultitaskTrainer is one round and never imports `rounds`."""
+`training.train` runs them, a MultitaskTrainer is one round and never imports `rounds`."""
 import ast
 import inspect
 import json
@@ -12,7 +12,7 @@ import torch
 
 from multitask_retriever.data import read_training_examples
 from multitask_retriever.encoder import DualEncoder
-from multitask_retriever.rounds import train
+from multitask_retriever.training import train
 from multitask_retriever.trainer import MultitaskTrainer, TrainConfig
 
 STEPS = 3
@@ -85,9 +85,9 @@ def test_zero_rounds_keep_the_plain_layout_and_the_layouts_do_not_mix(tiny_bert,
         train(_config(tiny_bert, mini_kilt, rounds, negative_rounds=0, steps=1), resume=True)
 
 
-def test_a_trainer_is_one_round_and_points_to_rounds_train(tiny_bert, mini_kilt, tmp_path):
+def test_a_trainer_is_one_round_and_points_to_training_train(tiny_bert, mini_kilt, tmp_path):
     with pytest.raises(ValueError, match="negative_rounds 1: a MultitaskTrainer run is one round; "
-                                         "train with multitask_retriever.rounds.train"):
+                                         "train with multitask_retriever.training.train"):
         MultitaskTrainer(_config(tiny_bert, mini_kilt, tmp_path)).train()
     assert not any(tmp_path.iterdir())
 

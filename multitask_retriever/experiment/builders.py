@@ -224,7 +224,7 @@ class SystemBuilder:
         """Fine-tune `start` with the project's trainer: a gradient combiner over every task, or
         single-<task>; `BASE_RUN` is the naive base of the two-phase protocol (`base_steps`), and
         `start_key` the stage key of a trained start (its content, where the path says nothing)."""
-        from ..rounds import train as train_encoder
+        from ..training import train as train_encoder
 
         method, tasks = ("single", [name.removeprefix("single-")]) if name.startswith("single-") \
             else ("naive" if name == BASE_RUN else name.partition(".")[0], self.train_tasks())
