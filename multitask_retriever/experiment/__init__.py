@@ -6,7 +6,7 @@ set. Each stage caches its output in the work folder under a key of its settings
 second run with the same settings reuses finished stages (`fresh=True` redoes them).
 
     config.py       ExperimentConfig            systems.py     system names
-    cache.py        the stage cache              builders.py    retrievers and rerankers, as stages
+    cache.py        the stage cache              builders.py    SystemBuilder: composes stages/ (one per build step)
     evaluation.py   dev scores, significance     report.py      markdown, PNG, JSON
     runner.py       Experiment                   seeds.py       SeedStudy: one experiment, several seeds
 """
