@@ -115,26 +115,14 @@ class RerankerStages:
     def train_examples(self, retriever_name: str, method: str, per_task: int = 0):
         """Contrastive examples: each train query's gold passage vs the retriever's other top
         candidates (the first `per_task` train queries of each task when given); none is an error."""
-        examples = self._rerank_examples(retriever_name, per_task)
+        from ...rerank.examples import examples_from_search
+
+        queries = {t: self.holdout.train_queries(t)[: per_task or None] for t in self.context.train_tasks()}
+        examples = examples_from_search(queries, self.retrievers.retriever(retriever_name), self.corpus.passages(),
+                                        self.context.config.rerank_k)
         if not examples:
             raise ValueError(f"no training query of {', '.join(self.context.task_files)} has a gold page among "
                              f"{retriever_name}'s top {self.context.config.rerank_k}: nothing to train {method} on")
-        return examples
-
-    def _rerank_examples(self, retriever_name: str, per_task: int = 0):
-        from ...rerank.examples import examples_from_candidates
-
-        search = self.retrievers.retriever(retriever_name)
-        examples = []
-        for task in self.context.train_tasks():
-            queries = self.holdout.train_queries(task)
-            if per_task:
-                queries = queries[:per_task]
-            hits = []
-            for i in range(0, len(queries), 256):
-                hits += search.search([e.input for e in queries[i : i + 256]], task=task,
-                                      k=self.context.config.rerank_k)
-            examples += examples_from_candidates(queries, hits, self.corpus.passages(), task=task)
         return examples
 
     def reranker_start(self, method: str) -> str:
