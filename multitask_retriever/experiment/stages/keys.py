@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ...config import flat_fields
+from ...config import flat_fields, shallow_fields
 from ...rerank.losses import make_loss
 from ...rerank.train import RerankTrainConfig
 from ...trainer import TrainConfig
@@ -27,14 +27,12 @@ _LATER_TRAIN_FIELDS = {"negative_rounds": 0, "warmup_ratio": 0.0, "task_temperat
 
 def train_config(c: ExperimentConfig, method: str, tasks: list[str], start: str, data_dir: str, passages: str,
                  negatives: str, output_dir: str, progress: bool) -> TrainConfig:
-    """The TrainConfig of a fine-tuned dual encoder (`method`: a combiner or single)."""
+    """The TrainConfig of a fine-tuned dual encoder (`method`: a combiner or single): the
+    experiment's `train` section, and what the experiment sets for every stage or system."""
     return TrainConfig(
-        model_name_or_path=start, data_dir=data_dir, passages=passages, tasks=tasks, method=method,
-        negatives=negatives, steps=c.steps, per_task_batch_size=c.per_task_batch_size, n_negatives=c.n_negatives,
-        lr=c.lr, warmup_steps=c.warmup_steps, warmup_ratio=c.warmup_ratio, task_temperature=c.task_temperature,
-        negative_sampling=c.negative_sampling, query_prompt_style=c.query_prompt_style, temperature=c.temperature,
-        query_max_length=c.query_max_length, passage_max_length=c.passage_max_length, taco=c.taco, seed=c.seed,
-        output_dir=output_dir, progress=progress)
+        **shallow_fields(c.train), model_name_or_path=start, data_dir=data_dir, passages=passages, tasks=tasks,
+        method=method, negatives=negatives, query_max_length=c.query_max_length,
+        passage_max_length=c.passage_max_length, seed=c.seed, output_dir=output_dir, progress=progress)
 
 
 def train_stage_key(examples_key: str | None, train: TrainConfig) -> str:
@@ -53,10 +51,11 @@ def train_stage_key(examples_key: str | None, train: TrainConfig) -> str:
 
 def llm_reranker_train_config(c: ExperimentConfig, loss: str, output_dir: str, progress: bool,
                               steps: int = 0) -> RerankTrainConfig:
-    """An LLM reranker's training: `llm_reranker_lr` for its small modules; `steps` overrides the budget."""
-    return RerankTrainConfig(loss=loss, steps=steps or c.reranker_steps, batch_size=c.reranker_batch_size,
-                             group_size=c.reranker_group_size, lr=c.llm_reranker_lr, seed=c.seed,
-                             output_dir=output_dir, progress=progress)
+    """An LLM reranker's training: the `rerank` section with `llm_reranker_lr` for its small
+    modules; `steps` overrides the budget."""
+    return RerankTrainConfig(**{**shallow_fields(c.rerank), "steps": steps or c.rerank.steps,
+                                "lr": c.llm_reranker_lr}, loss=loss, seed=c.seed, output_dir=output_dir,
+                             progress=progress)
 
 
 def llm_reranker_key(retriever_key: str, method: str, start: str, train: RerankTrainConfig,
@@ -71,11 +70,11 @@ def llm_reranker_key(retriever_key: str, method: str, start: str, train: RerankT
 
 def cross_encoder_train_config(c: ExperimentConfig, distill: bool, output_dir: str,
                                progress: bool, steps: int = 0) -> RerankTrainConfig:
-    """A cross-encoder stage: contrastive (LCE) or distillation (`distill_loss`)."""
-    return RerankTrainConfig(
-        loss=c.distill_loss if distill else "lce", steps=steps or c.cross_encoder_steps or c.reranker_steps,
-        batch_size=c.reranker_batch_size, group_size=c.reranker_group_size, lr=c.reranker_lr, seed=c.seed,
-        output_dir=output_dir, progress=progress)
+    """A cross-encoder stage: contrastive (LCE) or distillation (`distill_loss`), the `rerank`
+    section's settings; `steps`, else `cross_encoder_steps`, overrides its budget."""
+    return RerankTrainConfig(**{**shallow_fields(c.rerank), "steps": steps or c.cross_encoder_steps or c.rerank.steps},
+                             loss=c.distill_loss if distill else "lce", seed=c.seed, output_dir=output_dir,
+                             progress=progress)
 
 
 def cross_encoder_key(retriever_key: str, method: str, start: str, train: RerankTrainConfig, distill: bool,

@@ -159,4 +159,4 @@ class RerankerStages:
         if not c.reranker_epochs:
             return 0
         n = sum(len(self.holdout.train_queries(t)) for t in self.context.train_tasks())
-        return max(1, math.ceil(c.reranker_epochs * n / c.reranker_batch_size))
+        return max(1, math.ceil(c.reranker_epochs * n / c.rerank.batch_size))
