@@ -86,11 +86,10 @@ class EncoderStages:
             raise FileNotFoundError(f"{ctx.data_dir}: no {tasks[0]}-train-kilt.jsonl for {name}")
         return method, tasks
 
-    def _train_config(self, name: str, start: str, examples: Path) -> TrainConfig:
+    def _train_config(self, name: str, method: str, tasks: list[str], start: str, examples: Path) -> TrainConfig:
         """System `name`'s TrainConfig; `BASE_RUN` trains `base_steps` with `base_seed`, and
         taco.<scale> sets TACO's update scale."""
         ctx, c = self.context, self.context.config
-        method, tasks = self._method(name)
         train = train_config(c, method, tasks, start, str(ctx.data_dir), str(self.corpus.passages().path),
                              str(examples), str(self.training_run(name)), ctx.progress)
         if name == BASE_RUN:
@@ -106,9 +105,9 @@ class EncoderStages:
         from ...trainer import MultitaskTrainer
 
         cache = self.context.cache
-        self._method(name)  # a missing train file stops before any work
+        method, tasks = self._method(name)  # a missing train file stops before any work
         examples = self.training_examples()
-        train = self._train_config(name, start, examples)
+        train = self._train_config(name, method, tasks, start, examples)
         keyed = train
         if name == BASE_RUN:  # shared by the runs of a seed study: its key names contents, not their paths
             keyed = dataclasses.replace(train, data_dir="", passages="", negatives="", output_dir="")
