@@ -433,7 +433,7 @@ def _train_reranker(args) -> None:
     from .config import config_from_args
     from .data import task_train_files
     from .rerank import make_reranker
-    from .rerank.examples import attach_teacher_scores, examples_from_candidates, read_teacher_file
+    from .rerank.examples import attach_teacher_scores, examples_from_search, read_teacher_file
     from .rerank.train import RerankTrainConfig, train_reranker, train_stages
     from .training_loop import seed_everything
 
@@ -444,11 +444,8 @@ def _train_reranker(args) -> None:
     check_outputs(folders=[args.output_dir],
                   inputs=[args.passages, *files.values(), args.encoder, args.index, args.model, args.teacher])
     backend, store = _first_stage(args), PassageStore(args.passages)
-    examples = []
-    for task, path in files.items():
-        queries = read_task_file(path)[: args.max_queries or None]
-        hits = backend.search([e.input for e in queries], task=task, k=args.depth)
-        examples += examples_from_candidates(queries, hits, store, num_negatives=args.num_negatives, task=task)
+    queries = {task: read_task_file(path)[: args.max_queries or None] for task, path in files.items()}
+    examples = examples_from_search(queries, backend, store, args.depth, num_negatives=args.num_negatives)
     print(f"{len(examples)} training queries with a retrieved gold passage")
     seed_everything(config.seed)  # a new head or module is drawn from the global RNG
     reranker = make_reranker(args.method, args.model, **_option_values(args.option))

@@ -6,7 +6,12 @@ them from flags and YAML/JSON files, so the CLI never restates a default.
 
 A field whose type is itself a dataclass (e.g. `TrainConfig.taco`, a `TacoConfig`) is a
 section: in a file either nested (``taco: {beta: 0.99}``) or flat (``taco_beta: 0.99``),
-on the command line flat (``--taco-beta 0.99``).
+on the command line flat (``--taco-beta 0.99``). `section_of` makes a section of some of
+another config's fields (an experiment's ``train:`` section of `TrainConfig`'s).
+
+A field that moved (into a section, or renamed) keeps its old spelling working through
+`moved_fields`: old file keys and flags load with a one-line deprecation warning, and the Python
+API accepts the old keyword and reads the old attribute.
 
 A numeric field declares its range in its metadata, ``field(default=1, metadata={"min": 1})``
 (keys ``min``, ``above``, ``max``, ``below``: >=, >, <=, <; for a list or dict field each
@@ -21,15 +26,19 @@ import argparse
 import dataclasses
 import functools
 import json
+import logging
 import math
 import numbers
 import os
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 T = TypeVar("T")
+
+log = logging.getLogger("mtr.config")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -227,7 +236,8 @@ def field_like(cls: type, name: str, **changes: Any) -> Any:
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: set[str] = frozenset(),
                          prefix: str = "", command: bool = False) -> None:
     """Add one `--field-name` flag per scalar or list field of dataclass `cls` (default: unset),
-    and `--section-field` flags for the fields of each nested dataclass `section`.
+    and `--section-field` flags for the fields of each nested dataclass `section`; the old
+    spellings of moved fields (`moved_fields`) stay as hidden flags that warn when used.
 
     With `command`, `cls` declares a command's own arguments instead (`_add_command_arguments`)."""
     if command:
@@ -240,22 +250,56 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: set[s
             continue
         if dataclasses.is_dataclass(hints[f.name]):
             add_config_arguments(parser, hints[f.name], prefix=f"{prefix}{f.name}_")
-            continue
-        kind = _scalar_type(hints[f.name])
-        if kind is None:
-            continue
-        dest = prefix + f.name
-        flag = "--" + dest.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else "(computed)"
-        limits = bounds_text(f.metadata)
-        help_text = f.metadata.get("help", "") + f" [default: {default}{'; ' + limits if limits else ''}]"
-        if kind is bool:
-            group.add_argument(flag, dest=dest, type=_parse_bool, default=None, metavar="BOOL", help=help_text)
-        elif kind == "list":
-            group.add_argument(flag, dest=dest, type=_list_parser(hints[f.name]), default=None,
-                               metavar="A,B,...", help=help_text)
         else:
-            group.add_argument(flag, dest=dest, type=kind, default=None, help=help_text)
+            _add_flag(group, prefix + f.name, prefix + f.name, hints[f.name], f)
+    for old, place in moved_places(cls).items():
+        _add_moved_flags(group, cls, old, place, prefix)
+
+
+def _add_flag(group: Any, flag_name: str, dest: str, hint: Any, f: dataclasses.Field, moved_to: str = "") -> None:
+    """The flag `--flag-name` setting `dest`, typed by the field's annotation; hidden and
+    warning when used if it is the old spelling of a moved field (`moved_to`: the new flag)."""
+    kind = _scalar_type(hint)
+    if kind is None:
+        return
+    flag = "--" + flag_name.replace("_", "-")
+    default = f.default if f.default is not dataclasses.MISSING else "(computed)"
+    limits = bounds_text(f.metadata)
+    help_text = f.metadata.get("help", "") + f" [default: {default}{'; ' + limits if limits else ''}]"
+    extra: dict[str, Any] = {"action": _MovedFlag, "moved_to": moved_to, "help": argparse.SUPPRESS} if moved_to \
+        else {"help": help_text}
+    if kind is bool:
+        group.add_argument(flag, dest=dest, type=_parse_bool, default=None, metavar="BOOL", **extra)
+    elif kind == "list":
+        group.add_argument(flag, dest=dest, type=_list_parser(hint), default=None, metavar="A,B,...", **extra)
+    else:
+        group.add_argument(flag, dest=dest, type=kind, default=None, **extra)
+
+
+def _add_moved_flags(group: Any, cls: type, old: str, place: str, prefix: str) -> None:
+    """Hidden flags with `old`'s spelling for the field (or every field of the section) now at `place`."""
+    owner, f = _place_field(cls, place)
+    hint = _hints(owner)[f.name]
+    new = prefix + place.replace(".", "_")
+    if not dataclasses.is_dataclass(hint):
+        _add_flag(group, prefix + old, new, hint, f, moved_to="--" + new.replace("_", "-"))
+        return
+    for name, (sub_owner, sub) in _leaf_fields(hint).items():
+        _add_flag(group, f"{prefix}{old}_{name}", f"{new}_{name}", _hints(sub_owner)[sub.name], sub,
+                  moved_to="--" + f"{new}_{name}".replace("_", "-"))
+
+
+class _MovedFlag(argparse.Action):
+    """Stores a flag's value like a plain one, with a one-line warning naming its new spelling."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, moved_to: str = "", **kwargs: Any):
+        super().__init__(option_strings, dest, **kwargs)
+        self.moved_to = moved_to
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        log.warning("%s is deprecated: use %s", option_string, self.moved_to)
+        setattr(namespace, self.dest, values)
 
 
 # --------------------------------------------------------------------------- a command's own arguments
@@ -336,9 +380,10 @@ def _collect(cls: type, files: Sequence[Mapping[str, Any]], args: argparse.Names
     sections = {name for name in fields if dataclasses.is_dataclass(hints[name])}
     values: dict[str, Any] = {}
     section_files: dict[str, list[dict[str, Any]]] = {name: [] for name in sections}
+    warned: set[str] = set()
     for file in files:
         for key, value in file.items():
-            key = key.replace("-", "_")
+            key = _moved_key(cls, key.replace("-", "_"), warned)
             owner = next((n for n in sections if key.startswith(n + "_")), None)
             if key in sections:
                 if not isinstance(value, Mapping):
@@ -383,3 +428,133 @@ def flat_fields(config: Any) -> dict[str, Any]:
         else:
             out[f.name] = value
     return out
+
+
+def shallow_fields(config: Any) -> dict[str, Any]:
+    """A dataclass instance's fields by name, sections kept as objects (to pass on as keywords)."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+# --------------------------------------------------------------------------- sections of another config
+def section_of(cls: type, name: str, names: Sequence[str], doc: str, module: str, **defaults: Any) -> type:
+    """A config dataclass `name` holding fields `names` of dataclass `cls` (type, default, help
+    and range as there; `defaults` replaces some defaults), checked like any config: a section
+    that lets a larger config set only those of `cls`'s fields."""
+    hints = typing.get_type_hints(cls)
+    fields = [(n, hints[n], field_like(cls, n, **({"default": defaults[n]} if n in defaults else {})))
+              for n in names]
+    section = dataclasses.make_dataclass(name, fields, namespace={"__doc__": doc, "__post_init__": check_fields})
+    section.__module__ = module
+    return section
+
+
+# --------------------------------------------------------------------------- moved fields
+def moved_places(cls: type) -> dict[str, str]:
+    """The old names of `cls`'s moved fields and their new places ("steps": "train.steps")."""
+    return dict(getattr(cls, "__moved_fields__", {}))
+
+
+def _place_field(cls: type, place: str) -> tuple[type, dataclasses.Field]:
+    """(the dataclass owning the field at dotted `place` of `cls`, that field)."""
+    head, _, rest = place.partition(".")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if head not in fields:
+        raise ValueError(f"{cls.__name__} has no field {head!r} (in moved place {place!r})")
+    return _place_field(_hints(cls)[head], rest) if rest else (cls, fields[head])
+
+
+def _place_hint(cls: type, place: str) -> Any:
+    """The annotation of the field at dotted `place` of `cls`."""
+    owner, f = _place_field(cls, place)
+    return _hints(owner)[f.name]
+
+
+def _leaf_fields(cls: type) -> dict[str, tuple[type, dataclasses.Field]]:
+    """Every non-section field of dataclass `cls`, nested ones too, by flat name, with its owner."""
+    out: dict[str, tuple[type, dataclasses.Field]] = {}
+    for f in dataclasses.fields(cls):
+        hint = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            out.update({f"{f.name}_{k}": v for k, v in _leaf_fields(hint).items()})
+        elif f.init:
+            out[f.name] = (cls, f)
+    return out
+
+
+def _moved_key(cls: type, key: str, warned: set[str]) -> str:
+    """A config file's key in its new flat spelling when it names a moved field (or a field of a
+    moved section, spelled flat), with a one-line warning once per key; else `key` itself."""
+    moves = moved_places(cls)
+    if not moves or key in {f.name for f in dataclasses.fields(cls)}:
+        return key
+    if key in moves:
+        place = moves[key]
+    else:
+        old = next((o for o, p in moves.items()
+                    if key.startswith(o + "_") and dataclasses.is_dataclass(_place_hint(cls, p))), None)
+        if old is None:
+            return key
+        place = f"{moves[old]}.{key[len(old) + 1:]}"
+    if key not in warned:
+        warned.add(key)
+        log.warning("config key %r is deprecated: write it as %s", key, place)
+    return place.replace(".", "_")
+
+
+def _replaced(config: Any, place: str, value: Any) -> Any:
+    """A copy of dataclass `config` with the field at dotted `place` set to `value`."""
+    head, _, rest = place.partition(".")
+    return dataclasses.replace(config, **{head: _replaced(getattr(config, head), rest, value) if rest else value})
+
+
+def _fold_moved(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Constructor keywords with the old names of moved fields folded into their new places
+    (after the section given, if any: an old keyword wins, as `dataclasses.replace` needs)."""
+    moves = moved_places(cls)
+    old = [k for k in kwargs if k in moves]
+    if not old:
+        return kwargs
+    kwargs, fields = dict(kwargs), {f.name: f for f in dataclasses.fields(cls)}
+    for name in old:
+        place = moves[name]
+        warnings.warn(f"{cls.__name__}({name}=...) is deprecated: use {place}", DeprecationWarning, stacklevel=3)
+        head, _, rest = place.partition(".")
+        value = kwargs.pop(name)
+        if rest:
+            value = _replaced(kwargs[head] if head in kwargs else _default(fields[head]), rest, value)
+        kwargs[head] = value
+    return kwargs
+
+
+def _read_moved(self: Any, name: str) -> Any:
+    """An old field name read on an instance: the value at its new place (read-only)."""
+    place = moved_places(type(self)).get(name)
+    if place is None:
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    value = self
+    for part in place.split("."):
+        value = object.__getattribute__(value, part)
+    return value
+
+
+def moved_fields(moves: Mapping[str, str]) -> Callable[[type[T]], type[T]]:
+    """Class decorator (above `@dataclass`) for a config whose fields moved: `moves` maps each
+    old name to its new dotted place ("steps": "train.steps"; a moved section, "taco":
+    "train.taco", moves its flat keys too). Old file keys and flags still load, each with a
+    one-line deprecation warning; the constructor takes old keywords (a DeprecationWarning)
+    and instances read old names."""
+    def decorate(cls: type[T]) -> type[T]:
+        for place in moves.values():
+            _place_field(cls, place)  # a wrong place fails at import
+        cls.__moved_fields__ = dict(moves)  # type: ignore[attr-defined]
+        init = cls.__init__
+
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **_fold_moved(cls, kwargs))
+
+        cls.__init__ = __init__  # type: ignore[method-assign]
+        cls.__getattr__ = _read_moved  # type: ignore[attr-defined]
+        return cls
+
+    return decorate

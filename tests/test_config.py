@@ -1,10 +1,12 @@
 """Dataclass configs become CLI flags and merge defaults < file < flags."""
 import argparse
+import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
 
-from multitask_retriever.config import add_config_arguments, config_from_args, flat_fields, load_config_file
+from multitask_retriever.config import (add_config_arguments, config_from_args, flat_fields, load_config_file,
+                                        moved_fields, section_of)
 
 
 @dataclass
@@ -122,3 +124,60 @@ def test_every_committed_config_file_loads():
     for path in configs:
         cls = TrainConfig if path.name.startswith("train-") else ExperimentConfig
         config_from_args(cls, None, load_config_file(path), **({} if cls is TrainConfig else {"data_dir": "d"}))
+
+
+# --------------------------------------------------------------------------- sections of another config, moved fields
+Budget = section_of(WithSection, "Budget", ["steps", "taco"], doc="Some of WithSection's fields.", module=__name__,
+                    steps=4)
+
+
+@moved_fields({"steps": "budget.steps", "taco": "budget.taco"})
+@dataclass
+class Moved:
+    """A config whose `steps` and `taco` moved into its `budget` section."""
+
+    name: str = "x"
+    budget: Budget = field(default_factory=Budget)
+
+
+def test_a_section_of_another_config_has_its_fields_with_the_defaults_given():
+    assert [f.name for f in dataclasses.fields(Budget)] == ["steps", "taco"]
+    assert Budget() == Budget(steps=4, taco=Section())
+    with pytest.raises(ValueError, match="Budget field 'steps' expects int, got 'many'"):
+        Budget(steps="many")
+
+
+def test_old_file_keys_load_as_their_new_places():
+    old = {"steps": 3, "taco": {"beta": 0.1}, "taco_exact": True}
+    new = {"budget": {"steps": 3, "taco": {"beta": 0.1, "exact": True}}}
+    assert config_from_args(Moved, None, old) == config_from_args(Moved, None, new) == \
+        Moved(budget=Budget(steps=3, taco=Section(beta=0.1, exact=True)))
+
+
+def test_each_old_key_warns_once_in_one_line_naming_its_new_place(caplog):
+    config_from_args(Moved, None, [{"steps": 3, "taco_beta": 0.2}, {"steps": 5}])
+    assert [r.getMessage() for r in caplog.records] == [
+        "config key 'steps' is deprecated: write it as budget.steps",
+        "config key 'taco_beta' is deprecated: write it as budget.taco.beta"]
+
+
+def test_old_flags_set_the_new_places_and_warn(caplog):
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, Moved)
+    old = config_from_args(Moved, parser.parse_args(["--steps", "3", "--taco-exact", "true"]))
+    assert old == config_from_args(Moved, parser.parse_args(["--budget-steps", "3", "--budget-taco-exact", "true"]))
+    assert old == Moved(budget=Budget(steps=3, taco=Section(exact=True)))
+    assert [r.getMessage() for r in caplog.records] == ["--steps is deprecated: use --budget-steps",
+                                                        "--taco-exact is deprecated: use --budget-taco-exact"]
+    assert "--steps" not in parser.format_help() and "--budget-steps" in parser.format_help()
+
+
+def test_old_keywords_and_attributes_reach_the_new_places():
+    with pytest.deprecated_call(match=r"Moved\(steps=...\) is deprecated: use budget.steps"):
+        config = Moved(steps=3, taco=Section(beta=0.1))
+    assert config == Moved(budget=Budget(steps=3, taco=Section(beta=0.1)))
+    assert (config.steps, config.taco) == (3, Section(beta=0.1))
+    replaced = dataclasses.replace(config, taco=Section(exact=True))
+    assert replaced.budget == Budget(steps=3, taco=Section(exact=True))
+    with pytest.raises(AttributeError, match="'Moved' object has no attribute 'stepz'"):
+        config.stepz

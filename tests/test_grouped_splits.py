@@ -10,7 +10,7 @@ import pytest
 from kilt.io import KiltExample, read_task_file
 from kilt.tasks import query_group
 from multitask_retriever.data import read_training_examples
-from multitask_retriever.experiment import Experiment, ExperimentConfig
+from multitask_retriever.experiment import Experiment, ExperimentConfig, TrainSection
 from multitask_retriever.rerank.fusion import split_validation
 
 
@@ -67,7 +67,7 @@ def test_held_out_fusion_queries_are_left_out_of_retriever_training(mini_kilt, t
     data = _wow_folder(mini_kilt, tmp_path / "kilt")
     experiment = Experiment(ExperimentConfig(
         data_dir=str(data), work_dir=str(tmp_path / "work"), systems=["naive"], encoder=str(tiny_bert), k=20,
-        steps=1, per_task_batch_size=2, fusion_validation=0.3, fusion_holdout_retriever=True), progress=False)
+        train=TrainSection(steps=1, per_task_batch_size=2), fusion_validation=0.3, fusion_holdout_retriever=True), progress=False)
     experiment.run()
     trained = read_task_file(tmp_path / "work" / "train-data" / "queries" / "wow-train-kilt.jsonl")
     assert {e.id for e in trained} == {e.id for e in experiment.build.train_queries("wow")}

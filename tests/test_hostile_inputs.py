@@ -298,7 +298,7 @@ def test_an_error_loading_a_run_is_one_line(tmp_path, capsys, monkeypatch):
 
     state = tmp_path / "run" / "final" / "trainer_state.pt"
 
-    def bad_state(self, resume=False):
+    def bad_state(self, resume=False, stop_after=None):
         raise ValueError(f"{state}: lacks the keys 'step', 'config'\n(written by another version?)")
 
     monkeypatch.setattr(MultitaskTrainer, "train", bad_state)

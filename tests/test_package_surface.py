@@ -56,10 +56,11 @@ def test_train_runs_the_multitask_trainer(monkeypatch):
     from multitask_retriever.trainer import MultitaskTrainer, TrainConfig
 
     calls = []
-    monkeypatch.setattr(MultitaskTrainer, "train", lambda self, resume=False: calls.append((self.config, resume)))
+    monkeypatch.setattr(MultitaskTrainer, "train",
+                        lambda self, resume=False, stop_after=None: calls.append((self.config, resume, stop_after)))
     config = TrainConfig(output_dir="run")
     train(config, resume=True)
-    assert calls == [(config, True)]
+    assert calls == [(config, True, None)]
 
 
 def test_every_reranker_create_takes_the_start_model_as_model():

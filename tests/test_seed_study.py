@@ -22,8 +22,8 @@ def study(mini_kilt, tiny_bert, tmp_path_factory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("out") / "study.json"
     code = main(["benchmark-quality", str(data), "--out", str(out), "--work-dir", str(out.parent / "work"),
                  "--quiet", "--systems", ",".join(SYSTEMS), "--seeds", "3,4", "--encoder", str(tiny_bert),
-                 "--k", "20", "--steps", "3", "--per-task-batch-size", "4", "--warmup-ratio", "0.34",
-                 "--task-temperature", "4", "--negative-sampling", "top"])
+                 "--k", "20", "--train-steps", "3", "--train-per-task-batch-size", "4", "--train-warmup-ratio", "0.34",
+                 "--train-task-temperature", "4", "--train-negative-sampling", "top"])
     assert code == 0
     return json.loads(out.read_text()), out
 

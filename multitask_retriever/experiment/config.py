@@ -1,17 +1,20 @@
 """What `mtr benchmark-quality` builds and scores: `ExperimentConfig`.
 
-Training budgets default to the library's (`TrainConfig`, `RerankTrainConfig`), sized for a
-GPU; scripts/configs/cpu.yaml holds the budgets of the committed CPU runs.
+Dual-encoder training settings sit in its `train:` section (fields of `TrainConfig`) and the
+rerankers' in `rerank:` (fields of `RerankTrainConfig`); their budgets default to the library's,
+sized for a GPU; scripts/configs/cpu.yaml holds the budgets of the committed CPU runs. What only
+an experiment has (seeds, depths, hold-outs, teacher, base model) stays top-level, as do the
+settings every stage shares (seed, max_train_queries, query and passage lengths). The old flat
+spellings (`steps`, `reranker_lr`, `taco`, ...) still load, with a deprecation warning.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import check_fields, field_like
+from ..config import check_fields, field_like, moved_fields, section_of
 from ..rerank.losses import distill_losses
 from ..rerank.train import RerankTrainConfig
-from ..specialization import TacoConfig
 from ..trainer import TrainConfig
 from .systems import RERANKERS, RETRIEVERS
 
@@ -21,7 +24,28 @@ DEFAULT_SYSTEMS = ["bm25", "zero-shot", "naive", "taco", "taco+cross-encoder", "
 #: what the systems are scored on: the dev files, or held-out training queries
 SCORE_ON = ("dev", "validation")
 
+#: the TrainConfig fields an experiment sets for every fine-tuned dual encoder (the others are
+#: set per system, top-level, or left at the library's)
+TRAIN_FIELDS = ("steps", "per_task_batch_size", "n_negatives", "lr", "warmup_steps", "warmup_ratio",
+                "task_temperature", "query_prompt_style", "negative_sampling", "temperature", "taco")
 
+#: the RerankTrainConfig fields an experiment sets for its rerankers (`lr`: the cross-encoder's)
+RERANK_FIELDS = ("steps", "batch_size", "group_size", "lr")
+
+TrainSection = section_of(
+    TrainConfig, "TrainSection", TRAIN_FIELDS, module=__name__, lr=3e-5, temperature=0.05,
+    doc="Dual-encoder fine-tuning (TrainConfig fields); lr 3e-5 and temperature 0.05 suit the MiniLM start.")
+
+RerankSection = section_of(
+    RerankTrainConfig, "RerankSection", RERANK_FIELDS, module=__name__,
+    doc="Reranker training (RerankTrainConfig fields); lr is the cross-encoder's (see llm_reranker_lr).")
+
+#: the flat spellings of earlier configs and their places now
+MOVED = {**{name: f"train.{name}" for name in TRAIN_FIELDS},
+         **{f"reranker_{name}": f"rerank.{name}" for name in RERANK_FIELDS}}
+
+
+@moved_fields(MOVED)
 @dataclass
 class ExperimentConfig:
     """What to build and score on a KILT folder."""
@@ -47,35 +71,20 @@ class ExperimentConfig:
     encode_batch_size: int = field(default=64, metadata={"min": 1})
     zero_shot_prompts: bool = field(default=False, metadata={
         "help": "task prompts on zero-shot queries (default off: the pretrained model never saw them)"})
-    # dual-encoder fine-tuning (TrainConfig); lr and temperature suit the default MiniLM start point
-    steps: int = field_like(TrainConfig, "steps")
+    train: TrainSection = field(default_factory=TrainSection)  # type: ignore[valid-type]
     base_steps: int = field(default=0, metadata={
         "help": "two-phase protocol: a naive base trained this many steps, which every fine-tuned system "
-                "(naive, taco, pcgrad, cgd, single-<task>) then continues from for STEPS more with a fresh "
+                "(naive, taco, pcgrad, cgd, single-<task>) then continues from for train.steps more with a fresh "
                 "optimiser; 0: each system trains from the start encoder", "min": 0})
     base_dir: str = field(default="", metadata={
         "help": "folder of the naive base (default: WORK_DIR/train/naive-base); a seed study shares one"})
     base_seed: int = field(default=-1, metadata={
         "help": "seed of the naive base (-1: the run's seed); a seed study trains one base with its first seed",
         "min": -1})
-    per_task_batch_size: int = field_like(TrainConfig, "per_task_batch_size")
-    n_negatives: int = field_like(TrainConfig, "n_negatives")
-    lr: float = field_like(TrainConfig, "lr", default=3e-5)
-    warmup_steps: int = field_like(TrainConfig, "warmup_steps")
-    warmup_ratio: float = field_like(TrainConfig, "warmup_ratio", help=(
-        "share of steps with learning-rate warm-up and naive task weighting (TrainConfig)"))
-    task_temperature: float = field_like(TrainConfig, "task_temperature", help=(
-        "0: equal per-task batches; T > 0: batch shares proportional to n_t^(1/T) (TrainConfig)"))
-    query_prompt_style: str = field_like(TrainConfig, "query_prompt_style", help=(
-        "fine-tuned systems' query prompts: short | taco-t5 (TrainConfig); empty: the encoder's"))
-    negative_sampling: str = field_like(TrainConfig, "negative_sampling", help=(
-        "sample | top: how training batches take hard negatives (TrainConfig)"))
-    temperature: float = field_like(TrainConfig, "temperature", default=0.05, help=(
-        "softmax temperature over cosine similarities"))
     query_max_length: int = field_like(TrainConfig, "query_max_length")
     passage_max_length: int = field_like(TrainConfig, "passage_max_length")
-    taco: TacoConfig = field(default_factory=TacoConfig)
-    # reranking (RerankTrainConfig)
+    # reranking
+    rerank: RerankSection = field(default_factory=RerankSection)  # type: ignore[valid-type]
     rerank_k: int = field(default=20, metadata={
         "help": "candidates reranked per query, and the depth rerankers train on", "min": 1})
     rerank_queries: int = field(default=0, metadata={"help": "cap on reranked dev queries per task (0 = all)",
@@ -83,13 +92,9 @@ class ExperimentConfig:
     dev_queries: int = field(default=0, metadata={
         "help": "score every system on the first N dev queries of each task (0 = all), so that every row "
                 "of the table stands on the same queries", "min": 0})
-    reranker_steps: int = field_like(RerankTrainConfig, "steps")
-    reranker_batch_size: int = field_like(RerankTrainConfig, "batch_size")
-    reranker_group_size: int = field_like(RerankTrainConfig, "group_size")
     cross_encoder_steps: int = field(default=0, metadata={
-        "help": "cross-encoder training steps (0: reranker_steps); its fresh scoring head may need more than "
+        "help": "cross-encoder training steps (0: rerank.steps); its fresh scoring head may need more than "
                 "the LLM rerankers' small modules", "min": 0})
-    reranker_lr: float = field_like(RerankTrainConfig, "lr", help="cross-encoder learning rate")
     teacher: str = field(default="qpeft-a", metadata={
         "help": "reranker (any LLM reranker, or a cross-encoder schedule without distill) whose scores on the "
                 "retriever's training candidates the cross-encoder.*distill* "
@@ -104,7 +109,7 @@ class ExperimentConfig:
                 "empty: each method's own (lce+ql)"})
     max_train_queries: int = field_like(TrainConfig, "max_train_queries")
     reranker_epochs: float = field(default=0.0, metadata={
-        "help": "passes over the rerankers' training queries; sets their step counts (0: reranker_steps and "
+        "help": "passes over the rerankers' training queries; sets their step counts (0: rerank.steps and "
                 "cross_encoder_steps)", "min": 0})
     score_on: str = field(default="dev", metadata={
         "help": "dev | validation: score on a held-out, grouped share (validation_split) of each task's "

@@ -16,7 +16,7 @@ from kilt.stats import compare
 
 from ..trainer import specialization_summary
 from ..training_loop import FINAL_NAME, LOG_NAME, read_log
-from .builders import BASE_RUN
+from .stages.keys import BASE_RUN
 from .config import ExperimentConfig
 from .evaluation import SystemResult
 from .report import machine_info

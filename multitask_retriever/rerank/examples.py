@@ -1,5 +1,7 @@
 """Reranker training examples: a positive and hard negatives per query from first-stage
-candidates, and teacher scores read from, attached to and written to teacher files."""
+candidates (`examples_from_search` searches for them: what `mtr train-reranker` and
+`mtr benchmark-quality` train on), and teacher scores read from, attached to and written to
+teacher files."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from kilt.hits import Hit
+from kilt.hits import Hit, SearchBackend
 from kilt.io import KiltExample, KiltFormatError, atomic_write, iter_jsonl
 from kilt.passages import Passage, PassageStore
 
@@ -99,6 +101,29 @@ def examples_from_candidates(
         ))
     if skipped:
         log.info("skipped %d of %d queries with no gold page among their candidates", skipped, len(task_examples))
+    return out
+
+
+def examples_from_search(
+    queries: Mapping[str, Sequence[KiltExample]],
+    search: SearchBackend,
+    store: PassageStore,
+    depth: int,
+    *,
+    num_negatives: int | None = None,
+    batch_size: int = 256,
+) -> list[RerankExample]:
+    """Training examples of each task's queries (task -> queries, in order) from the first
+    stage's top `depth` candidates, searched `batch_size` queries at a time with the task's
+    prompt; see `examples_from_candidates` for the positive, the negatives and skipped queries."""
+    if depth < 1:
+        raise ValueError(f"depth must be >= 1, got {depth}")
+    out: list[RerankExample] = []
+    for task, task_queries in queries.items():
+        hits: list = []
+        for i in range(0, len(task_queries), batch_size):
+            hits += search.search([e.input for e in task_queries[i : i + batch_size]], task=task, k=depth)
+        out += examples_from_candidates(task_queries, hits, store, num_negatives=num_negatives, task=task)
     return out
 
 

@@ -1,0 +1,67 @@
+"""Retriever stages: a search backend per retriever system, BM25 or a flat dense index of the
+passages encoded by the system's dual encoder."""
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+from ..cache import stage_key
+from .context import StageContext
+from .corpus import CorpusStages
+from .encoders import EncoderStages
+
+
+class RetrieverStages:
+    """Search backends by system name, built or loaded once per run."""
+
+    def __init__(self, context: StageContext, corpus: CorpusStages, encoders: EncoderStages):
+        self.context = context
+        self.corpus = corpus
+        self.encoders = encoders
+        self._retrievers: dict[str, Any] = {}
+
+    def retriever(self, name: str):
+        """A search backend for a retriever system name (built or loaded on first use)."""
+        if name not in self._retrievers:
+            self._retrievers[name] = self.corpus.bm25() if name == "bm25" else self._dense(name)
+        return self._retrievers[name]
+
+    def retriever_key(self, name: str) -> str:
+        return self.context.cache.key(self.context.work / ("bm25" if name == "bm25" else f"dense/{name}"))
+
+    def _encoder_overrides(self, name: str) -> dict[str, Any]:
+        """Zero-shot queries go in plain unless `zero_shot_prompts`: the model never saw our prompts."""
+        c = self.context.config
+        overrides: dict[str, Any] = {"query_max_length": c.query_max_length,
+                                     "passage_max_length": c.passage_max_length}
+        if name == "zero-shot" and not c.zero_shot_prompts:
+            overrides["query_prompts"] = {task: "{query}" for task in self.context.task_files}
+        return overrides
+
+    def _dense(self, name: str):
+        """Encode the passages with system `name`'s encoder, build a flat index, and search it."""
+        from ...encoder import DualEncoder
+        from ...encoding import encode_corpus
+        from ...indexing import Index, IndexConfig
+        from ...retriever import Retriever
+
+        ctx, c = self.context, self.context.config
+        store = self.corpus.passages()
+        encoder_path, encoder_key = self.encoders.encoder_path(name)
+        encoder = DualEncoder.from_pretrained(encoder_path, **self._encoder_overrides(name))
+        encoder.to(ctx.device).eval()
+        folder = ctx.work / "dense" / name
+        key = stage_key(passages=self.corpus.passages_key(), encoder=encoder_key,
+                        q=c.query_max_length, p=c.passage_max_length)
+        with ctx.cache.stage(f"index {name}"):
+            if ctx.cache.cached(folder, key):
+                index = Index.load(folder / "index", expected_dim=encoder.dim, device=c.device)
+            else:
+                shards = encode_corpus(encoder, store.path, folder / "shards", shard_size=50_000,
+                                       batch_size=c.encode_batch_size, progress=ctx.progress)
+                index = Index.from_shards(shards, IndexConfig(index_type="flat", device=c.device),
+                                          progress=ctx.progress)
+                index.save(folder / "index")
+                shutil.rmtree(shards)
+                ctx.cache.finish(folder, key)
+        return Retriever(encoder, index, store, batch_size=c.encode_batch_size)
