@@ -530,7 +530,7 @@ def _benchmark_quality(args) -> None:
 
     from .config import config_from_args, load_config_file
     from .experiment import Experiment, ExperimentConfig, SeedStudy, markdown_table, seed_study_table, write_report
-    from .experiment.report import report_files
+    from .experiment.report import report_files, reuse_commands
 
     cfg = config_from_args(ExperimentConfig, args, [load_config_file(path) for path in args.config],
                            data_dir=args.data_dir)
@@ -546,6 +546,10 @@ def _benchmark_quality(args) -> None:
         paths = write_report(doc, args.out)
         print(markdown_table(doc))
     print("wrote " + ", ".join(map(str, paths)))
+    if not cfg.seeds:
+        where, *commands = reuse_commands(doc, Path(args.out).with_name(Path(args.out).stem + "-predictions"))
+        print(f"\nmodels of the best system, {where}\nto rank the dev queries with it and score them:")
+        print("\n".join(f"  {line}" for line in commands))
 
 
 # --------------------------------------------------------------------------- parser

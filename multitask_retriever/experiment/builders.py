@@ -63,6 +63,14 @@ class SystemBuilder:
         """The trainer's output folder of fine-tuned system `name` (checkpoints, final/, log)."""
         return self.encoders.training_run(name)
 
+    def models(self, retriever_name: str, reranker_name: str | None) -> dict[str, str]:
+        """The files system `<retriever>+<reranker>` reads: passages, the retriever's encoder,
+        index and prompt style, and the trained reranker's folder (none for untrained zero-shot)."""
+        models = {"passages": str(self.passages().path), **self.retrievers.models(retriever_name)}
+        if reranker_name and reranker_name != "zero-shot":
+            models["reranker"] = str(self.rerankers.trained_folder(retriever_name, reranker_name))
+        return models
+
     def reranker(self, method: str, retriever_name: str):
         """Reranker `method` fine-tuned on `retriever_name`'s candidates (or zero-shot)."""
         return self.rerankers.reranker(method, retriever_name)

@@ -2,7 +2,7 @@
 significance tests between systems."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +21,7 @@ class SystemResult:
     per_query: dict[str, dict[str, dict[str, float]]]  # task -> qid -> metric -> value
     seconds: float
     fusion: dict[str, Any] | None = None  # how the final order combined both scores, when it did
+    models: dict[str, str] = field(default_factory=dict)  # the files it read (`SystemBuilder.models`)
 
     def avg(self) -> dict[str, float]:
         tasks = list(self.per_task)

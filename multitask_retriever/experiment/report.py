@@ -134,6 +134,36 @@ def specialization_chart(doc: dict[str, Any], path: str | Path) -> None:
     plt.close(fig)
 
 
+def best_system(doc: dict[str, Any]) -> str:
+    """The system with the highest average R-precision (the first of equals)."""
+    systems = doc["systems"]
+    return max(systems, key=lambda name: systems[name]["avg"].get("Rprec", 0.0))
+
+
+def reuse_commands(doc: dict[str, Any], out_dir: str | Path, system: str = "") -> list[str]:
+    """Where a system's models are (default: the best) and the `mtr pipeline` and `mtr evaluate`
+    commands that rank the first task's dev queries with them, into `out_dir`."""
+    system = system or best_system(doc)
+    entry, config = doc["systems"][system], doc["config"]
+    models, task = entry.get("models", {}), doc["data"]["tasks"][0]
+    gold = doc["data"]["dev_files"][task]
+    guess = Path(out_dir) / f"{task}-dev-predictions.jsonl"
+    fusion = (entry.get("fusion") or {}).get("method", "none")
+    command = ["mtr pipeline", f"--passages {models['passages']}"]
+    if "encoder" in models:
+        command += [f"--encoder {models['encoder']}", f"--index {models['index']}"]
+        if models["query_prompts"]:
+            command.append(f"--query-prompts {models['query_prompts']}")
+    if "reranker" in models:
+        command += [f"--reranker {models['reranker']}", f"--rerank-k {config['rerank_k']}",
+                    f"--fusion {'fitted' if fusion == 'interpolate' else fusion}"]
+    else:
+        command.append("--rerank-k 0")
+    command += [f"--queries {gold}", f"--out {guess}", f"--k {config['k']}"]
+    lines = [f"{system}: " + ", ".join(f"{kind} {path}" for kind, path in models.items() if kind != "query_prompts")]
+    return lines + [" ".join(command), f"mtr evaluate {gold} {guess}"]
+
+
 def report_files(out: str | Path) -> list[Path]:
     """Every file `write_report` may write for result FILE.json: the JSON, FILE.md, FILE.png and
     (a seed study's) FILE-specialization.png."""

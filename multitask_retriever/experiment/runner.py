@@ -106,6 +106,7 @@ class Experiment:
         result = self._predict(name, self.build.retriever(retriever_name), reranker, fusion)
         result.seconds = time.perf_counter() - start
         result.fusion = asdict(fusion) if fusion is not None else None
+        result.models = self.build.models(retriever_name, reranker_name)
         self._results[name] = result
         return result
 
@@ -162,10 +163,11 @@ class Experiment:
             "machine": machine_info(),
             "data": {"data_dir": str(self.data_dir), "knowledge_source": str(self.knowledge_source),
                      "passages": len(self.build.passages()), "tasks": list(self.task_files),
+                     "dev_files": {t: str(s["dev"]) for t, s in self.task_files.items()},
                      "warnings": self.build.warnings},
             "config": asdict(self.config),
             "systems": {name: {"per_task": r.per_task, "avg": r.avg(), "seconds": round(r.seconds, 1),
-                               **({"fusion": r.fusion} if r.fusion is not None else {})}
+                               **({"fusion": r.fusion} if r.fusion is not None else {}), "models": r.models}
                         for name, r in self._results.items()},
             "significance": self.significance(),
             "stages": {k: round(v, 1) for k, v in self.cache.timings.items()},

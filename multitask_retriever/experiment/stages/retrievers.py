@@ -19,12 +19,19 @@ class RetrieverStages:
         self.corpus = corpus
         self.encoders = encoders
         self._retrievers: dict[str, Any] = {}
+        self._models: dict[str, dict[str, str]] = {}
 
     def retriever(self, name: str):
         """A search backend for a retriever system name (built or loaded on first use)."""
         if name not in self._retrievers:
             self._retrievers[name] = self.corpus.bm25() if name == "bm25" else self._dense(name)
         return self._retrievers[name]
+
+    def models(self, name: str) -> dict[str, str]:
+        """The files a built retriever reads (encoder, index, query prompt style), for reusing
+        them with `mtr retrieve` or `mtr pipeline`; empty for BM25, which needs only the passages."""
+        self.retriever(name)
+        return dict(self._models.get(name, {}))
 
     def retriever_key(self, name: str) -> str:
         return self.context.cache.key(self.context.work / ("bm25" if name == "bm25" else f"dense/{name}"))
@@ -43,6 +50,7 @@ class RetrieverStages:
         from ...encoder import DualEncoder
         from ...encoding import encode_corpus
         from ...indexing import Index, IndexConfig
+        from ...models import packaged_minilm_path
         from ...retriever import Retriever
 
         ctx, c = self.context, self.context.config
@@ -64,4 +72,8 @@ class RetrieverStages:
                 index.save(folder / "index")
                 shutil.rmtree(shards)
                 ctx.cache.finish(folder, key)
+        plain = name == "zero-shot" and not c.zero_shot_prompts
+        packaged = encoder_path == str(packaged_minilm_path())
+        self._models[name] = {"encoder": "minilm" if packaged else encoder_path, "index": str(folder / "index"),
+                              "query_prompts": "none" if plain else ""}
         return Retriever(encoder, index, store, batch_size=c.encode_batch_size)
