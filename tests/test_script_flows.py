@@ -145,18 +145,59 @@ def test_rerank_flow(method, script_env, mini_kilt, tiny_bert, tiny_llama, tmp_p
 
 
 # --------------------------------------------------------------------------- 3. quickstart
-def test_quickstart_with_cheap_systems(script_env, tiny_llama, tmp_path):
-    """The whole quickstart takes many minutes on 2 CPU cores (MiniLM fine-tuned twice for 15 steps
-    of ~20 s each, a 60-step cross-encoder); here its cheapest systems, one of them with an LLM
-    reranker (Q-PEFT-A over the tiny Llama)."""
+def test_quickstart_with_cheap_systems(script_env, tiny_llama, mini_kilt, tmp_path):
+    """The default quickstart (data/kilt-mini, MiniLM fine-tuned) takes minutes; here its cheapest
+    systems on the fixtures, one with an LLM reranker (Q-PEFT-A over the tiny Llama), through
+    --data and --systems, which write their own report and end with commands that reuse the models."""
     systems = ["bm25", "zero-shot", "bm25+qpeft-a"]
-    out = run_script(script_env, "quickstart.sh", "--systems", ",".join(systems), "--llm", tiny_llama,
-                     "--out", tmp_path / "quickstart")
-    result = json.loads((tmp_path / "quickstart" / "mini_kilt.json").read_text())
+    out = run_script(script_env, "quickstart.sh", "--data", mini_kilt, "--systems", ",".join(systems),
+                     "--llm", tiny_llama, "--out", tmp_path / "quickstart")
+    result = json.loads((tmp_path / "quickstart" / "mini_kilt-custom.json").read_text())
     assert list(result["systems"]) == systems
     for system in systems:
         avg = result["systems"][system]["avg"]
         assert 0.0 <= avg["Rprec"] <= 1.0 and 0.0 <= avg["recall@5"] <= 1.0
         assert f"| {system} |" in out
     assert result["systems"]["bm25"]["avg"]["Rprec"] > 0.5  # BM25 is strong on the hand-written fixtures
-    assert (tmp_path / "quickstart" / "mini_kilt.md").is_file()
+    assert (tmp_path / "quickstart" / "mini_kilt-custom.md").is_file()
+    assert "  mtr pipeline --passages " in out and "  mtr evaluate " in out
+
+
+def _lone_quickstart(tmp_path: Path) -> Path:
+    """quickstart.sh alone in a folder: it cannot source _env.sh there, so what runs is what it
+    does before any setup."""
+    (tmp_path / "scripts").mkdir()
+    return Path(shutil.copy(SCRIPTS / "quickstart.sh", tmp_path / "scripts"))
+
+
+def test_quickstart_help_comes_before_any_setup(tmp_path):
+    proc = subprocess.run(["bash", str(_lone_quickstart(tmp_path)), "--help"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=30)
+    assert proc.returncode == 0 and proc.stdout.startswith("Usage: scripts/quickstart.sh")
+
+
+@pytest.mark.parametrize("flag, folder, says", [
+    ("--data", "missing", "--data {}: no such folder"),
+    ("--data", "empty", "--data {}: no knowledge_source.jsonl[.gz] or kilt_knowledgesource.json in it"),
+    ("--real", "pages-only", "--real {}: no <task>-train-kilt.jsonl files in it"),
+])
+def test_quickstart_checks_its_data_folder_before_any_work(flag, folder, says, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "pages-only").mkdir()
+    (tmp_path / "pages-only" / "kilt_knowledgesource.json").write_text("")
+    proc = subprocess.run(["bash", str(_lone_quickstart(tmp_path)), flag, folder], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=30)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "quickstart: " + says.format(tmp_path / folder)
+
+
+def test_quickstart_fast_reads_kilts_own_file_names_and_writes_its_own_report(script_env, mini_kilt, tmp_path):
+    data = tmp_path / "kilt"
+    shutil.copytree(mini_kilt, data)
+    (data / "knowledge_source.jsonl").rename(data / "kilt_knowledgesource.json")
+    out = tmp_path / "quickstart"
+    (out).mkdir()
+    (out / "kilt.json").write_text("the full run's report")
+    run_script(script_env, "quickstart.sh", "--data", data, "--fast", "--out", out)
+    assert list(json.loads((out / "kilt-fast.json").read_text())["systems"]) == ["bm25", "zero-shot"]
+    assert (out / "kilt.json").read_text() == "the full run's report"
