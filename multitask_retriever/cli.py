@@ -206,12 +206,12 @@ class EncodeArgs:
 def _encode(args) -> None:
     from kilt.io import check_outputs
 
-    from .devices import resolve_device
+    from .devices import process_device
     from .encoder import DualEncoder
     from .encoding import encode_corpus
 
     check_outputs(folders=[args.out_dir], inputs=[args.encoder, args.passages])
-    encoder = DualEncoder.from_pretrained(args.encoder).to(resolve_device(args.device))
+    encoder = DualEncoder.from_pretrained(args.encoder).to(process_device(args.device))
     out = encode_corpus(encoder, args.passages, args.out_dir, shard_size=args.shard_size,
                         batch_size=args.batch_size, overwrite=args.overwrite)
     print(f"encoded shards in {out}")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import ContextManager
+from typing import Any, ContextManager
 
 import torch
 
@@ -22,6 +22,22 @@ def resolve_device(name: str = "auto") -> str:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} but torch sees no CUDA device")
     return name
+
+
+def process_device(name: str = "auto", state: Any = None) -> str:
+    """This process's device: under a multi-process launch (`accelerate launch`) ``auto`` and
+    ``cuda`` mean the GPU accelerate gave the process (cuda:<local rank>), not GPU 0 for all;
+    otherwise `resolve_device(name)`. `state` is accelerate's PartialState (default: this process's)."""
+    if name not in ("auto", "cuda"):
+        return resolve_device(name)
+    if state is None:
+        from accelerate import PartialState
+
+        state = PartialState()
+    device = torch.device(state.device)
+    if state.num_processes > 1 and device.type == "cuda":
+        return str(device)
+    return resolve_device(name)
 
 
 def check_dtype_name(name: str, option: str = "dtype") -> None:

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from multitask_retriever.devices import autocast, check_dtype_name, resolve_device, resolve_dtype
+from types import SimpleNamespace
+
+from multitask_retriever.devices import autocast, check_dtype_name, process_device, resolve_device, resolve_dtype
 from multitask_retriever.encoder import EncoderConfig
 from multitask_retriever.rerank.cross_encoder import CrossEncoderConfig
 from multitask_retriever.rerank.llm_scoring import LLMScoringConfig
@@ -49,3 +51,34 @@ def test_autocast_is_off_for_float32_and_on_for_a_half_type():
         assert not torch.is_autocast_enabled("cpu")
     with autocast("cpu", "bfloat16"):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+@pytest.mark.parametrize("name", ["auto", "cuda"])
+def test_under_a_multi_gpu_launch_each_process_takes_its_own_gpu(name):
+    """`mtr encode` under `accelerate launch` on 4 GPUs: the process of local rank 2 encodes on
+    cuda:2, not every process on GPU 0."""
+    state = SimpleNamespace(num_processes=4, device=torch.device("cuda:2"))
+    assert process_device(name, state) == "cuda:2"
+
+
+def test_a_single_process_or_an_explicit_device_resolves_as_usual(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert process_device("auto", SimpleNamespace(num_processes=1, device=torch.device("cpu"))) == "cpu"
+    assert process_device("cpu", SimpleNamespace(num_processes=4, device=torch.device("cuda:2"))) == "cpu"
+
+
+def test_mtr_encode_puts_the_encoder_on_the_process_device(tiny_bert, mini_kilt, tmp_path, monkeypatch):
+    from kilt.passages import write_passages
+    from multitask_retriever import devices
+    from multitask_retriever.cli import main as mtr
+    from multitask_retriever.encoder import DualEncoder
+
+    write_passages(mini_kilt / "knowledge_source.jsonl", tmp_path / "passages.jsonl")
+    asked: list[str] = []
+    monkeypatch.setattr(devices, "process_device", lambda name="auto", state=None: asked.append(name) or "cpu")
+    moved: list = []
+    real_to = DualEncoder.to
+    monkeypatch.setattr(DualEncoder, "to", lambda self, device: moved.append(device) or real_to(self, device))
+    assert mtr(["encode", "--encoder", str(tiny_bert), "--passages", str(tmp_path / "passages.jsonl"),
+                "--out-dir", str(tmp_path / "shards")]) == 0
+    assert asked == ["auto"] and moved == ["cpu"]
