@@ -17,8 +17,9 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from kilt.digest import combined_digest, file_digest
-from kilt.io import atomic_write, read_json_object, write_json
 from kilt.passages import Passage, iter_passage_file
+from safeio.atomic import atomic_write, write_json
+from safeio.text import read_json_object
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kilt.io import atomic_directory, atomic_write, iter_jsonl, remove_orphans_in
+from kilt.io import iter_jsonl
+from safeio.atomic import atomic_directory, atomic_write, remove_orphans_in
 
 log = logging.getLogger("mtr.train")
 

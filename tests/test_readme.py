@@ -27,7 +27,7 @@ def test_the_layout_names_every_module():
     text = (REPO / "README.md").read_text(encoding="utf-8")
     layout = text[text.index("## Layout"):text.index("## Python API")]
     named = set(re.findall(r"[\w]+\.py|[\w]+/", layout))
-    for package in ("kilt", "multitask_retriever"):
+    for package in ("safeio", "kilt", "multitask_retriever"):
         for path in (REPO / package).iterdir():
             if path.name.startswith("__") or path.name == "__pycache__":
                 continue
