@@ -282,12 +282,20 @@ class TrainingLoop:
         def checkpoint(final: bool = False) -> None:
             self._save_checkpoint(save, optimizer, scheduler, final=final, keep_optimizer=keep_optimizer)
 
+        self._train(lambda: self._step(step_fn, params, optimizer, scheduler), history, checkpoint, stop_after)
+        return history
+
+    def _train(self, step: Callable[[], dict[str, Any]], history: list[dict], checkpoint: Callable[..., None],
+               stop_after: int | None) -> None:
+        """Run `step` until `config.steps` (or `stop_after`), appending its rows to `history` and
+        the log file, with a checkpoint every `save_every` steps, at `stop_after` and at the end."""
+        cfg, accelerator = self.config, self.accelerator
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, unit="step",
                    disable=not cfg.progress or not accelerator.is_main_process)
         log_file = open(self.log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
         try:
             while self.step < cfg.steps and (stop_after is None or self.step < stop_after):
-                row = self._step(step_fn, params, optimizer, scheduler)
+                row = step()
                 history.append(row)
                 if log_file is not None:
                     log_file.write(json.dumps(row) + "\n")
@@ -303,7 +311,6 @@ class TrainingLoop:
             if log_file is not None:
                 log_file.close()
             bar.close()
-        return history
 
     def _restore(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
         """Load the checkpoint's optimiser, scheduler, AMP scaler and RNG states (the RNG last:

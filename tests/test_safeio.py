@@ -178,3 +178,11 @@ def test_a_file_version_is_its_resolved_path_size_and_mtime(tmp_path):
     os.utime(path, ns=(0, 1_000_000_007))
     assert file_version(tmp_path / "." / "in.txt") == {"path": str(path.resolve()), "size": 3,
                                                        "mtime_ns": 1_000_000_007}
+
+
+def test_safeio_imports_neither_kilt_nor_the_retriever():
+    code = ("import sys, safeio.atomic, safeio.identity, safeio.outputs, safeio.text; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('kilt', 'multitask_retriever')))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, check=True)
+    assert run.stdout == "[]\n"
