@@ -29,8 +29,8 @@ def machine_info() -> dict:
 
 
 def write_result(path: Path, data: dict) -> None:
-    """Write JSON atomically (kilt.io.atomic_write: a temporary file, then rename)."""
-    from kilt.io import atomic_write
+    """Write JSON atomically (safeio.atomic.atomic_write: a temporary file, then rename)."""
+    from safeio.atomic import atomic_write
 
     with atomic_write(path) as f:
         json.dump(data, f, indent=2)

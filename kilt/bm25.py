@@ -16,8 +16,9 @@ from typing import Iterator, Sequence
 import Stemmer
 from tqdm.auto import tqdm
 
+from safeio.atomic import atomic_directory
+
 from .hits import PASSAGES_PER_PAGE, Hit, read_hits, search_pages
-from .io import atomic_directory
 from .passages import PassageStore, iter_passage_file
 
 

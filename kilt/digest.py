@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from .io import atomic_write
+from safeio.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -21,8 +21,11 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from safeio.atomic import atomic_write
+from safeio.text import decode_utf8
+
 from .digest import file_digest
-from .io import KiltFormatError, Page, Provenance, atomic_write, decode_utf8, iter_pages
+from .io import KiltFormatError, Page, Provenance, iter_pages
 
 logger = logging.getLogger(__name__)
 

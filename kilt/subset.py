@@ -13,7 +13,10 @@ from typing import Iterable, Sequence
 
 from tqdm.auto import tqdm
 
-from .io import atomic_directory, atomic_write, check_outputs, iter_jsonl
+from safeio.atomic import atomic_directory, atomic_write
+from safeio.outputs import check_outputs
+
+from .io import iter_jsonl
 from .tasks import find_task_files, parse_task_filename
 
 KNOWLEDGE_SOURCE_NAME = "knowledge_source.jsonl"

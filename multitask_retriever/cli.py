@@ -7,7 +7,7 @@
     mtr benchmark-quality                              every system on a KILT folder, scored
 
 Subcommands import their heavy modules (models, FAISS) only when they run. Each checks its
-outputs against its inputs (kilt.io.check_outputs) before any work: no command writes over one
+outputs against its inputs (safeio.outputs.check_outputs) before any work: no command writes over one
 of its own inputs.
 """
 from __future__ import annotations
@@ -115,7 +115,7 @@ class ChunkArgs:
 
 @command("chunk", ChunkArgs, "split a KILT knowledge source into 100-word passages")
 def _chunk(args) -> None:
-    from kilt.io import check_outputs
+    from safeio.outputs import check_outputs
     from kilt.passages import write_passages
 
     check_outputs(files=[args.out], inputs=[args.knowledge_source])
@@ -136,7 +136,7 @@ class BM25Args:
 @command("bm25", BM25Args, "BM25 page rankings for KILT task files")
 def _bm25(args) -> None:
     from kilt.bm25 import BM25Retriever
-    from kilt.io import check_outputs
+    from safeio.outputs import check_outputs
     from kilt.passages import PassageStore
     from kilt.predict import predict_file
 
@@ -167,7 +167,7 @@ class KiltSubsetArgs:
 def _kilt_subset(args) -> None:
     from kilt.subset import make_subset
 
-    # make_subset checks its inputs and output folder (kilt.io.check_outputs) before reading anything
+    # make_subset checks its inputs and output folder (safeio.outputs.check_outputs) before reading anything
     summary = make_subset(args.kilt_dir, args.knowledge_source, args.out_dir,
                           queries_per_split=args.queries, distractors=args.distractors, seed=args.seed,
                           tasks=args.tasks.split(",") if args.tasks else None)
@@ -204,7 +204,7 @@ class EncodeArgs:
 
 @command("encode", EncodeArgs, "encode a passage file into resumable shards")
 def _encode(args) -> None:
-    from kilt.io import check_outputs
+    from safeio.outputs import check_outputs
 
     from .devices import process_device
     from .encoder import DualEncoder
@@ -227,7 +227,7 @@ class IndexArgs:
 
 @command("index", IndexArgs, "build a FAISS index from encoded shards", configs=("indexing.IndexConfig",))
 def _index(args) -> None:
-    from kilt.io import check_outputs
+    from safeio.outputs import check_outputs
 
     from .config import config_from_args
     from .indexing import Index, IndexConfig
@@ -259,7 +259,7 @@ class RetrieveArgs:
 
 @command("retrieve", RetrieveArgs, "top-k pages for every query of a KILT task file", aliases=("search",))
 def _retrieve(args) -> None:
-    from kilt.io import check_outputs
+    from safeio.outputs import check_outputs
 
     from .retriever import load_retriever
 
@@ -291,7 +291,7 @@ class TrainArgs:
 
 @command("train", TrainArgs, _train_help, configs=("trainer.TrainConfig",))
 def _train(args) -> None:
-    from kilt.io import check_outputs
+    from safeio.outputs import check_outputs
 
     from .config import config_from_args, load_config_file
     from .training import train
@@ -325,7 +325,7 @@ class MineNegativesArgs:
 
 @command("mine-negatives", MineNegativesArgs, "training queries with hard negatives from BM25 or a trained model")
 def _mine_negatives(args) -> None:
-    from kilt.io import check_outputs
+    from safeio.outputs import check_outputs
     from kilt.passages import PassageStore
 
     from .data import build_training_examples, task_train_files, write_training_examples
@@ -427,7 +427,8 @@ class TrainRerankerArgs(FirstStageArgs):
          f"train a reranker ({', '.join(RERANK_METHODS)}) on retrieved candidates",
          configs=("rerank.train.RerankTrainConfig",))
 def _train_reranker(args) -> None:
-    from kilt.io import check_outputs, read_task_file
+    from kilt.io import read_task_file
+    from safeio.outputs import check_outputs
     from kilt.passages import PassageStore
 
     from .config import config_from_args
@@ -494,7 +495,7 @@ def _pipeline(args) -> None:
     from .pipeline import Pipeline
     from .rerank import load_reranker
 
-    from kilt.io import check_outputs
+    from safeio.outputs import check_outputs
 
     from .rerank.fusion import FUSION_NAME
 
@@ -526,7 +527,7 @@ class BenchmarkQualityArgs:
 @command("benchmark-quality", BenchmarkQualityArgs, "build and score every system on a KILT folder",
          configs=("experiment.ExperimentConfig",))
 def _benchmark_quality(args) -> None:
-    from kilt.io import check_outputs
+    from safeio.outputs import check_outputs
 
     from .config import config_from_args, load_config_file
     from .experiment import Experiment, ExperimentConfig, SeedStudy, markdown_table, seed_study_table, write_report

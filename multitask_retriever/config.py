@@ -43,7 +43,7 @@ log = logging.getLogger("mtr.config")
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON mapping; errors name the file."""
-    from kilt.io import read_text
+    from safeio.text import read_text
 
     path = Path(path)
     if not path.is_file():

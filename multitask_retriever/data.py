@@ -24,9 +24,11 @@ import torch
 from tqdm.auto import tqdm
 
 from kilt.hits import SearchBackend
-from kilt.io import KiltExample, KiltFormatError, atomic_write, iter_jsonl, read_task_file
+from kilt.io import KiltExample, KiltFormatError, iter_jsonl, read_task_file
 from kilt.passages import Passage, PassageStore, write_passages
 from kilt.tasks import find_task_files, get_task
+from safeio.atomic import atomic_write
+from safeio.identity import file_version
 
 log = logging.getLogger("mtr.data")
 
@@ -200,12 +202,6 @@ EXAMPLES_NAME = "training_examples.jsonl"
 KNOWLEDGE_SOURCES = ("knowledge_source.jsonl", "knowledge_source.jsonl.gz", "kilt_knowledgesource.json")
 
 
-def file_inputs(path: Path) -> dict[str, Any]:
-    """Path, size and mtime of a file: what a cache built from it records (a changed file differs)."""
-    stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 def _inputs_record(path: Path) -> Path:
     return path.with_name(path.name + ".inputs.json")
 
@@ -221,7 +217,8 @@ def is_cached(path: Path, inputs: dict[str, Any]) -> bool:
 
 def build_unless_cached(path: Path, inputs: dict[str, Any], build: Callable[[Path], Any]) -> None:
     """Run `build(path)` unless `path` exists and was built from `inputs` (recorded beside it
-    in PATH.inputs.json), so a file left by a run on other inputs is never reused."""
+    in PATH.inputs.json), so a file left by a run on other inputs is never reused. `inputs`
+    holds settings and the `safeio.identity.file_version` of each file it is built from."""
     record = _inputs_record(path)
     inputs = json.loads(json.dumps(inputs))
     if is_cached(path, inputs):
@@ -256,7 +253,7 @@ def prepare_training_data(output_dir: str | Path, data_dir: str | Path = "", pas
         if source is None:
             raise FileNotFoundError(f"{data_dir}: no {' or '.join(KNOWLEDGE_SOURCES)}; set passages")
         passage_file = output_dir / PASSAGES_NAME
-        build_unless_cached(passage_file, {"knowledge_source": file_inputs(source)},
+        build_unless_cached(passage_file, {"knowledge_source": file_version(source)},
                              lambda path: write_passages(source, path, progress=progress))
     store = PassageStore(passage_file, progress=progress)
     if negatives not in ("bm25", "none"):
@@ -266,8 +263,8 @@ def prepare_training_data(output_dir: str | Path, data_dir: str | Path = "", pas
             raise ValueError("data_dir is required to build training examples")
         files = task_train_files(data_dir, tasks)
         cache = output_dir / EXAMPLES_NAME
-        inputs = {"task_files": {t: file_inputs(Path(f)) for t, f in files.items()},
-                  "passages": file_inputs(passage_file), "negatives": negatives, "depth": depth, "keep": keep,
+        inputs = {"task_files": {t: file_version(f) for t, f in files.items()},
+                  "passages": file_version(passage_file), "negatives": negatives, "depth": depth, "keep": keep,
                   "max_queries": max_queries}
 
         def build(path: Path) -> None:

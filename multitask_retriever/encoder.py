@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BatchEncoding, PretrainedConfig
 from transformers.utils import cached_file
 
-from kilt.io import atomic_directory, read_text
 from kilt.tasks import TASKS, check_queries, keeps_end, mention_span, mention_window
+from safeio.atomic import atomic_directory
+from safeio.text import read_text
 
 from .config import check_fields
 from .devices import check_dtype_name, resolve_dtype

@@ -17,8 +17,9 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from kilt.digest import combined_digest, file_digest
-from kilt.io import atomic_write, read_json_object, write_json
 from kilt.passages import Passage, iter_passage_file
+from safeio.atomic import atomic_write, write_json
+from safeio.text import read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +161,28 @@ def encode_corpus(encoder: PassageEncoder, passage_file: str | Path, out_dir: st
     `manifest.json` gets `complete: true` once every shard exists. Memory holds one shard's
     passages and vectors. Returns `out_dir`.
     """
+    np_dtype = _check_arguments(shard_size, batch_size, max_shards, dtype)
+    passage_file, out_dir = Path(passage_file), Path(out_dir)
+    if not passage_file.is_file():
+        raise FileNotFoundError(f"{passage_file}: passage file not found")
+    settings, compared = _settings(encoder, passage_file, np_dtype, batch_size, shard_size)
+    state = PartialState()
+    _prepare_folder(out_dir, settings, compared, overwrite, passage_file, state)
+    with tqdm(desc=f"encoding {passage_file.name}", unit=" passages", unit_scale=True,
+              disable=not progress or not state.is_local_main_process) as bar:
+        num_passages, num_shards, stopped = _encode_shards(encoder, passage_file, out_dir, settings, np_dtype,
+                                                           max_shards, state, bar)
+    if num_shards == 0 and not stopped:
+        raise ValueError(f"{passage_file}: no passages")
+
+    state.wait_for_everyone()
+    if state.is_main_process and not stopped:
+        _finish_manifest(out_dir, settings, passage_file, num_passages, num_shards)
+    return out_dir
+
+
+def _check_arguments(shard_size: int, batch_size: int, max_shards: int | None, dtype: str) -> np.dtype:
+    """The numpy dtype of `dtype`; ValueError for sizes, counts or a dtype `encode_corpus` cannot use."""
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be positive, got {shard_size} and {batch_size}")
     if max_shards is not None and max_shards < 0:
@@ -167,20 +190,27 @@ def encode_corpus(encoder: PassageEncoder, passage_file: str | Path, out_dir: st
     np_dtype = np.dtype(dtype)
     if np_dtype not in (np.float32, np.float16):
         raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
-    passage_file, out_dir = Path(passage_file), Path(out_dir)
-    if not passage_file.is_file():
-        raise FileNotFoundError(f"{passage_file}: passage file not found")
+    return np_dtype
+
+
+def _settings(encoder: PassageEncoder, passage_file: Path, np_dtype: np.dtype, batch_size: int,
+              shard_size: int) -> tuple[dict[str, Any], list[str]]:
+    """What shards are encoded with, as the manifest records it, and the keys a resumed run must
+    match: the encoder is identified by its files' digest where it has files, else by its name."""
     encoder_digest = encoder_fingerprint(encoder)
     settings = {"encoder": _encoder_name(encoder), "encoder_digest": encoder_digest, "dim": int(encoder.dim),
                 "dtype": np_dtype.name,
                 "batch_size": batch_size,  # padding differs by batch: resumed shards must match
                 "shard_size": shard_size, "passage_file_bytes": passage_file.stat().st_size,
                 "passage_file_digest": file_digest(passage_file)}
-    # the encoder is identified by its files' digest where it has files, else by its name
-    compared = [k for k in settings if k != "encoder" or encoder_digest is None]
-    manifest_path = out_dir / MANIFEST_NAME
-    state = PartialState()
+    return settings, [k for k in settings if k != "encoder" or encoder_digest is None]
 
+
+def _prepare_folder(out_dir: Path, settings: dict[str, Any], compared: list[str], overwrite: bool,
+                    passage_file: Path, state: PartialState) -> None:
+    """Refuse a folder encoded with other settings (unless `overwrite`, which empties it); the
+    main process then writes an unfinished manifest. Every process waits for both steps."""
+    manifest_path = out_dir / MANIFEST_NAME
     if manifest_path.exists() and not overwrite:
         previous = read_json_object(manifest_path)
         changed = {k: (previous.get(k), settings[k]) for k in compared if previous.get(k) != settings[k]}
@@ -200,39 +230,42 @@ def encode_corpus(encoder: PassageEncoder, passage_file: str | Path, out_dir: st
                                         "num_passages": None, "num_shards": None, "complete": False})
     state.wait_for_everyone()
 
-    encoded, num_passages, num_shards, stopped = 0, 0, 0, False
-    with tqdm(desc=f"encoding {passage_file.name}", unit=" passages", unit_scale=True,
-              disable=not progress or not state.is_local_main_process) as bar:
-        for shard, passages in enumerate(_shards(iter_passage_file(passage_file), shard_size)):
-            num_passages += len(passages)
-            num_shards = shard + 1
-            if shard % state.num_processes != state.process_index:
-                continue
-            vectors_path, ids_path = shard_paths(out_dir, shard)
-            if vectors_path.exists():
-                _check_finished_shard(out_dir, shard, passages, settings["dim"], np_dtype, passage_file)
-                continue
-            if max_shards is not None and encoded >= max_shards:
-                stopped = True
-                break
-            vectors = _encode_shard(encoder, passages, batch_size, np_dtype, bar)
-            save_npy(ids_path, np.array([p.id for p in passages], dtype=np.int64))
-            save_npy(vectors_path, vectors)  # last: its presence marks the shard finished
-            encoded += 1
-    if num_shards == 0 and not stopped:
-        raise ValueError(f"{passage_file}: no passages")
 
-    state.wait_for_everyone()
-    if state.is_main_process and not stopped:
-        missing = [i for i in range(num_shards) if not shard_paths(out_dir, i)[0].exists()]
-        if missing:
-            logger.info("%s: %d of %d shards finished; run again to encode the rest",
-                        out_dir, num_shards - len(missing), num_shards)
-        else:
-            write_json(manifest_path, {"format": _FORMAT, **settings, "passage_file": str(passage_file),
-                                        "num_passages": num_passages, "num_shards": num_shards,
-                                        "complete": True})
-    return out_dir
+def _encode_shards(encoder: PassageEncoder, passage_file: Path, out_dir: Path, settings: dict[str, Any],
+                   np_dtype: np.dtype, max_shards: int | None, state: PartialState,
+                   bar: tqdm) -> tuple[int, int, bool]:
+    """Encode this process's unfinished shards, checking its finished ones; returns the passage
+    and shard counts of the whole file (as far as it was read) and whether `max_shards` stopped it."""
+    encoded, num_passages, num_shards = 0, 0, 0
+    for shard, passages in enumerate(_shards(iter_passage_file(passage_file), settings["shard_size"])):
+        num_passages += len(passages)
+        num_shards = shard + 1
+        if shard % state.num_processes != state.process_index:
+            continue
+        vectors_path, ids_path = shard_paths(out_dir, shard)
+        if vectors_path.exists():
+            _check_finished_shard(out_dir, shard, passages, settings["dim"], np_dtype, passage_file)
+            continue
+        if max_shards is not None and encoded >= max_shards:
+            return num_passages, num_shards, True
+        vectors = _encode_shard(encoder, passages, settings["batch_size"], np_dtype, bar)
+        save_npy(ids_path, np.array([p.id for p in passages], dtype=np.int64))
+        save_npy(vectors_path, vectors)  # last: its presence marks the shard finished
+        encoded += 1
+    return num_passages, num_shards, False
+
+
+def _finish_manifest(out_dir: Path, settings: dict[str, Any], passage_file: Path, num_passages: int,
+                     num_shards: int) -> None:
+    """Mark the manifest complete once every shard exists; else log how many are left."""
+    missing = [i for i in range(num_shards) if not shard_paths(out_dir, i)[0].exists()]
+    if missing:
+        logger.info("%s: %d of %d shards finished; run again to encode the rest",
+                    out_dir, num_shards - len(missing), num_shards)
+    else:
+        write_json(out_dir / MANIFEST_NAME, {"format": _FORMAT, **settings, "passage_file": str(passage_file),
+                                             "num_passages": num_passages, "num_shards": num_shards,
+                                             "complete": True})
 
 
 def read_manifest(shard_dir: str | Path, require_complete: bool = True) -> dict[str, Any]:

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kilt.io import atomic_directory, read_json_object, write_json
+from safeio.atomic import atomic_directory, write_json
+from safeio.text import read_json_object
 
 from .config import check_fields
 from .devices import resolve_device

@@ -23,7 +23,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .data import (PASSAGES_NAME, build_training_examples, build_unless_cached, file_inputs, is_cached,
+from safeio.identity import file_version
+
+from .data import (PASSAGES_NAME, build_training_examples, build_unless_cached, is_cached,
                    task_train_files, write_training_examples)
 from .trainer import MODEL_DIR, MultitaskTrainer, TrainConfig, TrainResult, round_dir
 from .training_loop import FINAL_NAME, latest_checkpoint
@@ -55,8 +57,8 @@ def mine_negatives(model: Path, out: Path, passage_file: Path, config: TrainConf
 
     cfg = config
     files = task_train_files(cfg.data_dir, cfg.tasks)
-    inputs = {"model": _folder_inputs(model), "passages": file_inputs(passage_file),
-              "task_files": {t: file_inputs(Path(f)) for t, f in files.items()},
+    inputs = {"model": _folder_inputs(model), "passages": file_version(passage_file),
+              "task_files": {t: file_version(f) for t, f in files.items()},
               "depth": cfg.negative_depth, "keep": cfg.negatives_per_query, "max_queries": cfg.max_train_queries}
     state = PartialState()
     if not is_cached(out, inputs):

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kilt.io import atomic_directory, atomic_write, iter_jsonl, remove_orphans_in
+from kilt.io import iter_jsonl
+from safeio.atomic import atomic_directory, atomic_write, remove_orphans_in
 
 log = logging.getLogger("mtr.train")
 
@@ -263,7 +264,7 @@ class TrainingLoop:
         """
         from transformers import get_scheduler
 
-        cfg, accelerator, out = self.config, self.accelerator, self.output_dir
+        cfg, accelerator = self.config, self.accelerator
         if accelerator is None:
             raise RuntimeError("call start() before run()")
         params = list(params)
@@ -275,55 +276,26 @@ class TrainingLoop:
             fresh = optimizer.state_dict()  # this run's learning rates, the carried per-parameter state
             optimizer.load_state_dict({**fresh, "state": dict(optimizer_moments)})
         if self.state is not None:
-            try:
-                optimizer.load_state_dict(self.state["optimizer"])
-                scheduler.load_state_dict(self.state["scheduler"])
-                if accelerator.scaler is not None and self.state["scaler"]:
-                    accelerator.scaler.load_state_dict(self.state["scaler"])
-                set_rng_state(self.state["rng"])  # last: nothing may draw between here and the first step
-            except (KeyError, TypeError, ValueError, RuntimeError) as err:
-                raise CheckpointError(f"{self.checkpoint / STATE_NAME}: cannot restore the run from it "
-                                      f"({type(err).__name__}: {err}); delete the checkpoint folder to "
-                                      "start over") from None
-            log.info("%s: resuming at step %d", out, self.step)
-        history = self.history()
-        if accelerator.is_main_process:
-            out.mkdir(parents=True, exist_ok=True)
-            with atomic_write(self.log_path) as f:  # drops steps logged after the checkpoint
-                f.writelines(json.dumps(row) + "\n" for row in history)
+            self._restore(optimizer, scheduler)
+        history = self._restart_log()
 
-        def checkpoint(folder: Path, final: bool = False) -> None:
-            if accelerator.is_main_process:
-                with atomic_directory(folder) as tmp:
-                    state = {"step": self.step, "config": dataclasses.asdict(cfg), "settings": self.settings,
-                             **save(tmp)}
-                    if final and keep_optimizer:
-                        state.update(optimizer=optimizer.state_dict())
-                    if not final:
-                        state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                     scaler=accelerator.scaler.state_dict() if accelerator.scaler else {},
-                                     rng=rng_state())
-                    torch.save(state, tmp / STATE_NAME)
-                for old in out.glob("checkpoint-*"):
-                    if old != folder:
-                        shutil.rmtree(old, ignore_errors=True)
-            accelerator.wait_for_everyone()
+        def checkpoint(final: bool = False) -> None:
+            self._save_checkpoint(save, optimizer, scheduler, final=final, keep_optimizer=keep_optimizer)
 
+        self._train(lambda: self._step(step_fn, params, optimizer, scheduler), history, checkpoint, stop_after)
+        return history
+
+    def _train(self, step: Callable[[], dict[str, Any]], history: list[dict], checkpoint: Callable[..., None],
+               stop_after: int | None) -> None:
+        """Run `step` until `config.steps` (or `stop_after`), appending its rows to `history` and
+        the log file, with a checkpoint every `save_every` steps, at `stop_after` and at the end."""
+        cfg, accelerator = self.config, self.accelerator
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, unit="step",
                    disable=not cfg.progress or not accelerator.is_main_process)
         log_file = open(self.log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
         try:
             while self.step < cfg.steps and (stop_after is None or self.step < stop_after):
-                row = {"step": self.step + 1, **step_fn(self.step)}
-                if cfg.max_grad_norm > 0:
-                    row["grad_norm"] = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
-                row["lr"] = scheduler.get_last_lr()[0]
-                before = [p.detach().clone() for p in params]
-                optimizer.step()
-                row["step_norm"] = _distance(params, before)
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                self.step += 1
+                row = step()
                 history.append(row)
                 if log_file is not None:
                     log_file.write(json.dumps(row) + "\n")
@@ -332,14 +304,78 @@ class TrainingLoop:
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
                 if self.step < cfg.steps and ((cfg.save_every and self.step % cfg.save_every == 0)
                                               or self.step == stop_after):
-                    checkpoint(self.folder)
+                    checkpoint()
             if self.step >= cfg.steps:
-                checkpoint(self.folder, final=True)
+                checkpoint(final=True)
         finally:
             if log_file is not None:
                 log_file.close()
             bar.close()
+
+    def _restore(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        """Load the checkpoint's optimiser, scheduler, AMP scaler and RNG states (the RNG last:
+        nothing may draw between here and the first step); a state that does not fit is a
+        CheckpointError."""
+        accelerator = self.accelerator
+        try:
+            optimizer.load_state_dict(self.state["optimizer"])
+            scheduler.load_state_dict(self.state["scheduler"])
+            if accelerator.scaler is not None and self.state["scaler"]:
+                accelerator.scaler.load_state_dict(self.state["scaler"])
+            set_rng_state(self.state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{self.checkpoint / STATE_NAME}: cannot restore the run from it "
+                                  f"({type(err).__name__}: {err}); delete the checkpoint folder to "
+                                  "start over") from None
+        log.info("%s: resuming at step %d", self.output_dir, self.step)
+
+    def _restart_log(self) -> list[dict]:
+        """The log rows up to the checkpoint's step, rewritten as the log file (the main process
+        drops steps logged after the checkpoint)."""
+        history = self.history()
+        if self.accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_write(self.log_path) as f:
+                f.writelines(json.dumps(row) + "\n" for row in history)
         return history
+
+    def _step(self, step_fn: Callable[[int], dict[str, Any]], params: list[torch.nn.Parameter],
+              optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
+        """One training step: `step_fn`'s gradients clipped, AdamW and the schedule stepped,
+        `self.step` advanced; returns the step's log row."""
+        cfg, accelerator = self.config, self.accelerator
+        row = {"step": self.step + 1, **step_fn(self.step)}
+        if cfg.max_grad_norm > 0:
+            row["grad_norm"] = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
+        row["lr"] = scheduler.get_last_lr()[0]
+        before = [p.detach().clone() for p in params]
+        optimizer.step()
+        row["step_norm"] = _distance(params, before)
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return row
+
+    def _save_checkpoint(self, save: Callable[[Path], Mapping[str, Any]], optimizer: torch.optim.Optimizer,
+                         scheduler: Any, final: bool, keep_optimizer: bool) -> None:
+        """Write `self.folder` atomically (the caller's files, then the trainer state; a checkpoint
+        also holds what resuming needs) and remove the other checkpoints; every process waits."""
+        accelerator, folder = self.accelerator, self.folder
+        if accelerator.is_main_process:
+            with atomic_directory(folder) as tmp:
+                state = {"step": self.step, "config": dataclasses.asdict(self.config), "settings": self.settings,
+                         **save(tmp)}
+                if final and keep_optimizer:
+                    state.update(optimizer=optimizer.state_dict())
+                if not final:
+                    state.update(optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                                 scaler=accelerator.scaler.state_dict() if accelerator.scaler else {},
+                                 rng=rng_state())
+                torch.save(state, tmp / STATE_NAME)
+            for old in self.output_dir.glob("checkpoint-*"):
+                if old != folder:
+                    shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
 
     @property
     def folder(self) -> Path:

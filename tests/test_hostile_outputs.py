@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from kilt.io import InputOverwriteError, OutputError, check_outputs
 from kilt.passages import write_passages
 from multitask_retriever.cli import main
+from safeio.outputs import InputOverwriteError, OutputError, check_outputs
 
 REFUSAL = "refusing to write over an input (no option allows it: choose another output)"
 COLLISION = "each output needs a path of its own"

@@ -3,17 +3,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from kilt.io import (InputOverwriteError, KiltExample, KiltFormatError, Page, Provenance, atomic_directory,
-                     atomic_write, check_outputs, iter_pages, iter_task_file, read_predictions, read_task_file,
-                     remove_orphans_in, write_predictions)
+from kilt.io import (KiltExample, KiltFormatError, Page, Provenance, iter_pages, iter_task_file, read_predictions,
+                     read_task_file, write_predictions)
 from kilt.tasks import TASKS, find_task_files, get_task, parse_task_filename
 
 RECORD = {
@@ -115,18 +110,6 @@ def test_a_prediction_needs_exactly_one_output(tmp_path):
         read_predictions(path)
 
 
-def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
-    path = tmp_path / "out.txt"
-    path.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_write(path) as f:
-            f.write("half")
-            raise RuntimeError("crash")
-    assert path.read_text() == "old"
-    assert os.listdir(tmp_path) == ["out.txt"]
-
-
-# --------------------------------------------------------------------------- undecodable and cut files
 def test_non_utf8_bytes_are_named_by_file_and_line(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_bytes(b'{"id": "a", "input": "fine"}\n{"id": "b", "input": "caf\xe9"}\n')
@@ -172,105 +155,6 @@ def test_skip_invalid_keeps_the_first_of_a_repeated_page(tmp_path):
     assert [(p.wikipedia_id, p.title) for p in pages] == [("12345678901", "T0"), ("x", "T1")]
 
 
-# --------------------------------------------------------------------------- outputs never replace inputs
-@pytest.fixture
-def task_file(tmp_path) -> Path:
-    (tmp_path / "data").mkdir()
-    return _write(tmp_path / "data" / "nq-dev.jsonl", [{"id": "a", "input": "q"}])
-
-
-@pytest.mark.parametrize("output, what", [
-    (lambda f: f, "is"),                                  # the same path
-    (lambda f: f.parent / "." / f.name, "is"),            # another spelling of it
-    (lambda f: f.parent / "same-name.jsonl", "is"),       # a hard link (same inode); made below
-    (lambda f: f.parent / "link.jsonl", "is"),            # a symbolic link to it; made below
-    (lambda f: f.parent, "holds"),                        # a folder replaced whole that holds it
-])
-def test_an_output_that_would_replace_an_input_is_refused(task_file, output, what):
-    os.link(task_file, task_file.parent / "same-name.jsonl")
-    (task_file.parent / "link.jsonl").symlink_to(task_file)
-    out = output(task_file)
-    with pytest.raises(InputOverwriteError) as error:
-        check_outputs(files=[out], inputs=[task_file])
-    assert str(error.value) == (f"{out}: {what} the input {task_file}; refusing to write over an input "
-                                f"(no option allows it: choose another output)")
-
-
-def test_a_folder_output_may_not_hold_a_file_of_an_inputs_name(task_file):
-    # `bm25 ... data/nq-dev.jsonl --out-dir data` would write data/nq-dev.jsonl
-    with pytest.raises(InputOverwriteError, match=r"nq-dev\.jsonl: is the input"):
-        check_outputs(files=[task_file.parent / name for name in ("nq-dev.jsonl",)], inputs=[task_file])
-
-
-def test_outputs_beside_their_inputs_are_fine(task_file, tmp_path):
-    check_outputs(files=[task_file.parent / "nq-dev-predictions.jsonl"], folders=[tmp_path / "index"],
-                  inputs=[task_file, tmp_path / "not-there.jsonl"])
-
-
-# --------------------------------------------------------------------------- atomic writes
-@pytest.fixture
-def umask_027():
-    old = os.umask(0o027)
-    yield
-    os.umask(old)
-
-
-def test_atomic_write_gives_the_mode_a_plain_open_gives(tmp_path, umask_027):
-    with atomic_write(tmp_path / "out.txt") as f:
-        f.write("x")
-    assert stat.S_IMODE((tmp_path / "out.txt").stat().st_mode) == 0o640  # 0666 less the umask 027
-
-
-def test_atomic_directory_gives_the_mode_mkdir_gives(tmp_path, umask_027):
-    with atomic_directory(tmp_path / "folder") as tmp:
-        (tmp / "a").write_text("x")
-    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o750  # 0777 less the umask 027
-
-
-def _killed_while_writing(target: Path, directory: bool) -> list[str]:
-    """Run a write of `target` in another process and kill it mid-write; the names it left."""
-    opener = "atomic_directory" if directory else "atomic_write"
-    code = (f"import os, signal; from kilt.io import {opener}; w = {opener}({str(target)!r}); w.__enter__(); "
-            "os.kill(os.getpid(), signal.SIGKILL)")
-    run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
-    assert run.returncode == -9
-    return sorted(os.listdir(target.parent))
-
-
-@pytest.mark.parametrize("directory", [False, True], ids=["file", "folder"])
-def test_the_next_write_removes_what_a_killed_write_left(tmp_path, directory):
-    target = tmp_path / "out"
-    left = _killed_while_writing(target, directory)
-    assert len(left) == 1 and left[0].startswith(".out.") and left[0].endswith(".tmp")
-    (tmp_path / ".out.abcd_123.tmp").write_text("an earlier version's temporary name")
-    (tmp_path / ".out.offsets.npy.abcd_123.tmp").write_text("a temporary file of another target")
-    (tmp_path / f".out.{os.getppid()}.abcd_123.tmp").write_text("a running process's")
-    if directory:
-        with atomic_directory(target) as tmp:
-            (tmp / "a").write_text("x")
-    else:
-        with atomic_write(target) as f:
-            f.write("x")
-    assert sorted(os.listdir(tmp_path)) == [f".out.{os.getppid()}.abcd_123.tmp", ".out.offsets.npy.abcd_123.tmp",
-                                            "out"]
-
-
-@pytest.mark.parametrize("exchange", [True, False], ids=["one-step-swap", "two-renames"])
-def test_atomic_directory_replaces_a_folder_whole_or_not_at_all(tmp_path, monkeypatch, exchange):
-    if not exchange:
-        monkeypatch.setattr("kilt.io._exchange", lambda a, b: False)
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    (folder / "old").write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_directory(folder) as tmp:
-            (tmp / "new").write_text("half")
-            raise RuntimeError("crash")
-    assert os.listdir(tmp_path) == ["folder"] and os.listdir(folder) == ["old"]
-    with atomic_directory(folder) as tmp:
-        (tmp / "new").write_text("new")
-    assert os.listdir(tmp_path) == ["folder"] and os.listdir(folder) == ["new"]
-
 
 def test_the_registry_knows_every_kilt_task_with_kind_files_and_prompt():
     assert set(TASKS) == {"fever", "aidayago2", "wned", "cweb", "trex", "structured_zeroshot", "nq",
@@ -307,21 +191,3 @@ def test_find_task_files_warns_about_unknown_task_files(tmp_path):
     with pytest.warns(UserWarning, match=r"squad-dev-kilt\.jsonl: unknown KILT task 'squad'"):
         found = find_task_files(tmp_path)
     assert found == {"nq": {"train": tmp_path / "nq-train-kilt.jsonl", "dev": tmp_path / "nq-dev-kilt.jsonl"}}
-
-
-def _folder(path: Path, content: str) -> Path:
-    path.mkdir()
-    (path / "file").write_text(content)
-    return path
-
-
-def test_a_folder_caught_between_its_two_renames_is_put_back(tmp_path):
-    _folder(tmp_path / ".model.a1a1a1a1.old", "previous")  # killed after moving model/ aside
-    _folder(tmp_path / ".model.b2b2b2b2.tmp", "half")
-    _folder(tmp_path / "final", "kept")
-    _folder(tmp_path / ".final.c3c3c3c3.old", "replaced")  # killed before deleting the replaced one
-    removed = remove_orphans_in(tmp_path)
-    assert sorted(p.name for p in removed) == [".final.c3c3c3c3.old", ".model.b2b2b2b2.tmp"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["final", "model"]
-    assert (tmp_path / "model" / "file").read_text() == "previous"
-    assert (tmp_path / "final" / "file").read_text() == "kept"

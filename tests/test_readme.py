@@ -28,7 +28,7 @@ def test_the_layout_names_every_module():
     start = text.index("## Layout")
     layout = text[start:text.index("\n## ", start)]
     named = set(re.findall(r"[\w]+\.py|[\w]+/", layout))
-    for package in ("kilt", "multitask_retriever"):
+    for package in ("safeio", "kilt", "multitask_retriever"):
         for path in (REPO / package).iterdir():
             if path.name.startswith("__") or path.name == "__pycache__":
                 continue

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from kilt.io import atomic_write
+from safeio.atomic import atomic_write
 
 log = logging.getLogger("mtr.experiment")
 
@@ -30,12 +30,6 @@ def read_key(path: Path) -> str | None:
         return json.loads(path.read_text())["key"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def file_key(path: Path) -> dict[str, Any]:
-    """What identifies an input file's version: its resolved path, size and mtime."""
-    stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 class StageCache:

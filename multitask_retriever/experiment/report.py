@@ -7,7 +7,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from kilt.io import atomic_write
+from safeio.atomic import atomic_write
 
 
 def machine_info() -> dict[str, Any]:

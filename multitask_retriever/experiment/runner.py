@@ -9,11 +9,12 @@ from typing import Any
 
 from kilt.io import read_task_file, write_task_records
 from kilt.tasks import find_task_files, query_group
+from safeio.identity import file_version
 
 from ..pipeline import Pipeline
 from ..rerank.fusion import Fusion
 from .builders import SystemBuilder
-from .cache import StageCache, file_key, stage_key
+from .cache import StageCache, stage_key
 from .config import ExperimentConfig
 from .evaluation import SystemResult, score_task, significance
 from .report import machine_info
@@ -128,7 +129,7 @@ class Experiment:
                         reranker=self.build.reranker_key(retriever_name, reranker_name) if reranker_name else None,
                         k=c.k, rerank_k=c.rerank_k if rerank is not None else 0, rerank_queries=rerank_cap,
                         **({"dev_queries": c.dev_queries} if c.dev_queries else {}),
-                        dev={t: file_key(s["dev"]) for t, s in self.task_files.items()},
+                        dev={t: file_version(s["dev"]) for t, s in self.task_files.items()},
                         **({"fusion": asdict(fusion)} if fusion is not None else {}))
         per_task: dict[str, dict[str, float]] = {}
         queries: dict[str, dict[str, dict[str, float]]] = {}

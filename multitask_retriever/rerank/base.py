@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from kilt.hits import Hit
-from kilt.io import read_json_object
 from kilt.tasks import check_queries
+from safeio.text import read_json_object
 
 
 def default_passage_text(hit: Hit) -> str:

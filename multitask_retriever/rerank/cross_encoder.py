@@ -15,8 +15,8 @@ from typing import Any, Sequence
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BatchEncoding
 
-from kilt.io import atomic_directory
 from kilt.tasks import check_queries, keeps_end, query_window
+from safeio.atomic import atomic_directory
 
 from ..config import check_fields
 from ..devices import DTYPES, autocast, check_dtype_name

@@ -17,8 +17,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kilt.hits import Hit, SearchBackend
-from kilt.io import KiltExample, KiltFormatError, atomic_write, iter_jsonl
+from kilt.io import KiltExample, KiltFormatError, iter_jsonl
 from kilt.passages import Passage, PassageStore
+from safeio.atomic import atomic_write
 
 from .base import Reranker, default_passage_text
 

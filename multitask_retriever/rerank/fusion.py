@@ -15,7 +15,8 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from kilt.eval import GoldOutput, r_precision
 from kilt.hits import Hit, top_pages
-from kilt.io import read_json_object, write_json
+from safeio.atomic import write_json
+from safeio.text import read_json_object
 
 METHODS = ("none", "interpolate", "rrf")
 FUSION_NAME = "fusion.json"

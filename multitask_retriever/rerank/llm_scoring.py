@@ -462,7 +462,7 @@ class LLMReranker(Reranker):
         """Write the trained parameters (safetensors) and mtr_reranker.json; never the LM itself."""
         from safetensors.torch import save_file
 
-        from kilt.io import atomic_directory
+        from safeio.atomic import atomic_directory
 
         with atomic_directory(path) as tmp:
             state = self._module_state()

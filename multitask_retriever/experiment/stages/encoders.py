@@ -7,10 +7,11 @@ import logging
 from pathlib import Path
 
 from kilt.io import write_task_records
+from safeio.identity import file_version
 
 from ...trainer import MODEL_DIR, TrainConfig
 from ...training_loop import FINAL_NAME
-from ..cache import file_key, read_key, stage_key
+from ..cache import read_key, stage_key
 from .context import StageContext
 from .corpus import CorpusStages
 from .keys import BASE_RUN, train_config, train_stage_key
@@ -60,7 +61,7 @@ class EncoderStages:
         folder = ctx.work / "train-data"
         files = {t: ctx.task_files[t]["train"] for t in tasks}
         held_out = c.fusion_holdout_retriever and c.fusion_validation
-        key = stage_key(passages=self.corpus.passages_key(), files={t: file_key(p) for t, p in files.items()},
+        key = stage_key(passages=self.corpus.passages_key(), files={t: file_version(p) for t, p in files.items()},
                         max_train_queries=c.max_train_queries, **({"held_out": self.holdout.key()} if held_out else {}))
         bm25 = self.corpus.bm25()
         with ctx.cache.stage("training data"):
