@@ -18,7 +18,7 @@ from bm25s.scoring import _select_idf_scorer, _select_tfc_scorer
 from bm25s.tokenization import Tokenizer
 
 #: documents tokenised and reduced at a time
-BLOCK_DOCS = 50_000
+BLOCK_DOCS = 10_000
 #: methods whose scores are all in the postings (bm25l / bm25+ score every document)
 METHODS = ("robertson", "lucene", "atire")
 
