@@ -25,16 +25,17 @@ def usable_cores() -> int:
 
 
 def _select(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The `k` best of documents `ids` (ascending) with `scores` (> 0): best score first, lower
+    """The `k` best of documents `ids` (any order) with `scores` (> 0): best score first, lower
     id first among equal scores (also at the cut-off). Written so numba compiles it as is."""
     if len(ids) > k:
         kth = np.partition(scores, len(scores) - k)[len(scores) - k]
         above = scores > kth
-        need = k - np.sum(above)
-        tied = np.flatnonzero(scores == kth)[:need]
-        keep = np.flatnonzero(above)
-        chosen = np.sort(np.concatenate((keep, tied)))
-        ids, scores = ids[chosen], scores[chosen]
+        at_kth = scores == kth
+        tied = np.sort(ids[at_kth])[:k - np.sum(above)]
+        ids = np.concatenate((ids[above], tied))
+        scores = np.concatenate((scores[above], scores[at_kth][:len(tied)]))
+    by_id = np.argsort(ids, kind="mergesort")
+    ids, scores = ids[by_id], scores[by_id]
     order = np.argsort(-scores, kind="mergesort")
     return ids[order], scores[order]
 
@@ -64,7 +65,7 @@ def _query_compiled(tokens, data, indices, indptr, row, k):
                 touched[m] = d
                 m += 1
             row[d] += data[j]
-    ids = np.sort(touched[:m])
+    ids = touched[:m]
     scores = row[ids]
     row[ids] = 0
     positive = scores > 0
