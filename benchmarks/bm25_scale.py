@@ -11,8 +11,9 @@ So the corpus keeps real words, their frequencies and topical co-occurrence whil
 the 2k real pages; repeated title words also give realistic score ties. Queries are `--queries`
 real dev queries of data/kilt-mini (all tasks, in file order). Each (size, path) runs in a
 fresh subprocess; `build_peak_mib` is the peak RSS while building (VmHWM, reset just before
-through /proc/self/clear_refs; ru_maxrss where that cannot be reset) minus the RSS before it. The new path's hits are checked against the old path's (same scores;
-same passages wherever scores do not tie at the cut-off).
+through /proc/self/clear_refs; ru_maxrss where that cannot be reset) minus the RSS before it.
+The new path's hits are checked against the old path's (same scores; same passages wherever
+scores do not tie at the cut-off). The new path is also timed on one thread.
 
     python benchmarks/bm25_scale.py --sizes 20000,100000,300000
 """

@@ -3,48 +3,27 @@ and page-level rankings, built once per passage file and memory-mapped on load.
 
 bm25s tokenises and stores the index; the matrix is built in blocks of numpy arrays
 (`kilt.bm25_index`) and searched by `kilt.bm25_topk` (numba on all cores where numba imports,
-else numpy; the same hits either way). bm25s is imported with jax hidden: bm25s.selection
-imports jax when it is installed, and jax then claims most of a GPU's memory.
+else numpy; the same hits either way). bm25s is imported with jax hidden (`kilt._bm25s`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import Stemmer
 from tqdm.auto import tqdm
 
 from . import bm25_topk
+from ._bm25s import Tokenizer, bm25s
+from .bm25_index import build_matrix
 from .digest import cache_root, file_digest
 from .hits import PASSAGES_PER_PAGE, Hit, SearchBackend, read_hits, search_pages
 from .io import atomic_directory
 from .passages import PassageStore, iter_passage_file
-
-
-@contextmanager
-def _jax_hidden() -> Iterator[None]:
-    """Make `import jax` fail inside the block, unless jax is imported already."""
-    hide = "jax" not in sys.modules
-    if hide:
-        sys.modules["jax"] = None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        if hide and sys.modules.get("jax", 0) is None:
-            del sys.modules["jax"]
-
-
-with _jax_hidden():
-    import bm25s
-    from bm25s.tokenization import Tokenizer
-
-    from .bm25_index import build_matrix
 
 CONFIG_FILE = "kilt_bm25.json"
 #: the bm25s model's own backend (it never searches here: `kilt.bm25_topk` does)

@@ -14,8 +14,8 @@ from itertools import chain, islice
 from typing import Iterable, Iterator
 
 import numpy as np
-from bm25s.scoring import _select_idf_scorer, _select_tfc_scorer
-from bm25s.tokenization import Tokenizer
+
+from ._bm25s import Tokenizer, select_idf, select_tfc
 
 #: documents tokenised and reduced at a time
 BLOCK_DOCS = 10_000
@@ -52,14 +52,14 @@ def _pairs(tokens: np.ndarray, lengths: np.ndarray) -> _Pairs:
 
 def _idf(df: np.ndarray, n_docs: int, method: str) -> np.ndarray:
     """bm25s's idf per term (0 for a term in no document), with its own scalar formula."""
-    idf = _select_idf_scorer(method)
+    idf = select_idf(method)
     return np.array([idf(d, N=n_docs) if d else 0.0 for d in df.tolist()], dtype=np.float32)
 
 
 def _fill_columns(blocks: list[_Pairs], lengths: np.ndarray, idf: np.ndarray, indptr: np.ndarray,
                   k1: float, b: float, delta: float, method: str) -> tuple[np.ndarray, np.ndarray]:
     """Score every pair and write it into its term's column, documents ascending (CSC)."""
-    tfc = _select_tfc_scorer(method)
+    tfc = select_tfc(method)
     avg_len = lengths.mean()
     data = np.empty(indptr[-1], dtype=np.float32)
     indices = np.empty(indptr[-1], dtype=np.int32)
