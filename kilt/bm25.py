@@ -78,12 +78,9 @@ class BM25Retriever:
                                                      desc="BM25 indexing", unit=" passages",
                                                      disable=not progress))
         tokenizer = Tokenizer(stemmer=Stemmer.Stemmer(config.stemmer), stopwords=config.stopwords)
-        try:
-            scores, vocab = build_matrix(texts, tokenizer, k1=config.k1, b=config.b, method=config.method)
-        except ValueError as e:
-            if "no documents" in str(e):
-                raise ValueError(f"{store.path}: no passages to index") from None
-            raise
+        if not len(store):
+            raise ValueError(f"{store.path}: no passages to index")
+        scores, vocab = build_matrix(texts, tokenizer, k1=config.k1, b=config.b, method=config.method)
         model = bm25s.BM25(k1=config.k1, b=config.b, method=config.method, backend=BACKEND)
         model.scores, model.vocab_dict, model.nonoccurrence_array = scores, vocab, None
         model.unique_token_ids_set = set(vocab.values())
