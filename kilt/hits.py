@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Protocol, Sequence
 
 from .passages import PassageStore
+from .tasks import check_queries
 
 #: passages asked for per wanted page at first: a page often owns several of the top passages
 PASSAGES_PER_PAGE = 4
@@ -101,14 +102,12 @@ def hits_for_pages(backend: SearchBackend, queries: Sequence[str], k: int, task:
     """Each query's passage hits, best first, deep enough to hold `k` distinct pages where the
     backend has them: `depth` passages at first (default ``PASSAGES_PER_PAGE * k``), doubled
     for the queries that still lack pages (the policy in this module's docstring)."""
-    if isinstance(queries, str):
-        raise TypeError("queries must be a sequence of strings, not one string")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     depth = PASSAGES_PER_PAGE * k if depth is None else depth
     if depth < 1:
         raise ValueError(f"the passage depth must be >= 1, got {depth}")
-    queries = list(queries)
+    queries = check_queries(queries)
     hits = backend.search(queries, task=task, k=depth)
     todo = [i for i, row in enumerate(hits) if _lacks_pages(row, k, depth)]
     while todo:

@@ -144,7 +144,7 @@ def _bm25(args) -> None:
     outs = [out_dir / (Path(f).name.removesuffix("-kilt.jsonl").removesuffix(".jsonl") + "-bm25.jsonl")
             for f in args.task_files]
     check_outputs(files=outs, inputs=[args.passages, *args.task_files])
-    retriever = BM25Retriever.build(PassageStore(args.passages))
+    retriever = BM25Retriever.cached(PassageStore(args.passages), progress=True)
     for task_file, out in zip(args.task_files, outs):
         n = predict_file(lambda queries, task: retriever.search_pages(queries, k=args.k), task_file, out)
         print(f"{task_file}: {n} predictions -> {out}")
@@ -332,14 +332,18 @@ def _mine_negatives(args) -> None:
 
     files = task_train_files(args.data_dir, args.tasks.split(",") if args.tasks else (), args.split)
     check_outputs(files=[args.out], inputs=[args.passages, *files.values(), args.encoder, args.index])
-    backend = "bm25"
+    store = PassageStore(args.passages)
     if args.encoder:
         if not args.index:
             raise ValueError("--encoder needs --index (an index of that encoder's passage vectors)")
         from .retriever import load_retriever
 
         backend = load_retriever(args.encoder, args.index, args.passages, device=args.device, force=args.force)
-    examples = build_training_examples(files, PassageStore(args.passages), backend, depth=args.depth,
+    else:
+        from kilt.bm25 import BM25Retriever
+
+        backend = BM25Retriever.cached(store, progress=True)
+    examples = build_training_examples(files, store, backend, depth=args.depth,
                                        keep=args.keep, max_queries=args.max_queries)
     n = write_training_examples(args.out, examples)
     print(f"wrote {n} training queries with hard negatives to {args.out} (use it as --negatives)")
@@ -384,7 +388,7 @@ def _first_stage(args: argparse.Namespace) -> SearchBackend:
     from kilt.bm25 import BM25Retriever
     from kilt.passages import PassageStore
 
-    return BM25Retriever.build(PassageStore(args.passages))
+    return BM25Retriever.cached(PassageStore(args.passages), progress=True)
 
 
 def _losses() -> list[str]:

@@ -16,6 +16,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "MTR_CACHE" not in os.environ:  # digests and BM25 indexes of test files stay out of the user's cache
+    import tempfile
+
+    os.environ["MTR_CACHE"] = tempfile.mkdtemp(prefix="mtr-test-cache-")
 
 import tiny_models  # noqa: E402
 

@@ -65,7 +65,7 @@ def test_search_caps_k_at_corpus_size(hand):
 def test_search_rejects_bad_arguments(hand):
     with pytest.raises(ValueError, match="k must be >= 1"):
         hand.search(["lava"], k=0)
-    with pytest.raises(TypeError, match="not one string"):
+    with pytest.raises(ValueError, match="got one str"):
         hand.search("lava", k=1)
 
 

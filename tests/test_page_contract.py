@@ -80,7 +80,7 @@ def test_bad_arguments_are_refused():
     backend = Ranking({"q": ["a"]})
     with pytest.raises(ValueError, match="k must be >= 1, got 0"):
         hits_for_pages(backend, ["q"], 0)
-    with pytest.raises(TypeError, match="not one string"):
+    with pytest.raises(ValueError, match="got one str"):
         hits_for_pages(backend, "q", 1)
 
 
