@@ -195,11 +195,14 @@ def _specialization(combiner: Any, encoder: nn.Module, tasks: list[str], depth: 
 
 def specialization_summary(checkpoint: str | Path, depth: int = 4) -> dict[str, Any]:
     """TACO's per-layer task-weight statistics at a saved checkpoint of a taco run (its `final/`
-    or a `checkpoint-<step>/` folder), rebuilt from the saved weights and combiner state."""
+    or a `checkpoint-<step>/` folder): rebuilt from the saved weights and combiner state, or, in a
+    final folder, which keeps no combiner state unless kept to be continued, as saved beside it."""
     from .encoder import DualEncoder
     from .specialization import TaskSpecialization
     checkpoint = Path(checkpoint)
-    state = load_state(checkpoint / STATE_NAME, ("data", "combiner"))
+    state = load_state(checkpoint / STATE_NAME, ("data",))
+    if "combiner" not in state:
+        return json.loads((checkpoint / DIAGNOSTICS_NAME).read_text(encoding="utf-8"))
     tasks = list(state["data"]["tasks"])
     encoder = DualEncoder.from_pretrained(checkpoint / MODEL_DIR)
     params = [p for p in encoder.parameters() if p.requires_grad]
@@ -343,7 +346,7 @@ class MultitaskTrainer:
             return {"combiner": combiner.state_dict(), "data": batches.state_dict()}
 
         history = loop.run(step, params, save, stop_after=stop_after, warmup_steps=cfg.lr_warmup_steps,
-                           keep_optimizer=keep_optimizer,
+                           keep_optimizer=keep_optimizer, resume_only=("combiner",),
                            optimizer_moments=carried["optimizer"]["state"] if carried else None)
         return self._result(loop.folder / MODEL_DIR, loop.step, history, started)
 

@@ -249,7 +249,7 @@ class TrainingLoop:
     def run(self, step_fn: Callable[[int], dict[str, Any]], params: Sequence[torch.nn.Parameter],
             save: Callable[[Path], Mapping[str, Any]], schedule: str = "linear",
             stop_after: int | None = None, warmup_steps: int | None = None, keep_optimizer: bool = False,
-            optimizer_moments: Mapping[int, Any] | None = None) -> list[dict]:
+            optimizer_moments: Mapping[int, Any] | None = None, resume_only: Sequence[str] = ()) -> list[dict]:
         """Train from `self.step` to `config.steps` (or `stop_after`, which ends with a checkpoint
         as an interruption would); returns the log rows of the whole run. The learning rate
         warms up over `warmup_steps` (default: `config.warmup_steps`).
@@ -260,7 +260,9 @@ class TrainingLoop:
         parameter change the optimiser made). `save(folder)` writes the caller's files
         into a checkpoint folder and returns its entries of the saved state. `keep_optimizer`
         keeps the optimiser state in the final folder too; `optimizer_moments` (the "state" of
-        such a saved optimiser) starts a new run with those moments.
+        such a saved optimiser) starts a new run with those moments. The caller's state entries
+        named in `resume_only` go into checkpoints only, not into the final folder (unless
+        `keep_optimizer`: a run kept to be continued keeps them).
         """
         from transformers import get_scheduler
 
@@ -280,7 +282,8 @@ class TrainingLoop:
         history = self._restart_log()
 
         def checkpoint(final: bool = False) -> None:
-            self._save_checkpoint(save, optimizer, scheduler, final=final, keep_optimizer=keep_optimizer)
+            self._save_checkpoint(save, optimizer, scheduler, final=final, keep_optimizer=keep_optimizer,
+                                  resume_only=resume_only)
 
         self._train(lambda: self._step(step_fn, params, optimizer, scheduler), history, checkpoint, stop_after)
         return history
@@ -357,7 +360,7 @@ class TrainingLoop:
         return row
 
     def _save_checkpoint(self, save: Callable[[Path], Mapping[str, Any]], optimizer: torch.optim.Optimizer,
-                         scheduler: Any, final: bool, keep_optimizer: bool) -> None:
+                         scheduler: Any, final: bool, keep_optimizer: bool, resume_only: Sequence[str] = ()) -> None:
         """Write `self.folder` atomically (the caller's files, then the trainer state; a checkpoint
         also holds what resuming needs) and remove the other checkpoints; every process waits."""
         accelerator, folder = self.accelerator, self.folder
@@ -365,6 +368,9 @@ class TrainingLoop:
             with atomic_directory(folder) as tmp:
                 state = {"step": self.step, "config": dataclasses.asdict(self.config), "settings": self.settings,
                          **save(tmp)}
+                if final and not keep_optimizer:
+                    for name in resume_only:
+                        state.pop(name, None)
                 if final and keep_optimizer:
                     state.update(optimizer=optimizer.state_dict())
                 if not final:
