@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from ..cache import stage_key
 from ..systems import check_teacher
 from .context import StageContext
 
-if TYPE_CHECKING:
-    from .rerankers import RerankerStages
+
+class TrainedRerankers(Protocol):
+    """What the teacher needs of the reranker stages (`RerankerStages`)."""
+
+    def reranker(self, method: str, retriever_name: str) -> Any: ...
+    def reranker_key(self, retriever_name: str, method: str) -> str: ...
+    def train_examples(self, retriever_name: str, method: str, per_task: int = 0) -> list: ...
+    def data_key(self) -> dict[str, Any]: ...
+
 
 log = logging.getLogger("mtr.experiment")
 
@@ -19,7 +26,7 @@ log = logging.getLogger("mtr.experiment")
 class TeacherStage:
     """Teacher scores per retriever, cached under teachers/<retriever>+<teacher>."""
 
-    def __init__(self, context: StageContext, rerankers: RerankerStages):
+    def __init__(self, context: StageContext, rerankers: TrainedRerankers):
         self.context = context
         self.rerankers = rerankers
 
