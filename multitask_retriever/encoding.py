@@ -9,6 +9,7 @@ file and the encoder's files are identified by their content digests (`kilt.dige
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 from kilt.digest import combined_digest, file_digest
 from kilt.passages import Passage, iter_passage_file
 from safeio.atomic import atomic_write, write_json
+from safeio.lock import FolderLock
 from safeio.text import read_json_object
 
 logger = logging.getLogger(__name__)
@@ -167,17 +169,18 @@ def encode_corpus(encoder: PassageEncoder, passage_file: str | Path, out_dir: st
         raise FileNotFoundError(f"{passage_file}: passage file not found")
     settings, compared = _settings(encoder, passage_file, np_dtype, batch_size, shard_size)
     state = PartialState()
-    _prepare_folder(out_dir, settings, compared, overwrite, passage_file, state)
-    with tqdm(desc=f"encoding {passage_file.name}", unit=" passages", unit_scale=True,
-              disable=not progress or not state.is_local_main_process) as bar:
-        num_passages, num_shards, stopped = _encode_shards(encoder, passage_file, out_dir, settings, np_dtype,
-                                                           max_shards, state, bar)
-    if num_shards == 0 and not stopped:
-        raise ValueError(f"{passage_file}: no passages")
+    with FolderLock(out_dir) if state.is_main_process else nullcontext():  # one run per shard folder
+        _prepare_folder(out_dir, settings, compared, overwrite, passage_file, state)
+        with tqdm(desc=f"encoding {passage_file.name}", unit=" passages", unit_scale=True,
+                  disable=not progress or not state.is_local_main_process) as bar:
+            num_passages, num_shards, stopped = _encode_shards(encoder, passage_file, out_dir, settings, np_dtype,
+                                                               max_shards, state, bar)
+        if num_shards == 0 and not stopped:
+            raise ValueError(f"{passage_file}: no passages")
 
-    state.wait_for_everyone()
-    if state.is_main_process and not stopped:
-        _finish_manifest(out_dir, settings, passage_file, num_passages, num_shards)
+        state.wait_for_everyone()
+        if state.is_main_process and not stopped:
+            _finish_manifest(out_dir, settings, passage_file, num_passages, num_shards)
     return out_dir
 
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from kilt.io import iter_jsonl
 from safeio.atomic import atomic_directory, atomic_write, remove_orphans_in
+from safeio.lock import FolderLock
 
 log = logging.getLogger("mtr.train")
 
@@ -206,6 +207,7 @@ class TrainingLoop:
             raise FileExistsError(f"{self.output_dir}: holds a training run ({self.checkpoint.name}); pass "
                                   "resume=True (mtr ... --resume) to continue it, or choose another output_dir")
         self.state: dict[str, Any] | None = None
+        self._lock: FolderLock | None = None
         if self.checkpoint is not None:
             self.state = load_state(self.checkpoint / STATE_NAME, ("step", "config"))
             if "settings" in self.state:
@@ -241,8 +243,12 @@ class TrainingLoop:
         return [row for row in read_log(self.log_path) if row["step"] <= self.step]
 
     def start(self):
-        """Create the Accelerator and seed every RNG with `config.seed`; returns the Accelerator."""
+        """Create the Accelerator, take the output folder's writer lock on the main process (a
+        second run on the folder outside this launch is refused) and seed every RNG with
+        `config.seed`; returns the Accelerator."""
         self.accelerator = _accelerator(self.config.mixed_precision)
+        if self.accelerator.is_main_process:
+            self._lock = FolderLock(self.output_dir).acquire()
         seed_everything(self.config.seed)
         return self.accelerator
 
@@ -285,7 +291,11 @@ class TrainingLoop:
             self._save_checkpoint(save, optimizer, scheduler, final=final, keep_optimizer=keep_optimizer,
                                   resume_only=resume_only)
 
-        self._train(lambda: self._step(step_fn, params, optimizer, scheduler), history, checkpoint, stop_after)
+        try:
+            self._train(lambda: self._step(step_fn, params, optimizer, scheduler), history, checkpoint, stop_after)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
         return history
 
     def _train(self, step: Callable[[], dict[str, Any]], history: list[dict], checkpoint: Callable[..., None],

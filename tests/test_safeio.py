@@ -3,6 +3,7 @@ old version or the new one, with a plain open's mode, and the next write removes
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -10,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
+
 from safeio.atomic import atomic_directory, atomic_write, remove_orphans_in
 from safeio.identity import file_version
+from safeio.lock import FolderBusyError, FolderLock
 from safeio.outputs import InputOverwriteError, check_outputs
 from safeio.text import TextFormatError, decode_utf8, read_json_object, read_text
 
@@ -186,3 +190,43 @@ def test_safeio_imports_neither_kilt_nor_the_retriever():
     run = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                          capture_output=True, text=True, check=True)
     assert run.stdout == "[]\n"
+
+
+# --------------------------------------------------------------------------- one writer per folder
+def _hold_lock(folder: Path) -> subprocess.Popen:
+    """A second process that takes `folder`'s writer lock and keeps it until killed."""
+    code = ("import sys, time; from safeio.lock import FolderLock; FolderLock(sys.argv[1]).acquire(); "
+            "print('held', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_folder_another_process_writes_in_is_refused_naming_it(tmp_path):
+    proc = _hold_lock(tmp_path / "out")
+    try:
+        with pytest.raises(FolderBusyError, match=rf"^{re.escape(str(tmp_path / 'out'))}: another process "
+                                                  rf"\(pid {proc.pid}\) is writing here"):
+            FolderLock(tmp_path / "out").acquire()
+    finally:
+        proc.kill()
+        proc.wait()
+    with FolderLock(tmp_path / "out"):  # the lock went with the process
+        pass
+
+
+def test_a_second_training_run_on_the_same_folder_is_refused_before_it_trains(tmp_path):
+    """Two `mtr train` started on one output folder without `accelerate launch` would each think
+    itself the main process and write the same files: the second stops at once."""
+    from multitask_retriever.rerank.train import RerankTrainConfig
+    from multitask_retriever.training_loop import TrainingLoop
+
+    proc = _hold_lock(tmp_path / "run")
+    try:
+        loop = TrainingLoop(RerankTrainConfig(output_dir=str(tmp_path / "run")))
+        with pytest.raises(FolderBusyError, match="another process"):
+            loop.start()
+    finally:
+        proc.kill()
+        proc.wait()
