@@ -213,7 +213,8 @@ def test_a_folder_another_process_writes_in_is_refused_naming_it(tmp_path):
         proc.kill()
         proc.wait()
     with FolderLock(tmp_path / "out"):  # the lock went with the process
-        pass
+        assert (tmp_path / "out" / ".mtr-lock").read_text() == str(os.getpid())
+    assert not (tmp_path / "out" / ".mtr-lock").exists()  # a released lock leaves no file
 
 
 def test_a_second_training_run_on_the_same_folder_is_refused_before_it_trains(tmp_path):
