@@ -247,7 +247,7 @@ class TrainingLoop:
         second run on the folder outside this launch is refused) and seed every RNG with
         `config.seed`; returns the Accelerator."""
         self.accelerator = _accelerator(self.config.mixed_precision)
-        if self.accelerator.is_main_process:
+        if self.accelerator.is_main_process and not self.finished:  # a finished run writes nothing
             self._lock = FolderLock(self.output_dir).acquire()
         seed_everything(self.config.seed)
         return self.accelerator

@@ -340,3 +340,15 @@ def test_a_new_run_removes_the_temporary_folders_of_a_killed_save(tiny_bert, exa
         (tmp_path / orphan / "trainer_state.pt").write_bytes(b"half written")
     train_reranker(_reranker(tiny_bert), examples, _config(tmp_path, steps=1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final", "train_log.jsonl"]
+
+
+def test_a_finished_run_keeps_no_copy_of_its_weights_in_its_state_and_reloads_them(tiny_bert, examples, tmp_path):
+    """The final trainer state of a cross-encoder would otherwise repeat its whole model; a
+    finished run resumed reads the weights from final/reranker instead."""
+    trained = _reranker(tiny_bert)
+    train_reranker(trained, examples, _config(tmp_path, steps=2))
+    state = torch.load(tmp_path / "final" / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 2 and "trainable" not in state
+    reloaded = _reranker(tiny_bert)
+    assert train_reranker(reloaded, examples, _config(tmp_path, steps=2), resume=True).step == 2
+    _assert_same_params(_params(reloaded), _params(trained), atol=0)

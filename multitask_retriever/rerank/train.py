@@ -138,6 +138,11 @@ def _load_trainable(named: dict[str, torch.nn.Parameter], state: dict[str, Any],
             param.copy_(state["trainable"][name])
 
 
+def _load_saved(reranker: Reranker, path: Path) -> Reranker:
+    """The reranker saved in `path`, as `reranker`'s class reloads it."""
+    return type(reranker).from_pretrained(path)
+
+
 def train_reranker(reranker: Reranker, examples: Sequence[RerankExample], config: RerankTrainConfig,
                    loss: RerankLoss | None = None, resume: bool = False) -> RunResult:
     """Train `reranker.trainable_parameters()` for `config.steps` steps of `loss` (default:
@@ -159,8 +164,10 @@ def train_reranker(reranker: Reranker, examples: Sequence[RerankExample], config
     accelerator = loop.start()
     reranker.to(accelerator.device)
     final_path = loop.output_dir / FINAL_NAME / "reranker"
-    if loop.state is not None:
+    if loop.state is not None and "trainable" in loop.state:
         _load_trainable(named, loop.state, loop.checkpoint)
+    elif loop.finished:  # the final state keeps no copy of the weights: read them from final/reranker
+        _load_trainable(named, {"trainable": dict(_load_saved(reranker, final_path).named_parameters())}, final_path)
     if loop.finished:
         losses = [row["loss"] for row in read_log(loop.log_path)]
         log.info("%s: already trained (%d steps); loaded its weights", loop.output_dir, loop.step)
@@ -189,7 +196,7 @@ def train_reranker(reranker: Reranker, examples: Sequence[RerankExample], config
     was_training = reranker.training
     reranker.train()
     try:
-        history = loop.run(step, params, save, schedule=config.scheduler)
+        history = loop.run(step, params, save, schedule=config.scheduler, resume_only=("trainable",))
     finally:
         reranker.train(was_training)
     losses = [row["loss"] for row in history]
