@@ -22,7 +22,7 @@ from safeio.atomic import atomic_directory
 from . import bm25_topk
 from ._bm25s import Tokenizer, bm25s
 from .bm25_index import build_matrix
-from .digest import cache_root, file_digest
+from .digest import cache_root
 from .hits import PASSAGES_PER_PAGE, Hit, SearchBackend, read_hits, search_pages
 from .passages import PassageStore, iter_passage_file
 from .tasks import check_queries
@@ -159,7 +159,7 @@ def cached_index_dir(store: PassageStore, cache_dir: str | Path | None = None,
     passage-file content and BM25 settings, whatever the file's name or path."""
     settings = json.dumps({**asdict(config or BM25Config()), "format": CACHE_FORMAT}, sort_keys=True)
     config_key = hashlib.blake2b(settings.encode("utf-8"), digest_size=8).hexdigest()
-    content = file_digest(store.path).split(":", 1)[1][:32]
+    content = store.digest.split(":", 1)[1][:32]
     return cache_root(cache_dir) / "bm25" / f"{content}-{config_key}"
 
 

@@ -17,9 +17,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if "MTR_CACHE" not in os.environ:  # digests and BM25 indexes of test files stay out of the user's cache
+    import atexit
     import tempfile
 
     os.environ["MTR_CACHE"] = tempfile.mkdtemp(prefix="mtr-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["MTR_CACHE"], ignore_errors=True)
 
 import tiny_models  # noqa: E402
 

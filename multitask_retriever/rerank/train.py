@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -129,18 +129,14 @@ def _trainable_named(reranker: Reranker) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in reranker.named_parameters() if p.requires_grad}
 
 
-def _load_trainable(named: dict[str, torch.nn.Parameter], state: dict[str, Any], checkpoint: Path) -> None:
-    missing = set(named) - set(state["trainable"])
+def _load_trainable(named: dict[str, torch.nn.Parameter], values: Mapping[str, torch.Tensor], source: Path) -> None:
+    """Copy saved `values` into the trainable parameters; a missing one is an error naming `source`."""
+    missing = set(named) - set(values)
     if missing:
-        raise ValueError(f"{checkpoint}: no saved values for trainable parameters {sorted(missing)[:5]}")
+        raise ValueError(f"{source}: no saved values for trainable parameters {sorted(missing)[:5]}")
     with torch.no_grad():
         for name, param in named.items():
-            param.copy_(state["trainable"][name])
-
-
-def _load_saved(reranker: Reranker, path: Path) -> Reranker:
-    """The reranker saved in `path`, as `reranker`'s class reloads it."""
-    return type(reranker).from_pretrained(path)
+            param.copy_(values[name])
 
 
 def train_reranker(reranker: Reranker, examples: Sequence[RerankExample], config: RerankTrainConfig,
@@ -165,9 +161,9 @@ def train_reranker(reranker: Reranker, examples: Sequence[RerankExample], config
     reranker.to(accelerator.device)
     final_path = loop.output_dir / FINAL_NAME / "reranker"
     if loop.state is not None and "trainable" in loop.state:
-        _load_trainable(named, loop.state, loop.checkpoint)
+        _load_trainable(named, loop.state["trainable"], loop.checkpoint)
     elif loop.finished:  # the final state keeps no copy of the weights: read them from final/reranker
-        _load_trainable(named, {"trainable": dict(_load_saved(reranker, final_path).named_parameters())}, final_path)
+        _load_trainable(named, dict(type(reranker).from_pretrained(final_path).named_parameters()), final_path)
     if loop.finished:
         losses = [row["loss"] for row in read_log(loop.log_path)]
         log.info("%s: already trained (%d steps); loaded its weights", loop.output_dir, loop.step)
