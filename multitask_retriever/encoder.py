@@ -32,7 +32,7 @@ from safeio.atomic import atomic_directory
 from safeio.text import read_text
 
 from .config import check_fields
-from .devices import check_dtype_name, resolve_dtype
+from .devices import DTYPE_HELP, STORAGE_HELP, check_dtype_name, check_storage_dtype, resolve_dtype, stored_state
 
 CONFIG_NAME = "mtr_encoder.json"
 POOLINGS = ("auto", "mean", "cls", "first_decoder")
@@ -117,15 +117,16 @@ class EncoderConfig:
                 "the prompt itself is never cut"})
     passage_truncation_side: str = field(default="right", metadata={"help": "which end of a long passage is cut"})
     dtype: str = field(default="auto", metadata={
-        "help": "inference compute dtype: auto = bfloat16 on CUDA when supported, else float16 on "
-                "CUDA, float32 elsewhere; or float32 | bfloat16 | float16. A half type encodes with half-"
-                "precision weights; the loaded float32 weights are restored afterwards"})
+        "help": "inference compute dtype: " + DTYPE_HELP + ". A half type encodes with half-precision "
+                "weights; the float32 weights are restored afterwards"})
+    storage_dtype: str = field(default="float32", metadata={"help": STORAGE_HELP})
 
     def __post_init__(self) -> None:
         check_fields(self)
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         check_dtype_name(self.dtype)
+        check_storage_dtype(self.storage_dtype)
         for name in ("query_truncation_side", "passage_truncation_side"):
             if getattr(self, name) not in ("left", "right"):
                 raise ValueError(f"{name} must be 'left' or 'right', got {getattr(self, name)!r}")
@@ -189,16 +190,16 @@ def _load_backbone(name_or_path: str, hf_config: PretrainedConfig, pooling: str)
         if _is_encoder_only_checkpoint(hf_config):
             raise ValueError(f"{name_or_path}: first_decoder pooling needs an encoder-decoder checkpoint "
                              f"(got {hf_config.architectures or hf_config.model_type})")
-        return AutoModel.from_pretrained(name_or_path)
+        return AutoModel.from_pretrained(name_or_path, dtype=torch.float32)
     class_name = _ENCODER_ONLY_CLASSES.get(hf_config.model_type)
     if class_name is not None:
         import transformers
 
-        return getattr(transformers, class_name).from_pretrained(name_or_path)
+        return getattr(transformers, class_name).from_pretrained(name_or_path, dtype=torch.float32)
     if hf_config.is_encoder_decoder:
         raise ValueError(f"{name_or_path}: {pooling} pooling over a {hf_config.model_type} encoder-decoder "
                          f"is supported for {sorted(_ENCODER_ONLY_CLASSES)} only; use first_decoder")
-    return AutoModel.from_pretrained(name_or_path)
+    return AutoModel.from_pretrained(name_or_path, dtype=torch.float32)
 
 
 class DualEncoder(nn.Module):
@@ -260,7 +261,7 @@ class DualEncoder(nn.Module):
     def save_pretrained(self, path: str | Path) -> None:
         """Write backbone, tokenizer and mtr_encoder.json into `path`, replacing it only once complete."""
         with atomic_directory(path) as tmp:
-            self.backbone.save_pretrained(tmp)
+            self.backbone.save_pretrained(tmp, state_dict=stored_state(self.backbone, self.config.storage_dtype))
             self.tokenizer.save_pretrained(tmp)
             (tmp / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n",
                                            encoding="utf-8")

@@ -1,6 +1,7 @@
 """CrossEncoderReranker on a tiny random BERT: scoring, reranking, truncation, save/load."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -23,6 +24,7 @@ PASSAGES = [
 
 def _load(path, **options) -> CrossEncoderReranker:
     torch.manual_seed(0)
+    options.setdefault("inference_dtype", "float32")  # exact comparisons with the training path
     model = CrossEncoderReranker.from_pretrained(path, **options)
     with torch.no_grad():  # a random tiny model scores all pairs alike; a large head separates them
         model.model.classifier.weight.normal_(0.0, 50.0)
@@ -129,6 +131,18 @@ def test_save_and_load_give_identical_scores(reranker, tmp_path):
     finally:
         with torch.no_grad():
             reranker.model.classifier.bias.sub_(0.5)
+
+
+def test_float16_storage_loads_back_as_float32_weights(reranker, tmp_path):
+    half = CrossEncoderReranker(reranker.model, reranker.tokenizer,
+                                dataclasses.replace(reranker.config, storage_dtype="float16"))
+    half.save_pretrained(tmp_path / "ce")
+    loaded = CrossEncoderReranker.from_pretrained(tmp_path / "ce")
+    assert loaded.config.storage_dtype == "float16"
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.float32}
+    weight = reranker.model.classifier.weight
+    assert weight.dtype == torch.float32
+    torch.testing.assert_close(loaded.model.classifier.weight, weight.half().float(), rtol=0, atol=0)
 
 
 def test_saving_over_a_folder_replaces_it_and_leaves_no_temporaries(reranker, tmp_path):

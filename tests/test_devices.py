@@ -32,8 +32,16 @@ def test_auto_dtype_is_half_precision_on_cuda(monkeypatch, bf16, expected):
     assert resolve_dtype("auto", torch.device("cuda", 0)) == expected
 
 
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [(True, False, torch.bfloat16), (False, True, torch.bfloat16),
+                                                         (False, False, torch.float32)])
+def test_auto_dtype_on_cpu_is_bfloat16_only_where_the_cpu_has_it_natively(monkeypatch, amx, avx512_bf16, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert resolve_dtype("auto", "cpu") == expected
+
+
 def test_auto_dtype_is_float32_elsewhere_and_names_are_taken_as_given():
-    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("auto", "mps") == torch.float32
     assert resolve_dtype("float16", "cpu") == torch.float16
     assert resolve_dtype("float32", "cuda") == torch.float32
 
@@ -47,7 +55,7 @@ def test_unknown_dtype_names_are_rejected_alike(make):
 
 
 def test_autocast_is_off_for_float32_and_on_for_a_half_type():
-    with autocast("cpu"):
+    with autocast("cpu", "float32"):
         assert not torch.is_autocast_enabled("cpu")
     with autocast("cpu", "bfloat16"):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
@@ -82,3 +90,10 @@ def test_mtr_encode_puts_the_encoder_on_the_process_device(tiny_bert, mini_kilt,
     assert mtr(["encode", "--encoder", str(tiny_bert), "--passages", str(tmp_path / "passages.jsonl"),
                 "--out-dir", str(tmp_path / "shards")]) == 0
     assert asked == ["auto"] and moved == ["cpu"]
+
+
+@pytest.mark.parametrize("make", [lambda: EncoderConfig(storage_dtype="auto"),
+                                  lambda: CrossEncoderConfig(storage_dtype="int8")])
+def test_weights_are_stored_only_in_a_named_float_type(make):
+    with pytest.raises(ValueError, match="storage_dtype must be one of float32, bfloat16, float16"):
+        make()

@@ -26,6 +26,7 @@ BACKBONES = [("tiny_t5", None), ("tiny_t5", "mean"), ("tiny_bert", None), ("tiny
 def _load(request, fixture: str, pooling: str | None, **overrides) -> DualEncoder:
     if pooling is not None:
         overrides["pooling"] = pooling
+    overrides.setdefault("dtype", "float32")  # exact comparisons; half precision has its own tests
     return DualEncoder.from_pretrained(request.getfixturevalue(fixture), query_prompts=PROMPTS, **overrides)
 
 
@@ -350,6 +351,22 @@ def test_save_and_load_round_trip(encoder, tmp_path):
     assert type(loaded.backbone) is type(encoder.backbone)
     np.testing.assert_array_equal(loaded.encode_queries(QUERIES, task="nq"), encoder.encode_queries(QUERIES, task="nq"))
     np.testing.assert_array_equal(loaded.encode_passages([("T", "x y")]), encoder.encode_passages([("T", "x y")]))
+
+
+@pytest.mark.parametrize("storage", ["float16", "bfloat16"])
+def test_half_precision_storage_halves_the_file_and_loads_back_as_float32(request, tmp_path, storage):
+    enc = _load(request, "tiny_bert", None)
+    enc.save_pretrained(tmp_path / "full")
+    enc.config = dataclasses.replace(enc.config, storage_dtype=storage)
+    enc.save_pretrained(tmp_path / "half")
+    size = {name: (tmp_path / name / "model.safetensors").stat().st_size for name in ("full", "half")}
+    assert size["half"] < 0.6 * size["full"]
+    loaded = DualEncoder.from_pretrained(tmp_path / "half")
+    assert loaded.config.storage_dtype == storage
+    assert {p.dtype for p in loaded.backbone.parameters()} == {torch.float32}
+    assert all(p.dtype == torch.float32 for p in enc.backbone.parameters())  # the live model is untouched
+    for (name, mine), theirs in zip(enc.backbone.state_dict().items(), loaded.backbone.state_dict().values()):
+        torch.testing.assert_close(theirs, mine.to(getattr(torch, storage)).float(), rtol=0, atol=0, msg=name)
 
 
 def test_saved_config_is_readable_json(request, tmp_path):

@@ -74,7 +74,7 @@ def check_training(reranker, examples, tmp: Path, loader, **config):
 
 @pytest.fixture(scope="module")
 def gpt2_zero_shot(tiny_gpt2) -> ZeroShotReranker:
-    return ZeroShotReranker.create(str(tiny_gpt2))
+    return ZeroShotReranker.create(str(tiny_gpt2), inference_dtype="float32")
 
 
 # --------------------------------------------------------------------------- exact scores
@@ -93,7 +93,7 @@ def test_causal_score_is_the_mean_query_token_log_likelihood(tiny_gpt2, gpt2_zer
     expected = _manual_causal(tiny_gpt2, context, QUERY)
     (score,) = gpt2_zero_shot.rerank(QUERY, PASSAGES[:1])
     assert score == pytest.approx(expected.mean().item(), abs=1e-5)
-    summed = ZeroShotReranker.create(str(tiny_gpt2), reduction="sum").rerank(QUERY, PASSAGES[:1])
+    summed = ZeroShotReranker.create(str(tiny_gpt2), reduction="sum", inference_dtype="float32").rerank(QUERY, PASSAGES[:1])
     assert summed[0] == pytest.approx(expected.sum().item(), abs=1e-4)
 
 
@@ -105,7 +105,7 @@ def test_seq2seq_score_is_minus_the_t5_loss_of_the_query(tiny_t5_lm):
     enc += [tok.eos_token_id] if tok.eos_token_id is not None else []
     labels = tok(QUERY, add_special_tokens=False)["input_ids"]
     loss = lm(input_ids=torch.tensor([enc]), labels=torch.tensor([labels])).loss
-    (score,) = ZeroShotReranker.create(str(tiny_t5_lm)).rerank(QUERY, PASSAGES[:1])
+    (score,) = ZeroShotReranker.create(str(tiny_t5_lm), inference_dtype="float32").rerank(QUERY, PASSAGES[:1])
     assert score == pytest.approx(-loss.item(), abs=1e-5)
 
 

@@ -17,7 +17,7 @@ MENTION = f"{MENTION_START} Barack Obama {MENTION_END}"
 
 @pytest.fixture(scope="module")
 def minilm() -> DualEncoder:
-    return DualEncoder.from_pretrained(packaged_minilm_path(), query_max_length=64)
+    return DualEncoder.from_pretrained(packaged_minilm_path(), query_max_length=64, dtype="float32")
 
 
 def _fit(enc: DualEncoder, text: str, task: str | None = "aidayago2") -> str:

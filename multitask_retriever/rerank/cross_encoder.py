@@ -19,7 +19,7 @@ from kilt.tasks import check_queries, keeps_end, query_window
 from safeio.atomic import atomic_directory
 
 from ..config import check_fields
-from ..devices import DTYPES, autocast, check_dtype_name
+from ..devices import DTYPE_HELP, STORAGE_HELP, autocast, check_dtype_name, check_storage_dtype, stored_state
 from ..models import named_weight_errors, own_memory, packaged_minilm_path, resolve_model_name
 from .base import (CONFIG_NAME, Reranker, check_rows, group_size, make_config, read_reranker_meta, split_rows,
                    write_reranker_meta)
@@ -39,8 +39,8 @@ class CrossEncoderConfig:
     freeze_position_embeddings: bool = field(default=True, metadata={
         "help": "keep position embeddings fixed in training, as Pezzuti et al. do"})
     inference_dtype: str = field(default="auto", metadata={
-        "help": "autocast dtype of rerank(): auto (bfloat16 or float16 on CUDA, float32 elsewhere) | "
-                + " | ".join(DTYPES)})
+        "help": "autocast dtype of rerank(): " + DTYPE_HELP})
+    storage_dtype: str = field(default="float32", metadata={"help": STORAGE_HELP})
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -48,6 +48,7 @@ class CrossEncoderConfig:
             raise ValueError(f"max_query_length ({self.max_query_length}) must leave room for a passage "
                              f"within max_length ({self.max_length})")
         check_dtype_name(self.inference_dtype, "inference_dtype")
+        check_storage_dtype(self.storage_dtype)
         keeps_end(None, self.query_keep)  # ValueError naming the choices
 
 
@@ -86,14 +87,14 @@ class CrossEncoderReranker(Reranker):
         saved = read_reranker_meta(path, cls.method).get("config", {}) if (Path(path) / CONFIG_NAME).is_file() else {}
         config = make_config(CrossEncoderConfig, {"model_name_or_path": path, **saved, **overrides})
         with named_weight_errors(path):
-            model = own_memory(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1))
+            model = own_memory(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32))
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(model, tokenizer, config)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write model, tokenizer and mtr_reranker.json into `path`, replacing it only once complete."""
         with atomic_directory(path) as tmp:
-            self.model.save_pretrained(tmp)
+            self.model.save_pretrained(tmp, state_dict=stored_state(self.model, self.config.storage_dtype))
             self.tokenizer.save_pretrained(tmp)
             write_reranker_meta(tmp, self.method, self.config)
 

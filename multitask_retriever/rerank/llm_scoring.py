@@ -21,7 +21,7 @@ from torch import nn
 from kilt.tasks import check_queries, keeps_end, query_window
 
 from ..config import check_fields
-from ..devices import DTYPES, autocast, check_dtype_name
+from ..devices import DTYPE_HELP, autocast, check_dtype_name
 from .base import (Reranker, check_rows, group_size, make_config, read_reranker_meta, split_rows,
                    write_reranker_meta)
 
@@ -67,7 +67,7 @@ class LLMScoringConfig:
     reduction: str = field(default="mean", metadata={"help": "mean | sum of the query tokens' log-probs"})
     max_batch_tokens: int = field(default=8192, metadata={"help": "padded tokens per forward pass", "min": 1})
     inference_dtype: str = field(default="auto", metadata={
-        "help": "autocast dtype: auto (bfloat16 or float16 on CUDA, float32 elsewhere) | " + " | ".join(DTYPES)})
+        "help": "autocast dtype: " + DTYPE_HELP})
 
     def __post_init__(self) -> None:
         check_fields(self)
