@@ -170,9 +170,40 @@ def test_config_leaves_room_for_the_passage():
 
 
 def test_make_reranker_starts_a_cross_encoder_from_the_packaged_minilm_by_default():
-    from multitask_retriever.models import packaged_minilm_path
     from multitask_retriever.rerank import make_reranker
 
     reranker = make_reranker("cross-encoder", max_length=64, max_query_length=16)
     assert isinstance(reranker, CrossEncoderReranker)
-    assert reranker.config.model_name_or_path == str(packaged_minilm_path())
+    assert reranker.config.model_name_or_path == "minilm"  # the portable name, not this machine's folder
+
+
+# --------------------------------------------------------------------------- LoRA
+@pytest.fixture(scope="module")
+def lora(tiny_bert) -> CrossEncoderReranker:
+    return _load(tiny_bert, max_length=64, max_query_length=16, lora_rank=4)
+
+
+def test_lora_trains_only_adapters_and_the_head(lora):
+    trained = {name for name, p in lora.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in name or "classifier" in name for name in trained)
+    assert any("classifier" in name for name in trained)
+
+
+def test_a_saved_lora_cross_encoder_holds_only_its_adapters_and_scores_alike(lora, tmp_path):
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.01)  # B starts at zero: make the adapters matter
+    lora.save_pretrained(tmp_path / "ce")
+    assert sorted(f.name for f in (tmp_path / "ce").iterdir()) == ["adapters.safetensors", "mtr_reranker.json"]
+    loaded = CrossEncoderReranker.from_pretrained(tmp_path / "ce").eval()
+    assert loaded.config == lora.config
+    assert loaded.rerank(QUERY, PASSAGES) == pytest.approx(lora.eval().rerank(QUERY, PASSAGES), rel=1e-6)
+
+
+def test_adapters_of_another_rank_are_refused_naming_the_file(lora, tmp_path):
+    lora.save_pretrained(tmp_path / "ce")
+    meta = tmp_path / "ce" / "mtr_reranker.json"
+    meta.write_text(meta.read_text().replace('"lora_rank": 4', '"lora_rank": 8'))
+    with pytest.raises(ValueError, match=r"adapters\.safetensors: saved parameters .* rank-8 LoRA cross-encoder"):
+        CrossEncoderReranker.from_pretrained(tmp_path / "ce")

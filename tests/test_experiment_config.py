@@ -118,7 +118,8 @@ def _keys(*names: str) -> list[str]:
                          progress=False)
     llm = llm_reranker_train_config(c, "lce+ql", "OUT", progress=False)
     cross_encoder = cross_encoder_train_config(c, False, "OUT", progress=False)
-    rest = {k: v for k, v in dataclasses.asdict(c).items() if k not in ("train", "rerank")}
+    later = {"cross_encoder_options": {}}  # fields added since, at their defaults (keyed only when set)
+    rest = {k: v for k, v in dataclasses.asdict(c).items() if k not in ("train", "rerank") and later.get(k, k) != v}
     return [train_stage_key("EXKEY", train),
             llm_reranker_key("RKEY", "qpeft-a", "START", llm, c.max_train_queries, c.rerank_k),
             stage_key(train=dataclasses.asdict(cross_encoder)), stage_key(**rest)]

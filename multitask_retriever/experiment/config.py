@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..config import check_fields, field_like, moved_fields, section_of
+from ..rerank.base import make_config
+from ..rerank.cross_encoder import CrossEncoderConfig
 from ..rerank.losses import distill_losses
 from ..rerank.train import RerankTrainConfig
 from ..trainer import TrainConfig
@@ -60,6 +63,9 @@ class ExperimentConfig:
     tasks: list[str] = field(default_factory=list, metadata={"help": "default: every task with a dev file"})
     encoder: str = field(default="", metadata={"help": "dual-encoder start point; default: packaged all-MiniLM-L6-v2"})
     cross_encoder: str = field(default="", metadata={"help": "cross-encoder start point; default: packaged MiniLM"})
+    cross_encoder_options: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "CrossEncoderConfig fields of the trained cross-encoders, e.g. {lora_rank: 16} for LoRA "
+                "adapters or {storage_dtype: float16}"})
     llm: str = field(default="", metadata={"help": "LLM for LLM rerankers; default: packaged SmolLM2-135M (GGUF)"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda: encoders, rerankers and indexes"})
     seed: int = field_like(TrainConfig, "seed", default=0)
@@ -138,6 +144,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        make_config(CrossEncoderConfig, self.cross_encoder_options)  # unknown or invalid fields, named
         if self.score_on not in SCORE_ON:
             raise ValueError(f"score_on must be one of {', '.join(SCORE_ON)}, got {self.score_on!r}")
         if not 0.0 < self.validation_split < 1.0:

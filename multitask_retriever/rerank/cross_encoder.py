@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BatchEncoding
 
 from kilt.tasks import check_queries, keeps_end, query_window
@@ -20,9 +21,12 @@ from safeio.atomic import atomic_directory
 
 from ..config import check_fields
 from ..devices import DTYPE_HELP, STORAGE_HELP, autocast, check_dtype_name, check_storage_dtype, stored_state
-from ..models import named_weight_errors, own_memory, packaged_minilm_path, resolve_model_name
+from ..models import named_weight_errors, own_memory, resolve_model_name
 from .base import (CONFIG_NAME, Reranker, check_rows, group_size, make_config, read_reranker_meta, split_rows,
                    write_reranker_meta)
+
+
+ADAPTERS_NAME = "adapters.safetensors"
 
 
 @dataclass
@@ -41,6 +45,11 @@ class CrossEncoderConfig:
     inference_dtype: str = field(default="auto", metadata={
         "help": "autocast dtype of rerank(): " + DTYPE_HELP})
     storage_dtype: str = field(default="float32", metadata={"help": STORAGE_HELP})
+    lora_rank: int = field(default=0, metadata={
+        "help": "0: train every weight; r > 0: train rank-r LoRA adapters on every linear layer and the head "
+                "(peft), and save only those (a few MB) with the start model's name", "min": 0})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scale numerator (scale = alpha / rank)",
+                                                       "above": 0})
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -73,30 +82,64 @@ class CrossEncoderReranker(Reranker):
             for name, param in model.named_parameters():
                 if "position_embeddings" in name:
                     param.requires_grad_(False)
+        if config.lora_rank:
+            import peft
+
+            self.model = peft.get_peft_model(model, peft.LoraConfig(
+                task_type=peft.TaskType.SEQ_CLS, r=config.lora_rank, lora_alpha=config.lora_alpha,
+                target_modules="all-linear"))
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def create(cls, model: str = "", **options: Any) -> "CrossEncoderReranker":
         """A cross-encoder from `model` (empty: the packaged all-MiniLM-L6-v2, with a new head)."""
-        return cls.from_pretrained(model or packaged_minilm_path(), **options)
+        return cls.from_pretrained(model or "minilm", **options)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **overrides: Any) -> "CrossEncoderReranker":
-        """Load a folder we saved, a trained HF cross-encoder, or a plain encoder (new head)."""
-        path = resolve_model_name(path)
-        saved = read_reranker_meta(path, cls.method).get("config", {}) if (Path(path) / CONFIG_NAME).is_file() else {}
-        config = make_config(CrossEncoderConfig, {"model_name_or_path": path, **saved, **overrides})
-        with named_weight_errors(path):
-            model = own_memory(AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32))
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        return cls(model, tokenizer, config)
+        """Load a folder we saved, a trained HF cross-encoder, or a plain encoder (new head). A
+        saved LoRA cross-encoder rebuilds its start model (`model_name_or_path`) and its adapters."""
+        folder = resolve_model_name(path)
+        saved = read_reranker_meta(folder, cls.method).get("config", {}) if (Path(folder) / CONFIG_NAME).is_file() \
+            else {}
+        config = make_config(CrossEncoderConfig, {"model_name_or_path": str(path), **saved, **overrides})
+        adapters = bool(saved.get("lora_rank"))
+        start = resolve_model_name(config.model_name_or_path) if adapters else folder
+        with named_weight_errors(start):
+            model = own_memory(AutoModelForSequenceClassification.from_pretrained(start, num_labels=1,
+                                                                                  dtype=torch.float32))
+        reranker = cls(model, AutoTokenizer.from_pretrained(start), config)
+        if adapters:
+            reranker._load_adapters(Path(folder) / ADAPTERS_NAME)
+        return reranker
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Write model, tokenizer and mtr_reranker.json into `path`, replacing it only once complete."""
+        """Write the model (or only its trained adapters and head), the tokenizer and
+        mtr_reranker.json into `path`, replacing it only once complete."""
         with atomic_directory(path) as tmp:
-            self.model.save_pretrained(tmp, state_dict=stored_state(self.model, self.config.storage_dtype))
-            self.tokenizer.save_pretrained(tmp)
+            if self.config.lora_rank:
+                save_file(self._adapter_state(), str(tmp / ADAPTERS_NAME))
+            else:
+                self.model.save_pretrained(tmp, state_dict=stored_state(self.model, self.config.storage_dtype))
+                self.tokenizer.save_pretrained(tmp)
             write_reranker_meta(tmp, self.method, self.config)
+
+    def _adapter_state(self) -> dict[str, torch.Tensor]:
+        """The trained parameters of a LoRA cross-encoder (its adapters and head), by name."""
+        return {name: p.detach().contiguous().cpu() for name, p in self.model.named_parameters() if p.requires_grad}
+
+    def _load_adapters(self, file: Path) -> None:
+        with named_weight_errors(file):
+            state = load_file(str(file))
+        expected = self._adapter_state()
+        differ = sorted(set(state) ^ set(expected)) or [k for k in state if state[k].shape != expected[k].shape]
+        if differ:
+            raise ValueError(f"{file}: saved parameters {differ[:5]} do not match a rank-{self.config.lora_rank} "
+                             f"LoRA cross-encoder")
+        with torch.no_grad():
+            for name, param in self.model.named_parameters():
+                if name in state:
+                    param.copy_(state[name])
 
     @property
     def device(self) -> torch.device:

@@ -86,9 +86,10 @@ class RerankerStages:
         distill = stages[-1] == "distill"
         train = cross_encoder_train_config(c, distill, str(folder / "train"), ctx.progress, self._epoch_steps())
         teacher = self.teacher.scores(retriever_name) if distill else None
+        options = {"options": c.cross_encoder_options} if c.cross_encoder_options else {}
         key = cross_encoder_key(self.retrievers.retriever_key(retriever_name), method, start, train, distill,
                                 read_key(teacher.parent / "stage.json") if teacher else None,
-                                c.max_train_queries, c.rerank_k, **self.data_key())
+                                c.max_train_queries, c.rerank_k, **self.data_key(), **options)
         with ctx.cache.stage(f"reranker {retriever_name}+{method}"):
             if ctx.cache.cached(folder, key):
                 return self._load_reranker(folder / "train" / "final" / "reranker")
@@ -140,7 +141,8 @@ class RerankerStages:
         from ...rerank import make_reranker
 
         set_seed(self.context.config.seed)
-        return make_reranker(method, start).to(self.context.device)
+        options = self.context.config.cross_encoder_options if method == "cross-encoder" else {}
+        return make_reranker(method, start, **options).to(self.context.device)
 
     def _load_reranker(self, path: Path):
         from ...rerank import load_reranker
