@@ -147,6 +147,17 @@ def packaged_name(name_or_path: str | Path | None) -> str | None:
     return next((key for key, aliases in PACKAGED_NAMES.items() if name in aliases), None)
 
 
+def portable_name(name_or_path: str | Path) -> str:
+    """How to record a start model: "minilm" for the packaged MiniLM's installed folder (which
+    differs between machines), any other name or path as given."""
+    try:
+        if Path(name_or_path).resolve() == packaged_minilm_path().resolve():
+            return "minilm"
+    except FileNotFoundError:
+        pass
+    return str(name_or_path)
+
+
 def is_packaged(name_or_path: str | Path | None) -> bool:
     """Whether `name_or_path` names packaged weights, which load without a network: callers
     may then switch Hugging Face's offline mode on."""

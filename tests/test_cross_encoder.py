@@ -170,11 +170,14 @@ def test_config_leaves_room_for_the_passage():
 
 
 def test_make_reranker_starts_a_cross_encoder_from_the_packaged_minilm_by_default():
+    from multitask_retriever.models import packaged_minilm_path
     from multitask_retriever.rerank import make_reranker
 
     reranker = make_reranker("cross-encoder", max_length=64, max_query_length=16)
     assert isinstance(reranker, CrossEncoderReranker)
     assert reranker.config.model_name_or_path == "minilm"  # the portable name, not this machine's folder
+    spelled_out = make_reranker("cross-encoder", packaged_minilm_path(), max_length=64, max_query_length=16)
+    assert spelled_out.config.model_name_or_path == "minilm"
 
 
 # --------------------------------------------------------------------------- LoRA

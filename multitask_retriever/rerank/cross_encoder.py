@@ -21,7 +21,7 @@ from safeio.atomic import atomic_directory
 
 from ..config import check_fields
 from ..devices import DTYPE_HELP, STORAGE_HELP, autocast, check_dtype_name, check_storage_dtype, stored_state
-from ..models import named_weight_errors, own_memory, resolve_model_name
+from ..models import named_weight_errors, own_memory, portable_name, resolve_model_name
 from .base import (CONFIG_NAME, Reranker, check_rows, group_size, make_config, read_reranker_meta, split_rows,
                    write_reranker_meta)
 
@@ -102,7 +102,7 @@ class CrossEncoderReranker(Reranker):
         folder = resolve_model_name(path)
         saved = read_reranker_meta(folder, cls.method).get("config", {}) if (Path(folder) / CONFIG_NAME).is_file() \
             else {}
-        config = make_config(CrossEncoderConfig, {"model_name_or_path": str(path), **saved, **overrides})
+        config = make_config(CrossEncoderConfig, {"model_name_or_path": portable_name(path), **saved, **overrides})
         adapters = bool(saved.get("lora_rank"))
         start = resolve_model_name(config.model_name_or_path) if adapters else folder
         with named_weight_errors(start):
