@@ -35,6 +35,7 @@ class SystemBuilder:
         self.retrievers = RetrieverStages(self.context, self.corpus, self.encoders)
         self.rerankers = RerankerStages(self.context, self.corpus, self.retrievers, self.holdout)
         self._fusion = FusionStage(self.context, self.retrievers, self.rerankers, self.holdout)
+        self.rerankers.teacher.fusion = self._fusion
 
     @property
     def config(self) -> ExperimentConfig:

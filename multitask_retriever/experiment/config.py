@@ -104,7 +104,8 @@ class ExperimentConfig:
     teacher: str = field(default="qpeft-a", metadata={
         "help": "reranker (any LLM reranker, or a cross-encoder schedule without distill) whose scores on the "
                 "retriever's training candidates the cross-encoder.*distill* "
-                "schedules learn from (trained on the same candidates first)"})
+                "schedules learn from (trained on the same candidates first); <reranker>@fused teaches its "
+                "scores fused with the retriever's by the fitted fusion weights"})
     teacher_queries: int = field(default=0, metadata={
         "help": "training queries per task the teacher scores (0 = all)", "min": 0})
     distill_loss: str = field(default="ranknet", metadata={"help": " | ".join(distill_losses())})

@@ -50,7 +50,13 @@ def schedule_name(stages: list[str]) -> str:
 
 def check_teacher(teacher: str) -> str:
     """The canonical name of a distillation teacher: any trained reranker, an LLM reranker or a
-    cross-encoder schedule that does not itself distil (it would need a teacher of its own)."""
+    cross-encoder schedule that does not itself distil (it would need a teacher of its own),
+    alone or fused with the retriever's scores (`<reranker>@fused`)."""
+    base, sep, fusion = teacher.partition("@")
+    if sep:
+        if fusion != "fused":
+            raise ValueError(f"bad teacher {teacher!r}: a fused teacher is <reranker>@fused")
+        return check_teacher(base) + "@fused"
     try:
         stages = cross_encoder_schedule(teacher)
     except ValueError:
@@ -60,7 +66,7 @@ def check_teacher(teacher: str) -> str:
     if teacher in RERANKERS:
         return teacher
     raise ValueError(f"bad teacher {teacher!r}: a reranker ({', '.join(RERANKERS)}) or a cross-encoder schedule "
-                     f"without a distill stage (e.g. cross-encoder.contrastive)")
+                     f"without a distill stage (e.g. cross-encoder.contrastive), optionally @fused")
 
 
 def parse_system(name: str, tasks: Iterable[str], teacher: str, distill_loss: str) -> tuple[str, str | None]:

@@ -197,15 +197,19 @@ def attach_teacher_scores(examples: Sequence[RerankExample],
 
 
 def write_teacher_file(reranker: Reranker, examples: Sequence[RerankExample], path: str | Path,
-                       batch_size: int = 32, progress: bool = True) -> int:
+                       batch_size: int = 32, progress: bool = True,
+                       combine: Callable[[RerankExample, list[float]], list[float]] | None = None) -> int:
     """Score every example's passages with `reranker` and write `{"qid", "pid", "score"}`
-    lines (atomically), so any of our rerankers can teach another; returns the line count."""
+    lines (atomically), so any of our rerankers can teach another; returns the line count.
+    `combine` turns an example's reranker scores into the teacher's (e.g. fused with the retriever's)."""
     lines = 0
     with atomic_write(path) as f:
         for example in tqdm(examples, desc="teacher", unit="query", disable=not progress):
             if example.passage_ids is None:
                 raise ValueError(f"query {example.qid}: writing teacher scores needs passage ids")
             scores = reranker.rerank(example.query, example.passages, batch_size=batch_size, task=example.task)
+            if combine is not None:
+                scores = combine(example, list(scores))
             for pid, score in zip(example.passage_ids, scores):
                 f.write(json.dumps({"qid": example.qid, "pid": pid, "score": score}) + "\n")
                 lines += 1

@@ -28,7 +28,7 @@ class RerankerStages:
         self.corpus = corpus
         self.retrievers = retrievers
         self.holdout = holdout
-        self.teacher = TeacherStage(context, self)
+        self.teacher = TeacherStage(context, self, retrievers)
 
     def _folder(self, retriever_name: str, method: str) -> Path:
         return self.context.work / "rerankers" / f"{retriever_name}+{method}"
