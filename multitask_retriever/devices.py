@@ -72,6 +72,19 @@ def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
     return torch.float32
 
 
+MIXED_PRECISIONS = ("no", "fp16", "bf16", "auto")
+
+
+def resolve_mixed_precision(name: str, device: torch.device | str) -> str:
+    """accelerate's mixed_precision for a training run: ``auto`` is bf16 where `resolve_dtype`
+    computes in bfloat16 (recent GPUs, CPUs with native bfloat16), fp16 on older GPUs, else no."""
+    if name not in MIXED_PRECISIONS:
+        raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {name!r}")
+    if name != "auto":
+        return name
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(resolve_dtype("auto", device), "no")
+
+
 def check_storage_dtype(name: str) -> None:
     """A ValueError unless `name` is a dtype weights can be stored in (a key of DTYPES)."""
     if name not in DTYPES:

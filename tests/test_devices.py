@@ -4,7 +4,8 @@ import torch
 
 from types import SimpleNamespace
 
-from multitask_retriever.devices import autocast, check_dtype_name, process_device, resolve_device, resolve_dtype
+from multitask_retriever.devices import (autocast, check_dtype_name, process_device, resolve_device, resolve_dtype,
+                                         resolve_mixed_precision)
 from multitask_retriever.encoder import EncoderConfig
 from multitask_retriever.rerank.cross_encoder import CrossEncoderConfig
 from multitask_retriever.rerank.llm_scoring import LLMScoringConfig
@@ -97,3 +98,22 @@ def test_mtr_encode_puts_the_encoder_on_the_process_device(tiny_bert, mini_kilt,
 def test_weights_are_stored_only_in_a_named_float_type(make):
     with pytest.raises(ValueError, match="storage_dtype must be one of float32, bfloat16, float16"):
         make()
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "no")])
+def test_auto_mixed_precision_on_cpu_follows_native_bfloat16(monkeypatch, native, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert resolve_mixed_precision("auto", "cpu") == expected
+    assert resolve_mixed_precision("fp16", "cpu") == "fp16"
+
+
+@pytest.mark.parametrize("bf16, expected", [(True, "bf16"), (False, "fp16")])
+def test_auto_mixed_precision_on_cuda_is_half(monkeypatch, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: bf16)
+    assert resolve_mixed_precision("auto", "cuda") == expected
+
+
+def test_an_unknown_mixed_precision_is_refused():
+    with pytest.raises(ValueError, match="mixed_precision must be one of no, fp16, bf16, auto, got 'fp8'"):
+        resolve_mixed_precision("fp8", "cpu")
