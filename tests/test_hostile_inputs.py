@@ -119,7 +119,7 @@ def test_a_config_file_value_out_of_range_or_type_is_one_line(command, text, mes
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--max-grad-norm", "-1"], "max_grad_norm must be >= 0, got -1.0"),
+    (["train", "--optim-max-grad-norm", "-1"], "max_grad_norm must be >= 0, got -1.0"),
     (["index", "--shards", "s", "--out", "o", "--pq-bits", "17"], "pq_bits must be in [1, 16], got 17"),
     # checked before any retrieval: the passage file "p" does not exist
     (["train-reranker", "--method", "zero-shot", "--data-dir", "d", "--passages", "p", "--output-dir", "o",
@@ -309,8 +309,8 @@ def test_an_error_loading_a_run_is_one_line(tmp_path, capsys, monkeypatch):
 
 def test_a_state_file_without_its_keys_is_one_line_naming_it(tiny_bert, mini_kilt, tmp_path, capsys):
     run = tmp_path / "run"
-    argv = ["train", "--model-name-or-path", str(tiny_bert), "--data-dir", str(mini_kilt), "--tasks", "nq",
-            "--method", "single", "--steps", "1", "--per-task-batch-size", "2", "--n-negatives", "1",
+    argv = ["train", "--model-name-or-path", str(tiny_bert), "--data-dir", str(mini_kilt), "--data-tasks", "nq",
+            "--method", "single", "--optim-steps", "1", "--data-per-task-batch-size", "2", "--data-n-negatives", "1",
             "--progress", "false", "--output-dir", str(run)]
     assert main(argv) == 0
     state = run / "final" / "trainer_state.pt"

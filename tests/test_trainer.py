@@ -15,7 +15,9 @@ from multitask_retriever.data import MultitaskBatches, TrainingExample, read_tra
 from multitask_retriever.encoder import DualEncoder
 from multitask_retriever.losses import ContrastiveLoss
 from multitask_retriever.specialization import COMBINERS, TacoConfig
-from multitask_retriever.trainer import MultitaskTrainer, TrainConfig, specialization_summary
+from multitask_retriever.trainer import (MultitaskTrainer, TrainConfig, TrainDataConfig, TrainModelConfig,
+                                         specialization_summary)
+from multitask_retriever.training_loop import OptimizerConfig
 
 METHODS = sorted(COMBINERS) + ["single"]
 
@@ -25,10 +27,11 @@ def data(training_data):
     return training_data
 
 
-def _config(model, out, **changes):
-    values = dict(model_name_or_path=str(model), tasks=TASKS, per_task_batch_size=4, n_negatives=1, lr=2e-3,
-                  steps=6, warmup_steps=1, query_max_length=32, passage_max_length=64, seed=5,
-                  output_dir=str(out), progress=False, taco=TacoConfig(warmup_steps=2))
+def _config(model, out, steps=6, tasks=TASKS, **changes):
+    values = dict(model=TrainModelConfig(name_or_path=str(model), query_max_length=32, passage_max_length=64),
+                  data=TrainDataConfig(tasks=list(tasks), per_task_batch_size=4, n_negatives=1),
+                  optim=OptimizerConfig(lr=2e-3, steps=steps, warmup_steps=1), seed=5, output_dir=str(out),
+                  progress=False, taco=TacoConfig(warmup_steps=2))
     values.update(changes)
     return TrainConfig(**values)
 
@@ -194,7 +197,7 @@ def test_config_errors():
     with pytest.raises(ValueError, match="method must be one of naive"):
         TrainConfig(method="nope", output_dir="x")
     with pytest.raises(ValueError, match="method single trains one task"):
-        TrainConfig(method="single", tasks=["nq", "fever"], output_dir="x")
+        TrainConfig(method="single", data=TrainDataConfig(tasks=["nq", "fever"]), output_dir="x")
     with pytest.raises(ValueError, match="output_dir is required"):
         MultitaskTrainer(TrainConfig())
 
@@ -202,17 +205,18 @@ def test_config_errors():
 def test_cli_help_lists_the_config_flags():
     out = subprocess.run([sys.executable, "-m", "multitask_retriever.cli", "train", "--help"],
                          capture_output=True, text=True, check=True).stdout
-    for flag in ("--config", "--resume", "--method", "--per-task-batch-size", "--taco-beta", "--n-negatives"):
+    for flag in ("--config", "--resume", "--method", "--data-per-task-batch-size", "--taco-beta", "--data-n-negatives",
+                 "--model-name-or-path", "--data-dir", "--optim-lr", "--optim-steps"):
         assert flag in out
 
 
 def test_cli_trains_two_steps_from_a_yaml(tiny_bert, mini_kilt, tmp_path, capsys):
     config = tmp_path / "train.yaml"
-    config.write_text(f"model_name_or_path: {tiny_bert}\ndata_dir: {mini_kilt}\ntasks: [nq, fever]\n"
-                      f"method: naive\nsteps: 5\nper_task_batch_size: 2\nn_negatives: 1\n"
-                      f"task_query_max_lengths: {{fever: 24}}\nprogress: false\n")
+    config.write_text(f"model: {{name_or_path: {tiny_bert}, task_query_max_lengths: {{fever: 24}}}}\n"
+                      f"data: {{dir: {mini_kilt}, tasks: [nq, fever], per_task_batch_size: 2, n_negatives: 1}}\n"
+                      f"method: naive\noptim: {{steps: 5}}\nprogress: false\n")
     out = tmp_path / "run"
-    assert main(["train", "--config", str(config), "--steps", "2", "--output-dir", str(out)]) == 0
+    assert main(["train", "--config", str(config), "--optim-steps", "2", "--output-dir", str(out)]) == 0
     assert f"model: {out / 'final' / 'model'}" in capsys.readouterr().out
     rows = (out / "train_log.jsonl").read_text().splitlines()
     assert len(rows) == 2 and DualEncoder.from_pretrained(out / "final" / "model").config.pooling == "mean"
