@@ -11,6 +11,7 @@ import torch
 
 from conftest import TRAIN_TASKS as TASKS
 from multitask_retriever.cli import main
+from multitask_retriever.config import replace_places
 from multitask_retriever.data import MultitaskBatches, TrainingExample, read_training_examples, write_training_examples
 from multitask_retriever.encoder import DualEncoder
 from multitask_retriever.losses import ContrastiveLoss
@@ -135,9 +136,9 @@ def test_resume_rejects_other_data(tiny_t5, data, tmp_path):
 
 OTHER_SETTINGS = [
     ({"method": "pcgrad"}, "method: 'naive' -> 'pcgrad'"),
-    ({"lr": 1e-3}, "lr: 0.002 -> 0.001"),
-    ({"steps": 8}, "steps: 6 -> 8"),
-    ({"per_task_batch_size": 2, "seed": 6}, "per_task_batch_size: 4 -> 2; seed: 5 -> 6"),
+    ({"optim.lr": 1e-3}, "lr: 0.002 -> 0.001"),  # named as the runs' settings record them, flat
+    ({"optim.steps": 8}, "steps: 6 -> 8"),
+    ({"data.per_task_batch_size": 2, "seed": 6}, "per_task_batch_size: 4 -> 2; seed: 5 -> 6"),
 ]
 
 
@@ -147,7 +148,8 @@ def test_resume_refuses_settings_other_than_the_runs(tiny_t5, data, tmp_path):
     for change, named in OTHER_SETTINGS:
         with pytest.raises(ValueError, match=f"checkpoint-0000001: cannot resume with other settings .*"
                                              f"{re.escape(named)}\\)"):
-            MultitaskTrainer(_config(tiny_t5, tmp_path, **change), examples=examples, store=store).train(resume=True)
+            MultitaskTrainer(replace_places(_config(tiny_t5, tmp_path), change), examples=examples,
+                             store=store).train(resume=True)
     # what does not define the run may change
     resumed = MultitaskTrainer(_config(tiny_t5, tmp_path, progress=True, save_every=2), examples=examples,
                                store=store).train(resume=True)
