@@ -123,7 +123,7 @@ def test_a_config_file_value_out_of_range_or_type_is_one_line(command, text, mes
     (["index", "--shards", "s", "--out", "o", "--pq-bits", "17"], "pq_bits must be in [1, 16], got 17"),
     # checked before any retrieval: the passage file "p" does not exist
     (["train-reranker", "--method", "zero-shot", "--data-dir", "d", "--passages", "p", "--output-dir", "o",
-      "--lr", "-1"], "lr must be >= 0, got -1.0"),
+      "--optim-lr", "-1"], "lr must be >= 0, got -1.0"),
 ])
 def test_a_config_flag_out_of_range_is_one_line(argv, message, capsys):
     assert main(argv) == 2

@@ -329,7 +329,7 @@ def test_the_command_gives_identical_weights_for_the_same_seed(tiny_bert, mini_k
         out = tmp_path / run
         assert main(["train-reranker", "--method", "cross-encoder", "--model", str(tiny_bert),
                      "--option", "max_length=96", "--option", "max_query_length=32", "--data-dir", str(mini_kilt),
-                     "--passages", str(passage_file), "--tasks", "nq", "--depth", "10", "--steps", "1",
+                     "--passages", str(passage_file), "--tasks", "nq", "--depth", "10", "--optim-steps", "1",
                      "--batch-size", "2", "--group-size", "2", "--seed", "3", "--output-dir", str(out)]) == 0
         saved = out / "final" / "reranker"
         weights.append(CrossEncoderReranker.from_pretrained(saved).state_dict())

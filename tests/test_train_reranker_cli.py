@@ -47,7 +47,7 @@ def test_one_stage_of_any_method_trains_in_the_output_dir(request, method, model
     out = tmp_path / "run"
     assert main(["train-reranker", "--method", method, "--model", str(request.getfixturevalue(model)),
                  "--data-dir", str(mini_kilt), "--tasks", "nq", "--passages", str(passages), "--output-dir", str(out),
-                 "--steps", "2", "--batch-size", "2", "--group-size", "3", "--max-queries", "4",
+                 "--optim-steps", "2", "--batch-size", "2", "--group-size", "3", "--max-queries", "4",
                  "--progress", "false"]) == 0
     assert f"reranker: {out / 'final' / 'reranker'}" in capsys.readouterr().out
     state = (out / "final" / "reranker" / "mtr_reranker.json").read_text()
