@@ -486,11 +486,6 @@ def replace_places(config: T, places: Mapping[str, Any]) -> T:
     return dataclasses.replace(config, **top)
 
 
-def shallow_fields(config: Any) -> dict[str, Any]:
-    """A dataclass instance's fields by name, sections kept as objects (to pass on as keywords)."""
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-
-
 # --------------------------------------------------------------------------- sections of another config
 def section_of(cls: type, name: str, places: Sequence[str], doc: str, module: str, **defaults: Any) -> type:
     """A config dataclass `name` holding the fields of dataclass `cls` at `places` (a field's name,
@@ -499,7 +494,8 @@ def section_of(cls: type, name: str, places: Sequence[str], doc: str, module: st
     names), checked like any config: a section that lets a larger config set only those of
     `cls`'s fields. `section_places` gives an instance's values by their places in `cls`."""
     names = {place.rpartition(".")[2]: place for place in places}
-    fields = [(n, _place_hint(cls, place), field_like(cls, place, **({"default": defaults[n]} if n in defaults else {})))
+    fields = [(n, _place_hint(cls, place),
+               field_like(cls, place, **({"default": defaults[n]} if n in defaults else {})))
               for n, place in names.items()]
     section = dataclasses.make_dataclass(name, fields, namespace={"__doc__": doc, "__post_init__": check_fields})
     section.__module__ = module

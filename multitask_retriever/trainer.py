@@ -154,7 +154,8 @@ class TrainConfig:
     model: TrainModelConfig = field(default_factory=TrainModelConfig, metadata={"help": "the dual encoder trained"})
     data: TrainDataConfig = field(default_factory=TrainDataConfig, metadata={"help": "tasks, batches, negatives"})
     method: str = field(default="naive", metadata={"help": "a gradient combiner (naive | taco | pcgrad | cgd) or single (one task)"})
-    optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=5e-6, weight_decay=0.0, max_grad_norm=1.0),
+    optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=5e-6, weight_decay=0.0,
+                                                                           max_grad_norm=1.0),
                                    metadata={"help": "AdamW, schedule and step budget"})
     warmup_ratio: float = field(default=0.0, metadata={
         "help": "share of steps with learning-rate warm-up and, for taco, plain averaged task gradients "

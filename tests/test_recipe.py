@@ -52,8 +52,10 @@ def test_warmup_ratio_sets_the_learning_rate_and_tacos_warm_up_only():
     config = TrainConfig(output_dir="x", method="taco", optim=steps, warmup_ratio=0.1)
     assert config.lr_warmup_steps == 5
     assert config.combiner_kwargs()["warmup_steps"] == 5
-    assert "warmup_steps" not in TrainConfig(output_dir="x", method="pcgrad", optim=steps, warmup_ratio=0.1).combiner_kwargs()
-    asked = TrainConfig(output_dir="x", method="cgd", optim=steps, warmup_ratio=0.1, combiner_options={"warmup_steps": 5})
+    pcgrad = TrainConfig(output_dir="x", method="pcgrad", optim=steps, warmup_ratio=0.1)
+    assert "warmup_steps" not in pcgrad.combiner_kwargs()
+    asked = TrainConfig(output_dir="x", method="cgd", optim=steps, warmup_ratio=0.1,
+                        combiner_options={"warmup_steps": 5})
     assert asked.combiner_kwargs()["warmup_steps"] == 5
     assert "warmup_steps" not in TrainConfig(output_dir="x", optim=steps, warmup_ratio=0.1).combiner_kwargs()
     assert TrainConfig(output_dir="x", optim=OptimizerConfig(steps=50, warmup_steps=3)).lr_warmup_steps == 3
