@@ -38,6 +38,7 @@ def training(args: argparse.Namespace, device: str, out: Path) -> dict:
     from kilt.passages import PassageStore, write_passages
     from multitask_retriever.data import build_training_examples, task_train_files
     from multitask_retriever.models import packaged_minilm_path
+    from multitask_retriever.config import replace_places
     from multitask_retriever.trainer import MultitaskTrainer, TrainConfig
 
     if device == "cpu":
@@ -47,8 +48,8 @@ def training(args: argparse.Namespace, device: str, out: Path) -> dict:
                    if (data / n).is_file()), None)
     if source is None:
         raise SystemExit(f"{data}: no knowledge_source.jsonl[.gz] (--train-data)")
-    options = {key: value for key, value in (("mixed_precision", args.mixed_precision),
-                                             ("per_task_batch_size", args.train_batch)) if value is not None}
+    options = {key: value for key, value in (("optim.mixed_precision", args.mixed_precision),
+                                             ("data.per_task_batch_size", args.train_batch)) if value is not None}
     rows = []
     with tempfile.TemporaryDirectory(prefix="mtr-bench-train-") as tmp:
         passages = Path(tmp) / "passages.jsonl"
@@ -57,10 +58,11 @@ def training(args: argparse.Namespace, device: str, out: Path) -> dict:
         files = task_train_files(data, [t for t in args.train_tasks.split(",") if t])
         examples = build_training_examples(files, store, "none", max_queries=args.train_queries, progress=False)
         for method in args.train_methods.split(","):
-            config = TrainConfig(model_name_or_path=str(args.model or packaged_minilm_path()), tasks=list(examples),
-                                 method=method, n_negatives=args.train_negatives,
-                                 steps=args.train_steps, negatives="none", seed=0, progress=False,
-                                 output_dir=str(Path(tmp) / method), **options)
+            config = replace_places(TrainConfig(), {
+                "model.name_or_path": str(args.model or packaged_minilm_path()), "data.tasks": list(examples),
+                "method": method, "data.n_negatives": args.train_negatives, "optim.steps": args.train_steps,
+                "data.negatives": "none", "seed": 0, "progress": False, "output_dir": str(Path(tmp) / method),
+                **options})
             trainer = MultitaskTrainer(config, examples=examples, store=store)
             trainer.encoder()  # loaded before the clock starts
             starts = _step_starts(trainer)
@@ -83,9 +85,9 @@ def training(args: argparse.Namespace, device: str, out: Path) -> dict:
         ratio = by_method["naive"]["steps_per_s"] / by_method["taco"]["steps_per_s"]
     doc = {"benchmark": "training throughput", "command": _command(), "machine": machine_info(), "device": device,
            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "setup": {"data": str(data), "tasks": list(examples), "per_task_batch_size": config.per_task_batch_size,
+           "setup": {"data": str(data), "tasks": list(examples), "per_task_batch_size": config.data.per_task_batch_size,
                      "n_negatives": args.train_negatives, "negatives": "random (none)", "steps": args.train_steps,
-                     "mixed_precision": config.mixed_precision,
+                     "mixed_precision": config.optim.mixed_precision,
                      "note": "steps_per_s: from the start of step 2 to the start of the last step (each step "
                              "waits for its losses), so neither the first step's warm-up nor the final save "
                              "counts; seconds: the whole train() call; host_seconds_per_step: building the "

@@ -25,6 +25,9 @@ _LAZY = {
     "load_reranker": "rerank",
     "make_reranker": "rerank",
     "TrainConfig": "trainer",
+    "TrainModelConfig": "trainer",
+    "TrainDataConfig": "trainer",
+    "OptimizerConfig": "training_loop",
     "TrainResult": "trainer",
     "train": "training",
 }
@@ -38,8 +41,9 @@ if TYPE_CHECKING:
     from .rerank import load_reranker, make_reranker
     from .rerank.base import Reranker
     from .retriever import Retriever, load_retriever
-    from .trainer import TrainConfig, TrainResult
+    from .trainer import TrainConfig, TrainDataConfig, TrainModelConfig, TrainResult
     from .training import train
+    from .training_loop import OptimizerConfig
 
 
 def __getattr__(name: str) -> Any:

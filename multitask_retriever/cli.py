@@ -299,9 +299,9 @@ def _train(args) -> None:
 
     cfg = config_from_args(TrainConfig, args, [load_config_file(path) for path in args.config])
     check_outputs(folders=[cfg.output_dir] if cfg.output_dir else [], inputs=[
-        *args.config, *_kilt_files(cfg.data_dir), cfg.passages, cfg.negatives, cfg.model_name_or_path])
+        *args.config, *_kilt_files(cfg.data.dir), cfg.data.passages, cfg.data.negatives, cfg.model.name_or_path])
     result = train(cfg, resume=args.resume)
-    rounds = f" in each of {cfg.negative_rounds + 1} rounds" if cfg.negative_rounds else ""
+    rounds = f" in each of {cfg.data.negative_rounds + 1} rounds" if cfg.data.negative_rounds else ""
     print(f"trained {cfg.method} for {result.step} steps{rounds}; model: {result.model_path}")
 
 

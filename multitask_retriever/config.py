@@ -224,19 +224,30 @@ def bounded(kind: Callable[[str], Any], **bounds: Any) -> Callable[[str], Any]:
 
 def field_like(cls: type, name: str, **changes: Any) -> Any:
     """A dataclass field declared as `cls`'s field `name` (its default, help and range), with
-    `changes`: another `default=`, or metadata entries such as `help=`."""
-    source = next(f for f in dataclasses.fields(cls) if f.name == name)
-    default = changes.pop("default", source.default)
+    `changes`: another `default=`, or metadata entries such as `help=`. `name` may be a dotted
+    place in a section ("optim.lr"): the default is then `cls`'s own, not the section class's."""
+    _, source = _place_field(cls, name)
+    default = changes.pop("default", _place_default(cls, name) if "." in name else source.default)
     metadata = {**source.metadata, **changes}
     if default is dataclasses.MISSING:
         return dataclasses.field(default_factory=source.default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def _place_default(cls: type, place: str) -> Any:
+    """The default of the field at dotted `place` of `cls` as `cls` sets it (its section's default)."""
+    head, _, rest = place.partition(".")
+    value = _default(next(f for f in dataclasses.fields(cls) if f.name == head))
+    for part in rest.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: set[str] = frozenset(),
-                         prefix: str = "", command: bool = False) -> None:
+                         prefix: str = "", command: bool = False, defaults: Any = None) -> None:
     """Add one `--field-name` flag per scalar or list field of dataclass `cls` (default: unset),
-    and `--section-field` flags for the fields of each nested dataclass `section`; the old
+    and `--section-field` flags for the fields of each nested dataclass `section`, whose help
+    shows the defaults its owner gives it (`defaults`: that section's default instance); the old
     spellings of moved fields (`moved_fields`) stay as hidden flags that warn when used.
 
     With `command`, `cls` declares a command's own arguments instead (`_add_command_arguments`)."""
@@ -249,21 +260,26 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: set[s
         if f.name in skip or not f.init:
             continue
         if dataclasses.is_dataclass(hints[f.name]):
-            add_config_arguments(parser, hints[f.name], prefix=f"{prefix}{f.name}_")
+            section = getattr(defaults, f.name) if defaults is not None else _default(f)
+            add_config_arguments(parser, hints[f.name], prefix=f"{prefix}{f.name}_", defaults=section)
         else:
-            _add_flag(group, prefix + f.name, prefix + f.name, hints[f.name], f)
+            shown = getattr(defaults, f.name) if defaults is not None and f.default is not dataclasses.MISSING \
+                else f.default
+            _add_flag(group, prefix + f.name, prefix + f.name, hints[f.name], f, shown=shown)
     for old, place in moved_places(cls).items():
         _add_moved_flags(group, cls, old, place, prefix)
 
 
-def _add_flag(group: Any, flag_name: str, dest: str, hint: Any, f: dataclasses.Field, moved_to: str = "") -> None:
-    """The flag `--flag-name` setting `dest`, typed by the field's annotation; hidden and
-    warning when used if it is the old spelling of a moved field (`moved_to`: the new flag)."""
+def _add_flag(group: Any, flag_name: str, dest: str, hint: Any, f: dataclasses.Field, moved_to: str = "",
+              shown: Any = dataclasses.MISSING) -> None:
+    """The flag `--flag-name` setting `dest`, typed by the field's annotation, its help ending
+    with the default `shown` (unset: the field's own); hidden and warning when used if it is the
+    old spelling of a moved field (`moved_to`: the new flag)."""
     kind = _scalar_type(hint)
     if kind is None:
         return
     flag = "--" + flag_name.replace("_", "-")
-    default = f.default if f.default is not dataclasses.MISSING else "(computed)"
+    default = shown if shown is not dataclasses.MISSING else "(computed)"
     limits = bounds_text(f.metadata)
     help_text = f.metadata.get("help", "") + f" [default: {default}{'; ' + limits if limits else ''}]"
     extra: dict[str, Any] = {"action": _MovedFlag, "moved_to": moved_to, "help": argparse.SUPPRESS} if moved_to \
@@ -281,6 +297,8 @@ def _add_moved_flags(group: Any, cls: type, old: str, place: str, prefix: str) -
     owner, f = _place_field(cls, place)
     hint = _hints(owner)[f.name]
     new = prefix + place.replace(".", "_")
+    if new == prefix + old:  # spelled alike flat (model_name_or_path at model.name_or_path): the flag is the new one
+        return
     if not dataclasses.is_dataclass(hint):
         _add_flag(group, prefix + old, new, hint, f, moved_to="--" + new.replace("_", "-"))
         return
@@ -418,8 +436,10 @@ def config_from_args(cls: type[T], args: argparse.Namespace | None = None,
     return cls(**values)
 
 
-def flat_fields(config: Any) -> dict[str, Any]:
-    """A dataclass instance's fields with each section spread as `<section>_<field>` (the flag names)."""
+def flat_fields(config: Any, unmoved: bool = False) -> dict[str, Any]:
+    """A dataclass instance's fields with each section spread as `<section>_<field>` (the flag
+    names); with `unmoved`, each moved field (`moved_fields`) under its old flat name, as
+    `unmoved_fields` records a config."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
@@ -427,25 +447,66 @@ def flat_fields(config: Any) -> dict[str, Any]:
             out.update({f"{f.name}_{k}": v for k, v in flat_fields(value).items()})
         else:
             out[f.name] = value
+    if unmoved:
+        old = _old_flat_names(type(config))
+        out = {old.get(k, k): v for k, v in out.items()}
     return out
 
 
-def shallow_fields(config: Any) -> dict[str, Any]:
-    """A dataclass instance's fields by name, sections kept as objects (to pass on as keywords)."""
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+def unmoved_fields(config: Any) -> dict[str, Any]:
+    """`dataclasses.asdict(config)` spelled as before its fields moved (`moved_fields`): each moved
+    field under its old name, the sections the moves emptied left out. What records a config (a
+    run's saved settings, stage keys) uses it, so records from before a move still compare equal."""
+    out = dataclasses.asdict(config)
+    moves = moved_places(type(config))
+    for old, place in moves.items():
+        *path, last = place.split(".")
+        holder = out
+        for part in path:
+            holder = holder[part]
+        out[old] = holder.pop(last)
+    for head in {place.split(".")[0] for place in moves.values() if "." in place}:
+        if out.get(head) == {}:
+            del out[head]
+    return out
+
+
+def replace_places(config: T, places: Mapping[str, Any]) -> T:
+    """A copy of dataclass `config` with the fields at dotted `places` ("optim.lr": 1e-5) set;
+    each section is replaced whole, then `config` once, so only the result is validated."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for place, value in places.items():
+        head, _, rest = place.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            top[head] = value
+    top.update({head: replace_places(getattr(config, head), sub) for head, sub in nested.items()})
+    return dataclasses.replace(config, **top)
 
 
 # --------------------------------------------------------------------------- sections of another config
-def section_of(cls: type, name: str, names: Sequence[str], doc: str, module: str, **defaults: Any) -> type:
-    """A config dataclass `name` holding fields `names` of dataclass `cls` (type, default, help
-    and range as there; `defaults` replaces some defaults), checked like any config: a section
-    that lets a larger config set only those of `cls`'s fields."""
-    hints = typing.get_type_hints(cls)
-    fields = [(n, hints[n], field_like(cls, n, **({"default": defaults[n]} if n in defaults else {})))
-              for n in names]
+def section_of(cls: type, name: str, places: Sequence[str], doc: str, module: str, **defaults: Any) -> type:
+    """A config dataclass `name` holding the fields of dataclass `cls` at `places` (a field's name,
+    or a dotted place in a section of `cls`: "optim.lr"), each named by its last part (type,
+    default, help and range as `cls` gives them; `defaults` replaces some defaults by those
+    names), checked like any config: a section that lets a larger config set only those of
+    `cls`'s fields. `section_places` gives an instance's values by their places in `cls`."""
+    names = {place.rpartition(".")[2]: place for place in places}
+    fields = [(n, _place_hint(cls, place),
+               field_like(cls, place, **({"default": defaults[n]} if n in defaults else {})))
+              for n, place in names.items()]
     section = dataclasses.make_dataclass(name, fields, namespace={"__doc__": doc, "__post_init__": check_fields})
     section.__module__ = module
+    section.__places__ = names  # type: ignore[attr-defined]
     return section
+
+
+def section_places(section: Any) -> dict[str, Any]:
+    """The values of a `section_of` section by their places in the config it is a section of,
+    for `replace_places`."""
+    return {place: getattr(section, n) for n, place in type(section).__places__.items()}
 
 
 # --------------------------------------------------------------------------- moved fields
@@ -483,7 +544,8 @@ def _leaf_fields(cls: type) -> dict[str, tuple[type, dataclasses.Field]]:
 
 def _moved_key(cls: type, key: str, warned: set[str]) -> str:
     """A config file's key in its new flat spelling when it names a moved field (or a field of a
-    moved section, spelled flat), with a one-line warning once per key; else `key` itself."""
+    moved section, spelled flat), with a one-line warning once per key; else `key` itself (also
+    when the old name is the new flat spelling: model_name_or_path for model.name_or_path)."""
     moves = moved_places(cls)
     if not moves or key in {f.name for f in dataclasses.fields(cls)}:
         return key
@@ -495,10 +557,24 @@ def _moved_key(cls: type, key: str, warned: set[str]) -> str:
         if old is None:
             return key
         place = f"{moves[old]}.{key[len(old) + 1:]}"
+    if place.replace(".", "_") == key:
+        return key
     if key not in warned:
         warned.add(key)
         log.warning("config key %r is deprecated: write it as %s", key, place)
     return place.replace(".", "_")
+
+
+def _old_flat_names(cls: type) -> dict[str, str]:
+    """The flat names (`flat_fields`) of `cls`'s moved fields, each mapped to its old flat name."""
+    out: dict[str, str] = {}
+    for old, place in moved_places(cls).items():
+        new, hint = place.replace(".", "_"), _place_hint(cls, place)
+        if dataclasses.is_dataclass(hint):
+            out.update({f"{new}_{name}": f"{old}_{name}" for name in _leaf_fields(hint)})
+        else:
+            out[new] = old
+    return out
 
 
 def _replaced(config: Any, place: str, value: Any) -> Any:

@@ -15,7 +15,6 @@ passages and settings. The vectors encoded for mining are deleted once the negat
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -25,6 +24,7 @@ from typing import Any
 
 from safeio.identity import file_version
 
+from .config import replace_places
 from .data import (PASSAGES_NAME, build_training_examples, build_unless_cached, is_cached,
                    task_train_files, write_training_examples)
 from .trainer import MODEL_DIR, MultitaskTrainer, TrainConfig, TrainResult, round_dir
@@ -55,11 +55,11 @@ def mine_negatives(model: Path, out: Path, passage_file: Path, config: TrainConf
     from .indexing import Index, IndexConfig
     from .retriever import Retriever
 
-    cfg = config
-    files = task_train_files(cfg.data_dir, cfg.tasks)
+    cfg, data = config, config.data
+    files = task_train_files(data.dir, data.tasks)
     inputs = {"model": _folder_inputs(model), "passages": file_version(passage_file),
               "task_files": {t: file_version(f) for t, f in files.items()},
-              "depth": cfg.negative_depth, "keep": cfg.negatives_per_query, "max_queries": cfg.max_train_queries}
+              "depth": data.negative_depth, "keep": data.negatives_per_query, "max_queries": data.max_train_queries}
     state = PartialState()
     if not is_cached(out, inputs):
         if latest_checkpoint(out.parent) is not None:
@@ -74,8 +74,8 @@ def mine_negatives(model: Path, out: Path, passage_file: Path, config: TrainConf
                 index = Index.from_shards(shards, IndexConfig(index_type="flat"), progress=cfg.progress)
                 retriever = Retriever(encoder, index, PassageStore(passage_file, progress=cfg.progress))
                 write_training_examples(path, build_training_examples(
-                    files, retriever.passages, retriever, depth=cfg.negative_depth, keep=cfg.negatives_per_query,
-                    max_queries=cfg.max_train_queries, progress=cfg.progress))
+                    files, retriever.passages, retriever, depth=data.negative_depth, keep=data.negatives_per_query,
+                    max_queries=data.max_train_queries, progress=cfg.progress))
 
             build_unless_cached(out, inputs, build)
         state.wait_for_everyone()
@@ -86,36 +86,37 @@ def mine_negatives(model: Path, out: Path, passage_file: Path, config: TrainConf
 
 
 def train_with_rounds(config: TrainConfig, resume: bool = False, stop_after: int | None = None) -> TrainResult:
-    """Round 0 as configured, then `config.negative_rounds` rounds on negatives mined by the
+    """Round 0 as configured, then `config.data.negative_rounds` rounds on negatives mined by the
     previous round's model (module doc); returns the last round's result. `stop_after` ends the
-    call after that many steps in all (each round is `config.steps` long), as a kill would."""
-    cfg = config
-    if cfg.negative_rounds < 1:
-        raise ValueError(f"negative_rounds must be >= 1 here, got {cfg.negative_rounds}")
+    call after that many steps in all (each round is `config.optim.steps` long), as a kill would."""
+    cfg, rounds, steps = config, config.data.negative_rounds, config.optim.steps
+    if rounds < 1:
+        raise ValueError(f"negative_rounds must be >= 1 here, got {rounds}")
     if stop_after is not None and stop_after < 1:
         raise ValueError(f"stop_after must be >= 1, got {stop_after}")
     output_dir = Path(cfg.output_dir)
     if latest_checkpoint(output_dir) is not None:
         raise ValueError(f"{output_dir}: holds a run without negative rounds; resume it with negative_rounds 0, "
                          "or choose another output_dir")
-    passage_file = Path(cfg.passages) if cfg.passages else round_dir(output_dir, 0) / PASSAGES_NAME
-    round_cfg = dataclasses.replace(cfg, output_dir=str(round_dir(output_dir, 0)), negative_rounds=0)
+    passage_file = Path(cfg.data.passages) if cfg.data.passages else round_dir(output_dir, 0) / PASSAGES_NAME
+    round_cfg = replace_places(cfg, {"output_dir": str(round_dir(output_dir, 0)), "data.negative_rounds": 0})
     result: TrainResult | None = None
-    for k in range(cfg.negative_rounds + 1):
-        left = None if stop_after is None else stop_after - k * cfg.steps
+    for k in range(rounds + 1):
+        left = None if stop_after is None else stop_after - k * steps
         if left is not None and left <= 0:
             break
         if k:
             previous = round_dir(output_dir, k - 1) / FINAL_NAME / MODEL_DIR
             folder = round_dir(output_dir, k)
             negatives = mine_negatives(previous, folder / NEGATIVES_NAME, passage_file, cfg)
-            round_cfg = dataclasses.replace(cfg, model_name_or_path=str(previous), passages=str(passage_file),
-                                            negatives=str(negatives), output_dir=str(folder), negative_rounds=0)
-            log.info("round %d of %d: training from %s on %s", k, cfg.negative_rounds, previous, negatives)
+            round_cfg = replace_places(cfg, {"model.name_or_path": str(previous), "data.passages": str(passage_file),
+                                             "data.negatives": str(negatives), "output_dir": str(folder),
+                                             "data.negative_rounds": 0})
+            log.info("round %d of %d: training from %s on %s", k, rounds, previous, negatives)
         carry = round_dir(output_dir, k - 1) / FINAL_NAME if k else None
-        result = MultitaskTrainer(round_cfg).train(resume=resume, stop_after=left if left and left < cfg.steps
+        result = MultitaskTrainer(round_cfg).train(resume=resume, stop_after=left if left and left < steps
                                                    else None, carry_from=carry, keep_optimizer=True)
-        if left is not None and left < cfg.steps:
+        if left is not None and left < steps:
             break
     assert result is not None
     return result

@@ -2,11 +2,12 @@
 per task, the task gradients merged by a `GradientCombiner` (naive, taco, pcgrad, cgd, ...),
 then AdamW with a linear schedule. Single-task training is the same loop with one task.
 
-    trainer = MultitaskTrainer(TrainConfig(model_name_or_path=..., data_dir=..., method="taco", ...))
+    trainer = MultitaskTrainer(TrainConfig(model=TrainModelConfig(name_or_path=...),
+                                           data=TrainDataConfig(dir=...), method="taco", ...))
     result = trainer.train(resume=True)      # result.model_path: a DualEncoder folder
 
 A trainer is one run; `training.train` is the entry point that also runs ANCE-style negative
-rounds (`negative_rounds`), each a MultitaskTrainer run in OUTPUT_DIR/round-K.
+rounds (`data.negative_rounds`), each a MultitaskTrainer run in OUTPUT_DIR/round-K.
 Checkpoints, exact resume and the log come from `training_loop`; each checkpoint adds the
 model, the combiner state and the data position. Multi-GPU/multi-node:
 `accelerate launch -m multitask_retriever.cli train ...`.
@@ -25,7 +26,7 @@ from torch import nn
 
 from kilt.passages import PassageStore
 
-from .config import check_fields
+from .config import check_fields, moved_fields
 from .data import (
     DEFAULT_DEPTH,
     DEFAULT_KEEP,
@@ -38,7 +39,8 @@ from .data import (
 )
 from .losses import ContrastiveLoss
 from .specialization import COMBINERS, TacoConfig
-from .training_loop import STATE_NAME, RunResult, TrainingLoop, load_state, read_log
+from .training_loop import (FLAT_OPTIMIZER_FIELDS, STATE_NAME, OptimizerConfig, RunResult, TrainingLoop, load_state,
+                            read_log)
 
 log = logging.getLogger("mtr.train")
 
@@ -58,21 +60,42 @@ def round_dir(output_dir: str | Path, k: int) -> Path:
 
 
 @dataclass
-class TrainConfig:
-    """Multitask dual-encoder training (`mtr train` flags and YAML keys)."""
+class TrainModelConfig:
+    """The dual encoder trained: where it starts and how it reads (TrainConfig's `model` section)."""
 
-    model_name_or_path: str = field(default="t5-base", metadata={"help": "Hugging Face name or local folder"})
+    name_or_path: str = field(default="t5-base", metadata={"help": "Hugging Face name or local folder"})
     init_from: str = field(default="", metadata={
         "help": "start from a trained DualEncoder instead: its folder, or a finished `mtr train` output folder "
                 "(its final model); a fresh optimiser and schedule. The two-phase protocol: train a naive base, "
                 "then continue every method from it"})
     pooling: str = field(default="auto", metadata={"help": "auto | mean | cls | first_decoder (EncoderConfig)"})
     normalize: bool | None = field(default=None, metadata={"help": "L2-normalise embeddings; unset: as the checkpoint"})
-    data_dir: str = field(default="", metadata={"help": "KILT folder with <task>-train-kilt.jsonl files"})
+    query_max_length: int = field(default=64, metadata={"help": "query tokens incl. prompt (saved with the model)",
+                                                        "min": 1})
+    query_prompt_style: str = field(default="", metadata={
+        "help": "query prompts: short ('nq: {query}') | taco-t5 (the official '<TASK> <extra_id_1> {query}'); "
+                "empty: the start model's"})
+    task_query_max_lengths: dict[str, int] = field(default_factory=dict, metadata={
+        "help": "per-task query lengths used in training, e.g. {wow: 260, fever: 68}", "min": 1})
+    passage_max_length: int = field(default=160, metadata={"min": 1})
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.query_prompt_style:
+            from .encoder import query_prompts_for
+
+            query_prompts_for(self.query_prompt_style)  # ValueError listing the styles
+
+
+@dataclass
+class TrainDataConfig:
+    """What the steps train on: tasks, batches and hard negatives (TrainConfig's `data` section)."""
+
+    dir: str = field(default="", metadata={"help": "KILT folder with <task>-train-kilt.jsonl files"})
     passages: str = field(default="", metadata={
         "help": "passage file from `mtr chunk`; default: chunk DATA_DIR/knowledge_source.jsonl[.gz] into OUTPUT_DIR"})
     tasks: list[str] = field(default_factory=list, metadata={"help": "default: every task with a train file"})
-    method: str = field(default="naive", metadata={"help": "a gradient combiner (naive | taco | pcgrad | cgd) or single (one task)"})
     per_task_batch_size: int = field(default=16, metadata={"help": "queries per task per step and process", "min": 1})
     task_batch_sizes: dict[str, int] = field(default_factory=dict, metadata={"help": "per-task overrides", "min": 1})
     task_temperature: float = field(default=0.0, metadata={
@@ -92,28 +115,54 @@ class TrainConfig:
         "help": "ANCE-style rounds after the first run: each mines negatives with the previous round's model "
                 "and trains on from its weights for STEPS more steps (OUTPUT_DIR/round-K; 0 = one run)", "min": 0})
     max_train_queries: int = field(default=0, metadata={"help": "cap on training queries per task (0 = all)", "min": 0})
-    lr: float = field(default=5e-6, metadata={"min": 0})
-    weight_decay: float = field(default=0.0, metadata={"min": 0})
-    warmup_steps: int = field(default=0, metadata={"help": "learning-rate warm-up steps", "min": 0})
+    gather_negatives: bool = field(default=True, metadata={"help": "share passages across processes"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.task_temperature and self.task_batch_sizes:
+            raise ValueError("set task_temperature or task_batch_sizes, not both")
+        if self.negative_sampling not in NEGATIVE_SAMPLING:
+            raise ValueError(f"negative_sampling must be one of {', '.join(NEGATIVE_SAMPLING)}, "
+                             f"got {self.negative_sampling!r}")
+        if self.negative_rounds and not self.dir:
+            raise ValueError("negative_rounds needs data_dir (data.dir: the training queries negatives are mined for)")
+
+    def batch_sizes(self, counts: Mapping[str, int]) -> dict[str, int]:
+        """Queries per task and step, given each task's training-query count."""
+        if self.task_temperature:
+            return temperature_batch_sizes(counts, self.per_task_batch_size * len(counts), self.task_temperature)
+        return {t: self.task_batch_sizes.get(t, self.per_task_batch_size) for t in counts}
+
+
+#: the flat fields of TrainConfig before its sections, and their places now
+_MOVED = {"model_name_or_path": "model.name_or_path", "data_dir": "data.dir",
+          **{name: f"model.{name}" for name in ("init_from", "pooling", "normalize", "query_max_length",
+                                                  "passage_max_length", "query_prompt_style",
+                                                  "task_query_max_lengths", "gradient_checkpointing")},
+          **{name: f"data.{name}" for name in ("passages", "tasks", "per_task_batch_size", "task_batch_sizes",
+                                                 "task_temperature", "n_negatives", "negatives", "negative_sampling",
+                                                 "negative_depth", "negatives_per_query", "negative_rounds",
+                                                 "max_train_queries", "gather_negatives")},
+          **{name: f"optim.{name}" for name in FLAT_OPTIMIZER_FIELDS}}
+
+
+@moved_fields(_MOVED)
+@dataclass
+class TrainConfig:
+    """Multitask dual-encoder training (`mtr train` flags and YAML keys)."""
+
+    model: TrainModelConfig = field(default_factory=TrainModelConfig, metadata={"help": "the dual encoder trained"})
+    data: TrainDataConfig = field(default_factory=TrainDataConfig, metadata={"help": "tasks, batches, negatives"})
+    method: str = field(default="naive", metadata={"help": "a gradient combiner (naive | taco | pcgrad | cgd) or single (one task)"})
+    optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=5e-6, weight_decay=0.0,
+                                                                           max_grad_norm=1.0),
+                                   metadata={"help": "AdamW, schedule and step budget"})
     warmup_ratio: float = field(default=0.0, metadata={
         "help": "share of steps with learning-rate warm-up and, for taco, plain averaged task gradients "
-                "(official TACO: 0.1); replaces warmup_steps and taco.warmup_steps. pcgrad and cgd warm up "
-                "only when asked: combiner_options {warmup_steps: N}", "min": 0, "below": 1})
-    steps: int = field(default=1000, metadata={"min": 1})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm (0 = none)", "min": 0})
+                "(official TACO: 0.1); replaces optim.warmup_steps and taco.warmup_steps. pcgrad and cgd warm "
+                "up only when asked: combiner_options {warmup_steps: N}", "min": 0, "below": 1})
     temperature: float = field(default=1.0, metadata={"help": "softmax temperature (TACO: 1, raw dot product)",
                                                       "above": 0})
-    query_max_length: int = field(default=64, metadata={"help": "query tokens incl. prompt (saved with the model)",
-                                                        "min": 1})
-    query_prompt_style: str = field(default="", metadata={
-        "help": "query prompts: short ('nq: {query}') | taco-t5 (the official '<TASK> <extra_id_1> {query}'); "
-                "empty: the start model's"})
-    task_query_max_lengths: dict[str, int] = field(default_factory=dict, metadata={
-        "help": "per-task query lengths used in training, e.g. {wow: 260, fever: 68}", "min": 1})
-    passage_max_length: int = field(default=160, metadata={"min": 1})
-    gather_negatives: bool = field(default=True, metadata={"help": "share passages across processes"})
-    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
-    gradient_checkpointing: bool = False
     seed: int = field(default=42, metadata={"min": 0})
     output_dir: str = field(default="", metadata={"help": "checkpoints, final model, train_log.jsonl"})
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only the final one)", "min": 0})
@@ -128,23 +177,10 @@ class TrainConfig:
         check_fields(self)
         if self.method not in methods():
             raise ValueError(f"method must be one of {', '.join(methods())}, got {self.method!r}")
-        if self.method == "single" and len(self.tasks) != 1:
-            raise ValueError(f"method single trains one task; got tasks {self.tasks or '(all)'}")
-        if self.warmup_ratio and (self.warmup_steps or self.taco.warmup_steps):
-            raise ValueError("set warmup_ratio or warmup_steps / taco.warmup_steps, not both")
-        if self.task_temperature and self.task_batch_sizes:
-            raise ValueError("set task_temperature or task_batch_sizes, not both")
-        if self.negative_sampling not in NEGATIVE_SAMPLING:
-            raise ValueError(f"negative_sampling must be one of {', '.join(NEGATIVE_SAMPLING)}, "
-                             f"got {self.negative_sampling!r}")
-        if self.query_prompt_style:
-            from .encoder import query_prompts_for
-
-            query_prompts_for(self.query_prompt_style)  # ValueError listing the styles
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        if self.negative_rounds and not self.data_dir:
-            raise ValueError("negative_rounds needs data_dir (the training queries negatives are mined for)")
+        if self.method == "single" and len(self.data.tasks) != 1:
+            raise ValueError(f"method single trains one task; got tasks {self.data.tasks or '(all)'}")
+        if self.warmup_ratio and (self.optim.warmup_steps or self.taco.warmup_steps):
+            raise ValueError("set warmup_ratio or optim.warmup_steps / taco.warmup_steps, not both")
 
     @property
     def combiner_method(self) -> str:
@@ -152,8 +188,8 @@ class TrainConfig:
 
     @property
     def lr_warmup_steps(self) -> int:
-        """Learning-rate warm-up steps: `warmup_ratio` of the steps, else `warmup_steps`."""
-        return round(self.warmup_ratio * self.steps) if self.warmup_ratio else self.warmup_steps
+        """Learning-rate warm-up steps: `warmup_ratio` of the steps, else `optim.warmup_steps`."""
+        return round(self.warmup_ratio * self.optim.steps) if self.warmup_ratio else self.optim.warmup_steps
 
     def combiner_kwargs(self) -> dict[str, Any]:
         """Options passed to `make_combiner`: the run's seed, TACO's settings and the naive warm-up
@@ -165,12 +201,6 @@ class TrainConfig:
             if self.warmup_ratio:
                 options["warmup_steps"] = self.lr_warmup_steps
         return {**options, **self.combiner_options}
-
-    def batch_sizes(self, counts: Mapping[str, int]) -> dict[str, int]:
-        """Queries per task and step, given each task's training-query count."""
-        if self.task_temperature:
-            return temperature_batch_sizes(counts, self.per_task_batch_size * len(counts), self.task_temperature)
-        return {t: self.task_batch_sizes.get(t, self.per_task_batch_size) for t in counts}
 
 
 def init_model_path(path: str | Path) -> Path:
@@ -253,10 +283,10 @@ class MultitaskTrainer:
         """The PassageStore and examples per task given, else those `config` names
         (`prepare_training_data`: chunked, mined and cached in `output_dir` once)."""
         if self._examples is None:
-            cfg = self.config
+            data = self.config.data
             self._store, self._examples = prepare_training_data(
-                self.output_dir, cfg.data_dir, cfg.passages, cfg.tasks, cfg.negatives, depth=cfg.negative_depth,
-                keep=cfg.negatives_per_query, max_queries=cfg.max_train_queries, progress=cfg.progress)
+                self.output_dir, data.dir, data.passages, data.tasks, data.negatives, depth=data.negative_depth,
+                keep=data.negatives_per_query, max_queries=data.max_train_queries, progress=self.config.progress)
         return self._store, self._examples
 
     def encoder(self):
@@ -264,35 +294,35 @@ class MultitaskTrainer:
         if self._encoder is None:
             from .encoder import DualEncoder, query_prompts_for
 
-            cfg = self.config
-            overrides: dict[str, Any] = {"query_max_length": cfg.query_max_length,
-                                         "passage_max_length": cfg.passage_max_length}
-            if cfg.pooling != "auto":
-                overrides["pooling"] = cfg.pooling
-            if cfg.normalize is not None:
-                overrides["normalize"] = cfg.normalize
-            if cfg.query_prompt_style:
-                overrides["query_prompts"] = query_prompts_for(cfg.query_prompt_style)
-            start = init_model_path(cfg.init_from) if cfg.init_from else cfg.model_name_or_path
+            model = self.config.model
+            overrides: dict[str, Any] = {"query_max_length": model.query_max_length,
+                                         "passage_max_length": model.passage_max_length}
+            if model.pooling != "auto":
+                overrides["pooling"] = model.pooling
+            if model.normalize is not None:
+                overrides["normalize"] = model.normalize
+            if model.query_prompt_style:
+                overrides["query_prompts"] = query_prompts_for(model.query_prompt_style)
+            start = init_model_path(model.init_from) if model.init_from else model.name_or_path
             self._encoder = DualEncoder.from_pretrained(start, **overrides)
         return self._encoder
 
     # ----------------------------------------------------------------- training
     def train(self, resume: bool = False, stop_after: int | None = None, carry_from: Path | None = None,
               keep_optimizer: bool = False) -> TrainResult:
-        """Train to `config.steps`; with `resume`, continue from the latest checkpoint in
+        """Train to `config.optim.steps`; with `resume`, continue from the latest checkpoint in
         `output_dir` (a finished run only reports). `stop_after` ends this call after that
         global step with a checkpoint, as an interruption would (for tests and time slicing).
 
         `carry_from` (a finished run's final folder, kept with `keep_optimizer`) starts a new run
         with that run's combiner state (TACO's EMAs) and optimiser moments, as the official
         ANCE rounds do; the learning-rate schedule starts afresh. A config with
-        `negative_rounds` is refused: `training.train` runs it, round by round."""
+        `data.negative_rounds` is refused: `training.train` runs it, round by round."""
         from .specialization import make_combiner
 
         cfg = self.config
-        if cfg.negative_rounds:
-            raise ValueError(f"negative_rounds {cfg.negative_rounds}: a MultitaskTrainer run is one round; "
+        if cfg.data.negative_rounds:
+            raise ValueError(f"negative_rounds {cfg.data.negative_rounds}: a MultitaskTrainer run is one round; "
                              "train with multitask_retriever.training.train")
         if round_dir(self.output_dir, 0).is_dir():
             raise ValueError(f"{self.output_dir}: holds a run with negative rounds ({round_dir(self.output_dir, 0)}); "
@@ -312,13 +342,13 @@ class MultitaskTrainer:
         encoder = self.encoder()
         if loop.checkpoint is not None:
             self._load_weights(encoder, loop.checkpoint / MODEL_DIR)
-        if cfg.gradient_checkpointing:
+        if cfg.model.gradient_checkpointing:
             encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        sizes = cfg.batch_sizes({t: len(examples[t]) for t in tasks})
-        batches = MultitaskBatches(examples, store, sizes, cfg.n_negatives, cfg.seed,
-                                   accelerator.num_processes, accelerator.process_index, cfg.negative_sampling)
-        query_lengths = {t: cfg.task_query_max_lengths.get(t, cfg.query_max_length) for t in tasks}
-        loss_fn = ContrastiveLoss(cfg.temperature, gather=cfg.gather_negatives)
+        sizes = cfg.data.batch_sizes({t: len(examples[t]) for t in tasks})
+        batches = MultitaskBatches(examples, store, sizes, cfg.data.n_negatives, cfg.seed,
+                                   accelerator.num_processes, accelerator.process_index, cfg.data.negative_sampling)
+        query_lengths = {t: cfg.model.task_query_max_lengths.get(t, cfg.model.query_max_length) for t in tasks}
+        loss_fn = ContrastiveLoss(cfg.temperature, gather=cfg.data.gather_negatives)
 
         encoder.train()
         model = accelerator.prepare(_PairEncoder(encoder))
@@ -364,7 +394,7 @@ class MultitaskTrainer:
             with accelerator.autocast():
                 queries, passages = model(features["query"], features["passage"])
             value = loss_fn(queries, passages, batch.exclude)
-            if not torch.isfinite(value) and self.config.mixed_precision != "fp16":
+            if not torch.isfinite(value) and self.config.optim.mixed_precision != "fp16":
                 raise FloatingPointError(f"step {step + 1}: task {task} loss is {value.item()}")
             accelerator.backward(value)
             loss = accelerator.reduce(value.detach(), reduction="mean").item()

@@ -7,11 +7,11 @@ from .trainer import MultitaskTrainer, TrainConfig, TrainResult
 
 
 def train(config: TrainConfig, resume: bool = False, stop_after: int | None = None) -> TrainResult:
-    """Train the DualEncoder `config` describes into `config.output_dir`: with `negative_rounds`,
+    """Train the DualEncoder `config` describes into `config.output_dir`: with `data.negative_rounds`,
     round 0 and the rounds after it (`rounds.train_with_rounds`), else one `MultitaskTrainer` run.
     `resume` continues the run found there (a finished run only reports its result);
     `stop_after` ends early with a checkpoint, as an interruption would."""
-    if config.negative_rounds:
+    if config.data.negative_rounds:
         return train_with_rounds(config, resume=resume, stop_after=stop_after)
     return MultitaskTrainer(config).train(resume=resume, stop_after=stop_after)
 

@@ -31,6 +31,8 @@ from kilt.io import iter_jsonl
 from safeio.atomic import atomic_directory, atomic_write, remove_orphans_in
 from safeio.lock import FolderLock
 
+from .config import check_fields, unmoved_fields
+
 log = logging.getLogger("mtr.train")
 
 STATE_NAME = "trainer_state.pt"
@@ -42,19 +44,37 @@ NOT_RUN_SETTINGS = frozenset({"output_dir", "progress", "save_every", "negative_
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
 
 
+#: the OptimizerConfig fields each trainer config had flat before its `optim` section (old spellings)
+FLAT_OPTIMIZER_FIELDS = ("lr", "weight_decay", "warmup_steps", "steps", "max_grad_norm", "mixed_precision")
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+    """AdamW, its linear-warm-up schedule and the step budget, as the loop runs them: the `optim`
+    section of every trainer config, each of which gives its own defaults."""
+
+    lr: float = dataclasses.field(default=3e-5, metadata={"help": "peak learning rate", "min": 0})
+    weight_decay: float = dataclasses.field(default=0.0, metadata={"help": "AdamW weight decay", "min": 0})
+    warmup_steps: int = dataclasses.field(default=0, metadata={"help": "learning-rate warm-up steps", "min": 0})
+    steps: int = dataclasses.field(default=1000, metadata={"help": "training steps", "min": 1})
+    max_grad_norm: float = dataclasses.field(default=1.0, metadata={"help": "gradient clipping norm (0 = none)",
+                                                                    "min": 0})
+    mixed_precision: str = dataclasses.field(default="no", metadata={"help": "no | fp16 | bf16"})
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+
+
 class LoopConfig(Protocol):
     """The fields of a trainer config (a dataclass) that the loop reads."""
 
     output_dir: str
-    steps: int
     save_every: int
     seed: int
-    lr: float
-    weight_decay: float
-    warmup_steps: int
-    max_grad_norm: float
-    mixed_precision: str
     progress: bool
+    optim: OptimizerConfig
 
 
 def seed_everything(seed: int) -> None:
@@ -151,7 +171,7 @@ def read_log(path: Path) -> list[dict]:
 
 def run_settings(config: Any, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What defines a run: the config's fields but `NOT_RUN_SETTINGS`, plus the caller's `extra`."""
-    fields = config if isinstance(config, Mapping) else dataclasses.asdict(config)
+    fields = config if isinstance(config, Mapping) else unmoved_fields(config)
     return {**{k: v for k, v in fields.items() if k not in NOT_RUN_SETTINGS}, **(extra or {})}
 
 
@@ -246,7 +266,7 @@ class TrainingLoop:
         """Create the Accelerator, take the output folder's writer lock on the main process (a
         second run on the folder outside this launch is refused) and seed every RNG with
         `config.seed`; returns the Accelerator."""
-        self.accelerator = _accelerator(self.config.mixed_precision)
+        self.accelerator = _accelerator(self.config.optim.mixed_precision)
         if self.accelerator.is_main_process and not self.finished:  # a finished run writes nothing
             self._lock = FolderLock(self.output_dir).acquire()
         seed_everything(self.config.seed)
@@ -256,9 +276,9 @@ class TrainingLoop:
             save: Callable[[Path], Mapping[str, Any]], schedule: str = "linear",
             stop_after: int | None = None, warmup_steps: int | None = None, keep_optimizer: bool = False,
             optimizer_moments: Mapping[int, Any] | None = None, resume_only: Sequence[str] = ()) -> list[dict]:
-        """Train from `self.step` to `config.steps` (or `stop_after`, which ends with a checkpoint
+        """Train from `self.step` to `config.optim.steps` (or `stop_after`, which ends with a checkpoint
         as an interruption would); returns the log rows of the whole run. The learning rate
-        warms up over `warmup_steps` (default: `config.warmup_steps`).
+        warms up over `warmup_steps` (default: `config.optim.warmup_steps`).
 
         `step_fn(step)` leaves the gradients of `params` in place and returns its log values;
         the loop clips them, steps AdamW and the `schedule` (a transformers scheduler name) and
@@ -272,14 +292,14 @@ class TrainingLoop:
         """
         from transformers import get_scheduler
 
-        cfg, accelerator = self.config, self.accelerator
+        optim, accelerator = self.config.optim, self.accelerator
         if accelerator is None:
             raise RuntimeError("call start() before run()")
         params = list(params)
-        optimizer = accelerator.prepare(torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay))
+        optimizer = accelerator.prepare(torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay))
         # stepped once per global step here, so it is not handed to accelerate
-        scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=cfg.warmup_steps if warmup_steps is None else warmup_steps,
-                                  num_training_steps=cfg.steps)
+        scheduler = get_scheduler(schedule, optimizer, num_training_steps=optim.steps,
+                                  num_warmup_steps=optim.warmup_steps if warmup_steps is None else warmup_steps)
         if self.state is None and optimizer_moments is not None:
             fresh = optimizer.state_dict()  # this run's learning rates, the carried per-parameter state
             optimizer.load_state_dict({**fresh, "state": dict(optimizer_moments)})
@@ -300,14 +320,14 @@ class TrainingLoop:
 
     def _train(self, step: Callable[[], dict[str, Any]], history: list[dict], checkpoint: Callable[..., None],
                stop_after: int | None) -> None:
-        """Run `step` until `config.steps` (or `stop_after`), appending its rows to `history` and
+        """Run `step` until `config.optim.steps` (or `stop_after`), appending its rows to `history` and
         the log file, with a checkpoint every `save_every` steps, at `stop_after` and at the end."""
-        cfg, accelerator = self.config, self.accelerator
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.desc, unit="step",
+        cfg, steps, accelerator = self.config, self.config.optim.steps, self.accelerator
+        bar = tqdm(total=steps, initial=self.step, desc=self.desc, unit="step",
                    disable=not cfg.progress or not accelerator.is_main_process)
         log_file = open(self.log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
         try:
-            while self.step < cfg.steps and (stop_after is None or self.step < stop_after):
+            while self.step < steps and (stop_after is None or self.step < stop_after):
                 row = step()
                 history.append(row)
                 if log_file is not None:
@@ -315,10 +335,10 @@ class TrainingLoop:
                     log_file.flush()
                 bar.update(1)
                 bar.set_postfix(loss=f"{row['loss']:.4f}")
-                if self.step < cfg.steps and ((cfg.save_every and self.step % cfg.save_every == 0)
+                if self.step < steps and ((cfg.save_every and self.step % cfg.save_every == 0)
                                               or self.step == stop_after):
                     checkpoint()
-            if self.step >= cfg.steps:
+            if self.step >= steps:
                 checkpoint(final=True)
         finally:
             if log_file is not None:
@@ -356,10 +376,10 @@ class TrainingLoop:
               optimizer: torch.optim.Optimizer, scheduler: Any) -> dict[str, Any]:
         """One training step: `step_fn`'s gradients clipped, AdamW and the schedule stepped,
         `self.step` advanced; returns the step's log row."""
-        cfg, accelerator = self.config, self.accelerator
+        max_grad_norm, accelerator = self.config.optim.max_grad_norm, self.accelerator
         row = {"step": self.step + 1, **step_fn(self.step)}
-        if cfg.max_grad_norm > 0:
-            row["grad_norm"] = float(accelerator.clip_grad_norm_(params, cfg.max_grad_norm))
+        if max_grad_norm > 0:
+            row["grad_norm"] = float(accelerator.clip_grad_norm_(params, max_grad_norm))
         row["lr"] = scheduler.get_last_lr()[0]
         before = [p.detach().clone() for p in params]
         optimizer.step()
@@ -376,7 +396,7 @@ class TrainingLoop:
         accelerator, folder = self.accelerator, self.folder
         if accelerator.is_main_process:
             with atomic_directory(folder) as tmp:
-                state = {"step": self.step, "config": dataclasses.asdict(self.config), "settings": self.settings,
+                state = {"step": self.step, "config": unmoved_fields(self.config), "settings": self.settings,
                          **save(tmp)}
                 if final and not keep_optimizer:
                     for name in resume_only:
@@ -396,4 +416,4 @@ class TrainingLoop:
     @property
     def folder(self) -> Path:
         """The checkpoint folder of the current step (`final/` once the run has ended)."""
-        return self.output_dir / (FINAL_NAME if self.step >= self.config.steps else f"checkpoint-{self.step:07d}")
+        return self.output_dir / (FINAL_NAME if self.step >= self.config.optim.steps else f"checkpoint-{self.step:07d}")

@@ -16,10 +16,10 @@ mkdir -p "$OUT"
 [ -f "$OUT/passages.jsonl" ] || mtr chunk "$DATA/knowledge_source.jsonl" "$OUT/passages.jsonl"
 FIRST=(--passages "$OUT/passages.jsonl")
 if [ -n "${ENCODER:-}" ]; then FIRST+=(--encoder "$ENCODER" --index "$INDEX"); fi
-MODEL=(--model "${MTR_LLM:-}" --lr "${LR:-1e-3}")
-if [ "$METHOD" = cross-encoder ]; then MODEL=(--model "${MODEL_PATH:-}" ${LR:+--lr "$LR"}); fi
+MODEL=(--model "${MTR_LLM:-}" --optim-lr "${LR:-1e-3}")
+if [ "$METHOD" = cross-encoder ]; then MODEL=(--model "${MODEL_PATH:-}" ${LR:+--optim-lr "$LR"}); fi
 mtr train-reranker --method "$METHOD" --data-dir "$DATA" --output-dir "$OUT/train" "${FIRST[@]}" "${MODEL[@]}" \
-    --steps "$STEPS" --resume
+    --optim-steps "$STEPS" --resume
 mtr pipeline "${FIRST[@]}" --reranker "$OUT/train/final/reranker" \
     --queries "$DATA/$TASK-dev-kilt.jsonl" --out "$OUT/$TASK-dev-predictions.jsonl" --k 100 --rerank-k 20
 mtr evaluate "$DATA/$TASK-dev-kilt.jsonl" "$OUT/$TASK-dev-predictions.jsonl"

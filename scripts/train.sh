@@ -8,16 +8,22 @@
 #
 #   scripts/train.sh [--config FILE] [any `mtr train` flag, e.g. --method naive --output-dir DIR]
 #
-# The config runs 3 ANCE-style rounds after the BM25 one (negative_rounds: each mines hard
-# negatives with the model just trained, then trains on from it); --negative-rounds 0 trains once.
+# The config runs 3 ANCE-style rounds after the BM25 one (data.negative_rounds: each mines hard
+# negatives with the model just trained, then trains on from it); --data-negative-rounds 0 trains once.
 # Without the config's passage file, it is chunked first from DATA_DIR/kilt_knowledgesource.json.
 . "$(dirname "$0")/_env.sh"
 
 CONFIG="scripts/configs/train-kilt-taco.yaml"
 if [ "${1:-}" = "--config" ]; then CONFIG="$2"; shift 2; fi
 case "${1:-}" in -h|--help) sed -n '2,13p' "$0"; exit 0 ;; esac
-config_value() { sed -n "s/^$1: *\([^ #]*\).*/\1/p" "$CONFIG" | head -n 1; }
-DATA_DIR="$(config_value data_dir)"; PASSAGES="$(config_value passages)"
+config_paths() {  # data.dir and data.passages of the config, however it spells them
+    python -c 'import sys
+from multitask_retriever.config import config_from_args, load_config_file
+from multitask_retriever.trainer import TrainConfig
+data = config_from_args(TrainConfig, None, load_config_file(sys.argv[1])).data
+print(data.dir); print(data.passages)' "$CONFIG"
+}
+{ read -r DATA_DIR; read -r PASSAGES; } < <(config_paths)
 if [ -n "$PASSAGES" ] && [ ! -f "$PASSAGES" ] && [ -f "$DATA_DIR/kilt_knowledgesource.json" ]; then
     mtr chunk "$DATA_DIR/kilt_knowledgesource.json" "$PASSAGES"
 fi

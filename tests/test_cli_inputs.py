@@ -154,8 +154,8 @@ def test_retrieve_into_an_unwritable_folder_stops_before_loading_anything(mini_k
 
 def test_train_again_in_a_finished_run_without_resume_is_one_line(tiny_bert, mini_kilt, tmp_path, capsys):
     run = tmp_path / "run"
-    argv = ["train", "--model-name-or-path", str(tiny_bert), "--data-dir", str(mini_kilt), "--tasks", "nq",
-            "--method", "single", "--steps", "1", "--per-task-batch-size", "2", "--n-negatives", "1",
+    argv = ["train", "--model-name-or-path", str(tiny_bert), "--data-dir", str(mini_kilt), "--data-tasks", "nq",
+            "--method", "single", "--optim-steps", "1", "--data-per-task-batch-size", "2", "--data-n-negatives", "1",
             "--progress", "false", "--output-dir", str(run)]
     assert main(argv) == 0
     log = (run / "train_log.jsonl").read_bytes()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from multitask_retriever.config import (add_config_arguments, config_from_args, flat_fields, load_config_file,
-                                        moved_fields, section_of)
+                                        moved_fields, replace_places, section_of, section_places, unmoved_fields)
 
 
 @dataclass
@@ -102,7 +102,7 @@ def test_flat_fields_spell_sections_as_their_flags():
 def test_a_file_value_of_the_wrong_type_is_named_not_converted(field, value):
     from multitask_retriever.trainer import TrainConfig
 
-    with pytest.raises(ValueError, match=rf"TrainConfig field '{field}' expects"):
+    with pytest.raises(ValueError, match=rf"(TrainConfig|OptimizerConfig) field '{field}' expects"):
         config_from_args(TrainConfig, None, {field: value})
 
 
@@ -181,3 +181,39 @@ def test_old_keywords_and_attributes_reach_the_new_places():
     assert replaced.budget == Budget(steps=3, taco=Section(exact=True))
     with pytest.raises(AttributeError, match="'Moved' object has no attribute 'stepz'"):
         config.stepz
+
+
+def test_records_spell_a_moved_config_as_before_its_moves():
+    config = Moved(budget=Budget(steps=3, taco=Section(beta=0.1)))
+    assert unmoved_fields(config) == {"name": "x", "steps": 3, "taco": {"beta": 0.1, "exact": False}}
+    assert flat_fields(config, unmoved=True) == {"name": "x", "steps": 3, "taco_beta": 0.1, "taco_exact": False}
+
+
+def test_a_section_of_dotted_places_takes_the_owners_defaults_and_gives_its_values_back_by_place():
+    Part = section_of(Moved, "Part", ["budget.steps", "name"], doc="Two of Moved's fields.", module=__name__)
+    assert Part() == Part(steps=4, name="x")  # Budget's 4 (as Moved builds it), not WithSection's 1
+    assert section_places(Part(steps=9)) == {"budget.steps": 9, "name": "x"}
+    assert replace_places(Moved(), section_places(Part(steps=9))) == Moved(budget=Budget(steps=9))
+
+
+def test_replace_places_builds_each_section_before_checking_the_config():
+    @dataclass
+    class Pair:
+        low: int = 0
+        high: int = 1
+
+        def __post_init__(self):
+            if self.low > self.high:
+                raise ValueError("low > high")
+
+    @dataclass
+    class Owner:
+        pair: Pair = field(default_factory=Pair)
+
+    assert replace_places(Owner(), {"pair.low": 5, "pair.high": 6}).pair == Pair(5, 6)
+
+
+def test_a_sections_flags_show_the_defaults_its_owner_gives_it():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, Moved)
+    assert " ".join(parser.format_help().split()).count("--budget-steps BUDGET_STEPS [default: 4]") == 1

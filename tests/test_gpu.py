@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from kilt.passages import PassageStore, write_passages
+from multitask_retriever.config import replace_places
 from multitask_retriever.data import build_training_examples, task_train_files
 from multitask_retriever.encoder import DualEncoder
 from multitask_retriever.indexing import Index, IndexConfig
@@ -89,10 +90,11 @@ def test_a_dual_encoder_training_step_runs_on_cuda(method, tiny_bert, mini_kilt,
     write_passages(mini_kilt / "knowledge_source.jsonl", passages, progress=False)
     store = PassageStore(passages, progress=False)
     examples = build_training_examples(task_train_files(mini_kilt, ["nq", "fever"]), store, "none", progress=False)
-    config = TrainConfig(model_name_or_path=str(tiny_bert), tasks=["nq", "fever"], method=method,
-                         per_task_batch_size=4, n_negatives=1, steps=2, lr=1e-3, negatives="none",
-                         mixed_precision="bf16" if torch.cuda.is_bf16_supported() else "fp16",
-                         output_dir=str(tmp_path / "run"), progress=False)
+    config = replace_places(TrainConfig(), {
+        "model.name_or_path": str(tiny_bert), "data.tasks": ["nq", "fever"], "method": method,
+        "data.per_task_batch_size": 4, "data.n_negatives": 1, "optim.steps": 2, "optim.lr": 1e-3,
+        "data.negatives": "none", "optim.mixed_precision": "bf16" if torch.cuda.is_bf16_supported() else "fp16",
+        "output_dir": str(tmp_path / "run"), "progress": False})
     trainer = MultitaskTrainer(config, examples=examples, store=store)
     result = trainer.train()
     assert result.step == 2 and all(math.isfinite(loss) for loss in result.losses)

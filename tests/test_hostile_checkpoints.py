@@ -1,24 +1,19 @@
 """A resumed run reads its trainer state with weights_only: a planted state file cannot run code,
 and a state that is unreadable or incomplete is refused in one line naming the file."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 import torch
 
-from multitask_retriever.training_loop import STATE_NAME, CheckpointError, TrainingLoop, load_state
+from multitask_retriever.training_loop import STATE_NAME, CheckpointError, OptimizerConfig, TrainingLoop, load_state
 
 
 @dataclass
 class _Config:
     output_dir: str
-    steps: int = 4
+    optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(steps=4, lr=1e-3, max_grad_norm=0.0))
     save_every: int = 0
     seed: int = 0
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    max_grad_norm: float = 0.0
-    mixed_precision: str = "no"
     progress: bool = False
 
 
@@ -95,7 +90,7 @@ def test_mtr_train_resume_refuses_a_planted_state_in_one_line(tmp_path, capsys):
 
     marker = tmp_path / "pwned"
     _plant(tmp_path / "run", {"step": 2, "config": {}, "payload": _Planted(marker)})
-    code = main(["train", "--output-dir", str(tmp_path / "run"), "--resume", "--steps", "4"])
+    code = main(["train", "--output-dir", str(tmp_path / "run"), "--resume", "--optim-steps", "4"])
     err = capsys.readouterr().err
     assert code == 2 and not marker.exists()
     assert "refused" in err and err.count("\n") == 1

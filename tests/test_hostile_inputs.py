@@ -46,16 +46,16 @@ def passages(mini_kilt, tmp_path_factory) -> Path:
 
 # --------------------------------------------------------------------------- numbers, Python API
 @pytest.mark.parametrize("cls, name, value, message", [
-    ("trainer:TrainConfig", "lr", -1, "lr must be >= 0, got -1"),
-    ("trainer:TrainConfig", "weight_decay", -3, "weight_decay must be >= 0, got -3"),
-    ("trainer:TrainConfig", "max_grad_norm", -1, "max_grad_norm must be >= 0, got -1"),
+    ("training_loop:OptimizerConfig", "lr", -1, "lr must be >= 0, got -1"),
+    ("training_loop:OptimizerConfig", "weight_decay", -3, "weight_decay must be >= 0, got -3"),
+    ("training_loop:OptimizerConfig", "max_grad_norm", -1, "max_grad_norm must be >= 0, got -1"),
     ("trainer:TrainConfig", "temperature", 0, "temperature must be > 0, got 0"),
     ("trainer:TrainConfig", "warmup_ratio", 1.0, "warmup_ratio must be in [0, 1), got 1.0"),
-    ("trainer:TrainConfig", "lr", float("nan"), "lr must be a finite number, got nan"),
-    ("trainer:TrainConfig", "task_batch_sizes", {"nq": 0}, "task_batch_sizes['nq'] must be >= 1, got 0"),
-    ("trainer:TrainConfig", "task_query_max_lengths", {"wow": -5},
+    ("training_loop:OptimizerConfig", "lr", float("nan"), "lr must be a finite number, got nan"),
+    ("trainer:TrainDataConfig", "task_batch_sizes", {"nq": 0}, "task_batch_sizes['nq'] must be >= 1, got 0"),
+    ("trainer:TrainModelConfig", "task_query_max_lengths", {"wow": -5},
      "task_query_max_lengths['wow'] must be >= 1, got -5"),
-    ("rerank.train:RerankTrainConfig", "lr", -1, "lr must be >= 0, got -1"),
+    ("rerank.train:RerankTrainConfig", "lr", -1, "lr must be >= 0, got -1"),  # old keywords: optim's ranges
     ("rerank.train:RerankTrainConfig", "weight_decay", -3, "weight_decay must be >= 0, got -3"),
     ("rerank.train:RerankTrainConfig", "max_grad_norm", -1, "max_grad_norm must be >= 0, got -1"),
     ("experiment:ExperimentConfig", "lr", -1, "lr must be >= 0, got -1"),  # TrainConfig's range, via field_like
@@ -73,11 +73,11 @@ def test_a_number_out_of_its_declared_range_is_named_with_its_value(cls, name, v
 
 
 @pytest.mark.parametrize("cls, name, value, expected", [
-    ("trainer:TrainConfig", "task_batch_sizes", {"nq": "x"}, "dict[str, int]"),
-    ("trainer:TrainConfig", "task_batch_sizes", ["nq"], "dict[str, int]"),
-    ("trainer:TrainConfig", "task_query_max_lengths", {"wow": 2.5}, "dict[str, int]"),
+    ("trainer:TrainDataConfig", "task_batch_sizes", {"nq": "x"}, "dict[str, int]"),
+    ("trainer:TrainDataConfig", "task_batch_sizes", ["nq"], "dict[str, int]"),
+    ("trainer:TrainModelConfig", "task_query_max_lengths", {"wow": 2.5}, "dict[str, int]"),
     ("trainer:TrainConfig", "combiner_options", {1: "a"}, "dict[str, Any]"),
-    ("trainer:TrainConfig", "steps", "10", "int"),
+    ("training_loop:OptimizerConfig", "steps", "10", "int"),
     ("rerank.train:RerankTrainConfig", "loss_options", "temperature=2", "dict[str, Any]"),
     ("encoder:EncoderConfig", "query_prompts", {"nq": 3}, "dict[str, str]"),
     ("rerank.llm_scoring:LLMScoringConfig", "task_instructions", {"nq": None}, "dict[str, str]"),
@@ -104,7 +104,7 @@ def test_search_pages_names_the_k_it_was_given():
     ("train", "weight_decay: -3\n", "weight_decay must be >= 0, got -3.0"),
     ("train", "max_grad_norm: -1\n", "max_grad_norm must be >= 0, got -1.0"),
     ("train", "task_batch_sizes: {nq: x}\n",
-     "TrainConfig field 'task_batch_sizes' expects dict[str, int], got {'nq': 'x'}"),
+     "TrainDataConfig field 'task_batch_sizes' expects dict[str, int], got {'nq': 'x'}"),
     ("train", "taco: {tau: fast}\n", "TacoConfig field 'tau' expects float, got 'fast'"),
     ("benchmark-quality", "seeds: [0, -1]\n", "seeds[1] must be >= 0, got -1"),
 ])
@@ -119,11 +119,11 @@ def test_a_config_file_value_out_of_range_or_type_is_one_line(command, text, mes
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--max-grad-norm", "-1"], "max_grad_norm must be >= 0, got -1.0"),
+    (["train", "--optim-max-grad-norm", "-1"], "max_grad_norm must be >= 0, got -1.0"),
     (["index", "--shards", "s", "--out", "o", "--pq-bits", "17"], "pq_bits must be in [1, 16], got 17"),
     # checked before any retrieval: the passage file "p" does not exist
     (["train-reranker", "--method", "zero-shot", "--data-dir", "d", "--passages", "p", "--output-dir", "o",
-      "--lr", "-1"], "lr must be >= 0, got -1.0"),
+      "--optim-lr", "-1"], "lr must be >= 0, got -1.0"),
 ])
 def test_a_config_flag_out_of_range_is_one_line(argv, message, capsys):
     assert main(argv) == 2
@@ -309,8 +309,8 @@ def test_an_error_loading_a_run_is_one_line(tmp_path, capsys, monkeypatch):
 
 def test_a_state_file_without_its_keys_is_one_line_naming_it(tiny_bert, mini_kilt, tmp_path, capsys):
     run = tmp_path / "run"
-    argv = ["train", "--model-name-or-path", str(tiny_bert), "--data-dir", str(mini_kilt), "--tasks", "nq",
-            "--method", "single", "--steps", "1", "--per-task-batch-size", "2", "--n-negatives", "1",
+    argv = ["train", "--model-name-or-path", str(tiny_bert), "--data-dir", str(mini_kilt), "--data-tasks", "nq",
+            "--method", "single", "--optim-steps", "1", "--data-per-task-batch-size", "2", "--data-n-negatives", "1",
             "--progress", "false", "--output-dir", str(run)]
     assert main(argv) == 0
     state = run / "final" / "trainer_state.pt"

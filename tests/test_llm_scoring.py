@@ -21,6 +21,7 @@ from multitask_retriever.rerank.llm_scoring import LLMScoringConfig
 from multitask_retriever.rerank.losses import ListwiseQueryLikelihood
 from multitask_retriever.rerank.peft_baselines import ZeroShotReranker
 from multitask_retriever.rerank.train import RerankTrainConfig, train_reranker
+from multitask_retriever.training_loop import OptimizerConfig
 
 QUERY = "who wrote the play hamlet"
 PASSAGES = ["hamlet is a tragedy written by william shakespeare", "the eiffel tower is in paris",
@@ -38,9 +39,9 @@ def build_examples(mini_kilt: Path, tmp: Path) -> list[RerankExample]:
     return examples_from_candidates(train, hits, store)
 
 
-def train_config(out: Path, **kw) -> RerankTrainConfig:
-    values = dict(lr=5e-3, scheduler="constant", steps=10, batch_size=2, group_size=3, seed=0,
-                  output_dir=str(out), progress=False, max_grad_norm=1.0)
+def train_config(out: Path, lr=5e-3, steps=10, **kw) -> RerankTrainConfig:
+    values = dict(optim=OptimizerConfig(lr=lr, steps=steps, weight_decay=0.01, max_grad_norm=1.0),
+                  scheduler="constant", batch_size=2, group_size=3, seed=0, output_dir=str(out), progress=False)
     values.update(kw)
     return RerankTrainConfig(**values)
 

@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 
+from multitask_retriever.config import replace_places
 from multitask_retriever.rerank import make_reranker
 from multitask_retriever.rerank.examples import RerankExample, write_teacher_file
 from multitask_retriever.rerank.train import RerankTrainConfig, train_reranker
@@ -58,8 +59,8 @@ def test_every_trainable_reranker_takes_a_training_step_on_long_inputs(method, r
     reranker = _reranker(method, request)
     before = {n: p.detach().clone() for n, p in reranker.named_parameters() if p.requires_grad}
     examples = [RerankExample(qid="q", query=QUERY, positive=PASSAGES[0], candidates=PASSAGES[1:])]
-    config = RerankTrainConfig(lr=1e-2, steps=1, batch_size=1, group_size=3, output_dir=str(tmp_path),
-                               progress=False)
+    config = replace_places(RerankTrainConfig(batch_size=1, group_size=3, output_dir=str(tmp_path), progress=False),
+                            {"optim.lr": 1e-2, "optim.steps": 1})
     result = train_reranker(reranker, examples, config)
     assert math.isfinite(result.loss)
     after = dict(reranker.named_parameters())

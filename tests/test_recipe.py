@@ -9,7 +9,8 @@ from torch import nn
 from conftest import TRAIN_TASKS as TASKS
 from multitask_retriever.data import MultitaskBatches, temperature_batch_sizes
 from multitask_retriever.specialization import make_combiner
-from multitask_retriever.trainer import MultitaskTrainer, TrainConfig
+from multitask_retriever.trainer import MultitaskTrainer, TrainConfig, TrainDataConfig, TrainModelConfig
+from multitask_retriever.training_loop import OptimizerConfig
 
 
 # --------------------------------------------------------------------------- task mixing
@@ -38,28 +39,31 @@ def test_temperature_mixing_errors():
 
 
 def test_train_config_uses_the_mixing_for_its_batch_sizes():
-    config = TrainConfig(output_dir="x", per_task_batch_size=4, task_temperature=1.0)
-    assert config.batch_sizes({"a": 30, "b": 10}) == {"a": 6, "b": 2}
-    assert TrainConfig(output_dir="x", per_task_batch_size=4).batch_sizes({"a": 30, "b": 10}) == {"a": 4, "b": 4}
+    data = TrainDataConfig(per_task_batch_size=4, task_temperature=1.0)
+    assert data.batch_sizes({"a": 30, "b": 10}) == {"a": 6, "b": 2}
+    assert TrainDataConfig(per_task_batch_size=4).batch_sizes({"a": 30, "b": 10}) == {"a": 4, "b": 4}
     with pytest.raises(ValueError, match="task_temperature or task_batch_sizes"):
-        TrainConfig(output_dir="x", task_temperature=4.0, task_batch_sizes={"a": 2})
+        TrainDataConfig(task_temperature=4.0, task_batch_sizes={"a": 2})
 
 
 # --------------------------------------------------------------------------- warm-up
 def test_warmup_ratio_sets_the_learning_rate_and_tacos_warm_up_only():
-    config = TrainConfig(output_dir="x", method="taco", steps=50, warmup_ratio=0.1)
+    steps = OptimizerConfig(steps=50)
+    config = TrainConfig(output_dir="x", method="taco", optim=steps, warmup_ratio=0.1)
     assert config.lr_warmup_steps == 5
     assert config.combiner_kwargs()["warmup_steps"] == 5
-    assert "warmup_steps" not in TrainConfig(output_dir="x", method="pcgrad", steps=50, warmup_ratio=0.1).combiner_kwargs()
-    asked = TrainConfig(output_dir="x", method="cgd", steps=50, warmup_ratio=0.1, combiner_options={"warmup_steps": 5})
+    pcgrad = TrainConfig(output_dir="x", method="pcgrad", optim=steps, warmup_ratio=0.1)
+    assert "warmup_steps" not in pcgrad.combiner_kwargs()
+    asked = TrainConfig(output_dir="x", method="cgd", optim=steps, warmup_ratio=0.1,
+                        combiner_options={"warmup_steps": 5})
     assert asked.combiner_kwargs()["warmup_steps"] == 5
-    assert "warmup_steps" not in TrainConfig(output_dir="x", steps=50, warmup_ratio=0.1).combiner_kwargs()
-    assert TrainConfig(output_dir="x", steps=50, warmup_steps=3).lr_warmup_steps == 3
+    assert "warmup_steps" not in TrainConfig(output_dir="x", optim=steps, warmup_ratio=0.1).combiner_kwargs()
+    assert TrainConfig(output_dir="x", optim=OptimizerConfig(steps=50, warmup_steps=3)).lr_warmup_steps == 3
 
 
 def test_warmup_ratio_excludes_explicit_warm_up_steps():
-    with pytest.raises(ValueError, match="warmup_ratio or warmup_steps"):
-        TrainConfig(output_dir="x", warmup_ratio=0.1, warmup_steps=2)
+    with pytest.raises(ValueError, match="warmup_ratio or optim.warmup_steps"):
+        TrainConfig(output_dir="x", warmup_ratio=0.1, optim=OptimizerConfig(warmup_steps=2))
     with pytest.raises(ValueError, match=r"warmup_ratio must be in \[0, 1\)"):
         TrainConfig(output_dir="x", warmup_ratio=1.0)
 
@@ -114,32 +118,34 @@ def test_unknown_negative_sampling_is_refused(data):
     with pytest.raises(ValueError, match="negative sampling must be one of sample, top"):
         MultitaskBatches(examples, store, 2, sampling="best")
     with pytest.raises(ValueError, match="negative_sampling must be one of sample, top"):
-        TrainConfig(output_dir="x", negative_sampling="best")
+        TrainDataConfig(negative_sampling="best")
 
 
 # --------------------------------------------------------------------------- in a run
 def test_a_run_logs_the_learning_rate_warm_up_and_mixed_batch_sizes(tiny_t5, data, tmp_path):
     store, examples = data
-    config = TrainConfig(model_name_or_path=str(tiny_t5), tasks=TASKS, method="taco", per_task_batch_size=2,
-                         task_temperature=1.0, n_negatives=1, negative_sampling="top", lr=1e-3, steps=4,
-                         warmup_ratio=0.5, query_max_length=32, passage_max_length=64, output_dir=str(tmp_path),
-                         progress=False)
+    config = TrainConfig(model=TrainModelConfig(name_or_path=str(tiny_t5), query_max_length=32, passage_max_length=64),
+                         data=TrainDataConfig(tasks=TASKS, per_task_batch_size=2, task_temperature=1.0, n_negatives=1,
+                                              negative_sampling="top"),
+                         method="taco", optim=OptimizerConfig(lr=1e-3, steps=4), warmup_ratio=0.5,
+                         output_dir=str(tmp_path), progress=False)
     MultitaskTrainer(config, examples=examples, store=store).train()
     rows = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [round(r["lr"], 6) for r in rows] == [0.0, 0.0005, 0.001, 0.0005]
     state = torch.load(tmp_path / "final" / "trainer_state.pt", weights_only=True)
     sizes = state["data"]["batch_sizes"]
-    assert sum(sizes.values()) == 6 and sizes == config.batch_sizes({t: len(examples[t]) for t in TASKS})
+    assert sum(sizes.values()) == 6 and sizes == config.data.batch_sizes({t: len(examples[t]) for t in TASKS})
     assert state["data"]["sampling"] == "top"
 
 
 # --------------------------------------------------------------------------- prompts
 def test_the_prompt_style_sets_the_trained_models_query_prompts(tiny_t5, data, tmp_path):
     store, examples = data
-    config = TrainConfig(model_name_or_path=str(tiny_t5), tasks=TASKS, per_task_batch_size=2, n_negatives=1,
-                         steps=1, query_prompt_style="taco-t5", query_max_length=32, passage_max_length=64,
-                         output_dir=str(tmp_path), progress=False)
+    config = TrainConfig(model=TrainModelConfig(name_or_path=str(tiny_t5), query_prompt_style="taco-t5",
+                                                query_max_length=32, passage_max_length=64),
+                         data=TrainDataConfig(tasks=TASKS, per_task_batch_size=2, n_negatives=1),
+                         optim=OptimizerConfig(steps=1), output_dir=str(tmp_path), progress=False)
     trainer = MultitaskTrainer(config, examples=examples, store=store)
     assert trainer.encoder().format_query("who?", "nq") == "NQ <extra_id_1> who?"
     with pytest.raises(ValueError, match="unknown prompt style 'gtr'; known: short, taco-t5"):
-        TrainConfig(output_dir="x", query_prompt_style="gtr")
+        TrainModelConfig(query_prompt_style="gtr")

@@ -24,6 +24,7 @@ from multitask_retriever.rerank.examples import (
 )
 from multitask_retriever.rerank.losses import ListwiseCE
 from multitask_retriever.rerank.train import RerankTrainConfig, train_reranker, train_stages
+from multitask_retriever.training_loop import OptimizerConfig
 
 GROUP = 4
 pytestmark = pytest.mark.filterwarnings("ignore:passages longer than max_length")
@@ -73,9 +74,10 @@ def _reranker(tiny_bert, dropout: float = 0.0) -> CrossEncoderReranker:
     return reranker
 
 
-def _config(out: Path, **kw) -> RerankTrainConfig:
-    values = dict(loss="lce", lr=2e-3, scheduler="constant", steps=16, batch_size=4, group_size=GROUP,
-                  seed=0, output_dir=str(out), progress=False)
+def _config(out: Path, steps=16, lr=2e-3, warmup_steps=0, **kw) -> RerankTrainConfig:
+    values = dict(loss="lce", optim=OptimizerConfig(lr=lr, steps=steps, warmup_steps=warmup_steps, weight_decay=0.01,
+                                                    max_grad_norm=10.0),
+                  scheduler="constant", batch_size=4, group_size=GROUP, seed=0, output_dir=str(out), progress=False)
     values.update(kw)
     return RerankTrainConfig(**values)
 
@@ -327,7 +329,7 @@ def test_the_command_gives_identical_weights_for_the_same_seed(tiny_bert, mini_k
         out = tmp_path / run
         assert main(["train-reranker", "--method", "cross-encoder", "--model", str(tiny_bert),
                      "--option", "max_length=96", "--option", "max_query_length=32", "--data-dir", str(mini_kilt),
-                     "--passages", str(passage_file), "--tasks", "nq", "--depth", "10", "--steps", "1",
+                     "--passages", str(passage_file), "--tasks", "nq", "--depth", "10", "--optim-steps", "1",
                      "--batch-size", "2", "--group-size", "2", "--seed", "3", "--output-dir", str(out)]) == 0
         saved = out / "final" / "reranker"
         weights.append(CrossEncoderReranker.from_pretrained(saved).state_dict())

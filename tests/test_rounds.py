@@ -13,15 +13,18 @@ import torch
 from multitask_retriever.data import read_training_examples
 from multitask_retriever.encoder import DualEncoder
 from multitask_retriever.training import train
-from multitask_retriever.trainer import MultitaskTrainer, TrainConfig
+from multitask_retriever.trainer import MultitaskTrainer, TrainConfig, TrainDataConfig, TrainModelConfig
+from multitask_retriever.training_loop import OptimizerConfig
 
 STEPS = 3
 
 
-def _config(model, data_dir, out, **changes) -> TrainConfig:
-    values = dict(model_name_or_path=str(model), data_dir=str(data_dir), tasks=["nq"], method="single",
-                  per_task_batch_size=4, n_negatives=1, lr=2e-3, steps=STEPS, query_max_length=32,
-                  passage_max_length=64, seed=5, negative_rounds=1, output_dir=str(out), progress=False)
+def _config(model, data_dir, out, steps=STEPS, lr=2e-3, negative_rounds=1, tasks=("nq",), **changes) -> TrainConfig:
+    values = dict(model=TrainModelConfig(name_or_path=str(model), query_max_length=32, passage_max_length=64),
+                  data=TrainDataConfig(dir=str(data_dir), tasks=list(tasks), per_task_batch_size=4, n_negatives=1,
+                                       negative_rounds=negative_rounds),
+                  optim=OptimizerConfig(lr=lr, steps=steps), method="single", seed=5, output_dir=str(out),
+                  progress=False)
     values.update(changes)
     return TrainConfig(**values)
 
@@ -109,11 +112,11 @@ def test_the_trainer_module_never_imports_rounds():
 def test_negative_rounds_is_a_train_flag_and_needs_data_dir():
     out = subprocess.run([sys.executable, "-m", "multitask_retriever.cli", "train", "--help"],
                          capture_output=True, text=True, check=True).stdout
-    assert "--negative-rounds" in out and "ANCE-style rounds" in out
+    assert "--data-negative-rounds" in out and "ANCE-style rounds" in out
     with pytest.raises(ValueError, match="negative_rounds must be >= 0"):
-        TrainConfig(negative_rounds=-1, output_dir="x")
+        TrainDataConfig(negative_rounds=-1)
     with pytest.raises(ValueError, match="negative_rounds needs data_dir"):
-        TrainConfig(negative_rounds=1, output_dir="x")
+        TrainDataConfig(negative_rounds=1)
 
 
 def test_each_round_starts_with_the_previous_rounds_taco_state_and_optimiser_moments(tiny_bert, mini_kilt,

@@ -91,10 +91,12 @@ def test_full_kilt_flow_train_build_index_retrieve(script_env, mini_kilt, tiny_t
     # the recipe of train-kilt-taco.yaml, sized down: tiny T5, 2 tasks, 2 steps, 2 queries per task,
     # one self-mined negative round after the BM25 one
     config = yaml.safe_load((SCRIPTS / "configs" / "train-kilt-taco.yaml").read_text())
-    config.update(model_name_or_path=str(tiny_t5), data_dir=str(data), passages=str(data / "passages.jsonl"),
-                  tasks=["nq", "fever"], task_query_max_lengths={"nq": 16, "fever": 24}, query_max_length=32,
-                  passage_max_length=64, per_task_batch_size=2, n_negatives=1, steps=2, lr=1e-4, negative_rounds=1,
-                  mixed_precision="no", save_every=0, progress=False, output_dir=str(tmp_path / "unused"))
+    config["model"].update(name_or_path=str(tiny_t5), task_query_max_lengths={"nq": 16, "fever": 24},
+                           query_max_length=32, passage_max_length=64)
+    config["data"].update(dir=str(data), passages=str(data / "passages.jsonl"), tasks=["nq", "fever"],
+                          per_task_batch_size=2, n_negatives=1, negative_rounds=1)
+    config["optim"].update(steps=2, lr=1e-4, mixed_precision="no")
+    config.update(save_every=0, progress=False, output_dir=str(tmp_path / "unused"))
     config_file = tmp_path / "train.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
 

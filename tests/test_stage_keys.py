@@ -66,8 +66,8 @@ def test_taco_scale_is_not_part_of_other_methods_keys(method):
 
 def test_without_the_cpu_file_the_budgets_are_the_librarys():
     c, train, rerank = ExperimentConfig(), TrainConfig(), RerankTrainConfig()
-    assert (c.steps, c.per_task_batch_size, c.n_negatives, c.warmup_steps) == \
-        (train.steps, train.per_task_batch_size, train.n_negatives, train.warmup_steps)
-    assert (c.reranker_steps, c.reranker_batch_size, c.reranker_group_size, c.reranker_lr) == \
-        (rerank.steps, rerank.batch_size, rerank.group_size, rerank.lr)
-    assert c.taco == train.taco
+    assert (c.train.steps, c.train.per_task_batch_size, c.train.n_negatives, c.train.warmup_steps) == \
+        (train.optim.steps, train.data.per_task_batch_size, train.data.n_negatives, train.optim.warmup_steps)
+    assert (c.rerank.steps, c.rerank.batch_size, c.rerank.group_size, c.rerank.lr) == \
+        (rerank.optim.steps, rerank.batch_size, rerank.group_size, rerank.optim.lr)
+    assert c.train.taco == train.taco

@@ -7,7 +7,7 @@ import pytest
 
 from kilt.passages import write_passages
 from multitask_retriever.cli import build_parser, main
-from multitask_retriever.config import config_from_args
+from multitask_retriever.config import config_from_args, replace_places
 from multitask_retriever.rerank import METHODS
 from multitask_retriever.rerank.train import RerankTrainConfig
 
@@ -20,10 +20,10 @@ def test_unset_flags_are_the_configs_defaults():
 
 
 def test_every_config_field_has_its_flag():
-    args = build_parser().parse_args([*REQUIRED, "--method", "lora", "--steps", "7", "--batch-size", "3",
-                                      "--lr", "0.5", "--scheduler", "cosine", "--max-grad-norm", "2"])
-    assert config_from_args(RerankTrainConfig, args) == RerankTrainConfig(
-        steps=7, batch_size=3, lr=0.5, scheduler="cosine", max_grad_norm=2.0, output_dir="out")
+    args = build_parser().parse_args([*REQUIRED, "--method", "lora", "--optim-steps", "7", "--batch-size", "3",
+                                      "--optim-lr", "0.5", "--scheduler", "cosine", "--optim-max-grad-norm", "2"])
+    assert config_from_args(RerankTrainConfig, args) == replace_places(RerankTrainConfig(output_dir="out"), {
+        "optim.steps": 7, "batch_size": 3, "optim.lr": 0.5, "scheduler": "cosine", "optim.max_grad_norm": 2.0})
 
 
 def test_the_method_choices_are_the_registry():
@@ -47,7 +47,7 @@ def test_one_stage_of_any_method_trains_in_the_output_dir(request, method, model
     out = tmp_path / "run"
     assert main(["train-reranker", "--method", method, "--model", str(request.getfixturevalue(model)),
                  "--data-dir", str(mini_kilt), "--tasks", "nq", "--passages", str(passages), "--output-dir", str(out),
-                 "--steps", "2", "--batch-size", "2", "--group-size", "3", "--max-queries", "4",
+                 "--optim-steps", "2", "--batch-size", "2", "--group-size", "3", "--max-queries", "4",
                  "--progress", "false"]) == 0
     assert f"reranker: {out / 'final' / 'reranker'}" in capsys.readouterr().out
     state = (out / "final" / "reranker" / "mtr_reranker.json").read_text()

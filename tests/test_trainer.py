@@ -11,11 +11,14 @@ import torch
 
 from conftest import TRAIN_TASKS as TASKS
 from multitask_retriever.cli import main
+from multitask_retriever.config import replace_places
 from multitask_retriever.data import MultitaskBatches, TrainingExample, read_training_examples, write_training_examples
 from multitask_retriever.encoder import DualEncoder
 from multitask_retriever.losses import ContrastiveLoss
 from multitask_retriever.specialization import COMBINERS, TacoConfig
-from multitask_retriever.trainer import MultitaskTrainer, TrainConfig, specialization_summary
+from multitask_retriever.trainer import (MultitaskTrainer, TrainConfig, TrainDataConfig, TrainModelConfig,
+                                         specialization_summary)
+from multitask_retriever.training_loop import OptimizerConfig
 
 METHODS = sorted(COMBINERS) + ["single"]
 
@@ -25,10 +28,11 @@ def data(training_data):
     return training_data
 
 
-def _config(model, out, **changes):
-    values = dict(model_name_or_path=str(model), tasks=TASKS, per_task_batch_size=4, n_negatives=1, lr=2e-3,
-                  steps=6, warmup_steps=1, query_max_length=32, passage_max_length=64, seed=5,
-                  output_dir=str(out), progress=False, taco=TacoConfig(warmup_steps=2))
+def _config(model, out, steps=6, tasks=TASKS, **changes):
+    values = dict(model=TrainModelConfig(name_or_path=str(model), query_max_length=32, passage_max_length=64),
+                  data=TrainDataConfig(tasks=list(tasks), per_task_batch_size=4, n_negatives=1),
+                  optim=OptimizerConfig(lr=2e-3, steps=steps, warmup_steps=1), seed=5, output_dir=str(out),
+                  progress=False, taco=TacoConfig(warmup_steps=2))
     values.update(changes)
     return TrainConfig(**values)
 
@@ -132,9 +136,9 @@ def test_resume_rejects_other_data(tiny_t5, data, tmp_path):
 
 OTHER_SETTINGS = [
     ({"method": "pcgrad"}, "method: 'naive' -> 'pcgrad'"),
-    ({"lr": 1e-3}, "lr: 0.002 -> 0.001"),
-    ({"steps": 8}, "steps: 6 -> 8"),
-    ({"per_task_batch_size": 2, "seed": 6}, "per_task_batch_size: 4 -> 2; seed: 5 -> 6"),
+    ({"optim.lr": 1e-3}, "lr: 0.002 -> 0.001"),  # named as the runs' settings record them, flat
+    ({"optim.steps": 8}, "steps: 6 -> 8"),
+    ({"data.per_task_batch_size": 2, "seed": 6}, "per_task_batch_size: 4 -> 2; seed: 5 -> 6"),
 ]
 
 
@@ -144,7 +148,8 @@ def test_resume_refuses_settings_other_than_the_runs(tiny_t5, data, tmp_path):
     for change, named in OTHER_SETTINGS:
         with pytest.raises(ValueError, match=f"checkpoint-0000001: cannot resume with other settings .*"
                                              f"{re.escape(named)}\\)"):
-            MultitaskTrainer(_config(tiny_t5, tmp_path, **change), examples=examples, store=store).train(resume=True)
+            MultitaskTrainer(replace_places(_config(tiny_t5, tmp_path), change), examples=examples,
+                             store=store).train(resume=True)
     # what does not define the run may change
     resumed = MultitaskTrainer(_config(tiny_t5, tmp_path, progress=True, save_every=2), examples=examples,
                                store=store).train(resume=True)
@@ -194,7 +199,7 @@ def test_config_errors():
     with pytest.raises(ValueError, match="method must be one of naive"):
         TrainConfig(method="nope", output_dir="x")
     with pytest.raises(ValueError, match="method single trains one task"):
-        TrainConfig(method="single", tasks=["nq", "fever"], output_dir="x")
+        TrainConfig(method="single", data=TrainDataConfig(tasks=["nq", "fever"]), output_dir="x")
     with pytest.raises(ValueError, match="output_dir is required"):
         MultitaskTrainer(TrainConfig())
 
@@ -202,17 +207,18 @@ def test_config_errors():
 def test_cli_help_lists_the_config_flags():
     out = subprocess.run([sys.executable, "-m", "multitask_retriever.cli", "train", "--help"],
                          capture_output=True, text=True, check=True).stdout
-    for flag in ("--config", "--resume", "--method", "--per-task-batch-size", "--taco-beta", "--n-negatives"):
+    for flag in ("--config", "--resume", "--method", "--data-per-task-batch-size", "--taco-beta", "--data-n-negatives",
+                 "--model-name-or-path", "--data-dir", "--optim-lr", "--optim-steps"):
         assert flag in out
 
 
 def test_cli_trains_two_steps_from_a_yaml(tiny_bert, mini_kilt, tmp_path, capsys):
     config = tmp_path / "train.yaml"
-    config.write_text(f"model_name_or_path: {tiny_bert}\ndata_dir: {mini_kilt}\ntasks: [nq, fever]\n"
-                      f"method: naive\nsteps: 5\nper_task_batch_size: 2\nn_negatives: 1\n"
-                      f"task_query_max_lengths: {{fever: 24}}\nprogress: false\n")
+    config.write_text(f"model: {{name_or_path: {tiny_bert}, task_query_max_lengths: {{fever: 24}}}}\n"
+                      f"data: {{dir: {mini_kilt}, tasks: [nq, fever], per_task_batch_size: 2, n_negatives: 1}}\n"
+                      f"method: naive\noptim: {{steps: 5}}\nprogress: false\n")
     out = tmp_path / "run"
-    assert main(["train", "--config", str(config), "--steps", "2", "--output-dir", str(out)]) == 0
+    assert main(["train", "--config", str(config), "--optim-steps", "2", "--output-dir", str(out)]) == 0
     assert f"model: {out / 'final' / 'model'}" in capsys.readouterr().out
     rows = (out / "train_log.jsonl").read_text().splitlines()
     assert len(rows) == 2 and DualEncoder.from_pretrained(out / "final" / "model").config.pooling == "mean"

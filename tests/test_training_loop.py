@@ -2,27 +2,28 @@
 settings that define a run, leftovers of a killed save."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 import torch
 from torch import nn
 
-from multitask_retriever.training_loop import TrainingLoop
+from multitask_retriever.config import moved_fields
+from multitask_retriever.training_loop import FLAT_OPTIMIZER_FIELDS, OptimizerConfig, TrainingLoop
 
 
+@moved_fields({name: f"optim.{name}" for name in FLAT_OPTIMIZER_FIELDS})  # recorded flat, as the trainers' configs
 @dataclass
 class _Config:
     output_dir: str
-    steps: int = 6
+    optim: OptimizerConfig = field(default_factory=lambda: _optim())
     save_every: int = 0
     seed: int = 1
-    lr: float = 1e-2
-    weight_decay: float = 0.0
-    warmup_steps: int = 1
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "no"
     progress: bool = False
+
+
+def _optim(**changes) -> OptimizerConfig:
+    return OptimizerConfig(**{"steps": 6, "lr": 1e-2, "warmup_steps": 1, **changes})
 
 
 def _train(config: _Config, resume: bool = False, stop_after: int | None = None):
@@ -55,13 +56,13 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tmp_path):
 
 
 def test_an_existing_run_needs_resume_and_its_own_settings(tmp_path):
-    _train(_Config(str(tmp_path), steps=2))
+    _train(_Config(str(tmp_path), _optim(steps=2)))
     with pytest.raises(FileExistsError, match="holds a training run"):
-        TrainingLoop(_Config(str(tmp_path), steps=2))
+        TrainingLoop(_Config(str(tmp_path), _optim(steps=2)))
     with pytest.raises(ValueError, match=r"final: cannot resume with other settings than the run's "
                                          r"\(lr: 0.01 -> 0.02; seed: 1 -> 2\)"):
-        TrainingLoop(_Config(str(tmp_path), steps=2, lr=2e-2, seed=2), resume=True)
-    loop = TrainingLoop(_Config(str(tmp_path), steps=2, progress=True, save_every=1), resume=True)
+        TrainingLoop(_Config(str(tmp_path), _optim(steps=2, lr=2e-2), seed=2), resume=True)
+    loop = TrainingLoop(_Config(str(tmp_path), _optim(steps=2), progress=True, save_every=1), resume=True)
     assert loop.finished and loop.step == 2
 
 

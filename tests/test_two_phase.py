@@ -6,12 +6,16 @@ import torch
 from conftest import TRAIN_TASKS as TASKS
 from multitask_retriever.encoder import DualEncoder
 from multitask_retriever.specialization import TacoConfig
-from multitask_retriever.trainer import MultitaskTrainer, TrainConfig, init_model_path
+from multitask_retriever.trainer import (MultitaskTrainer, TrainConfig, TrainDataConfig, TrainModelConfig,
+                                         init_model_path)
+from multitask_retriever.training_loop import OptimizerConfig
 
 
-def _config(out, **changes) -> TrainConfig:
-    values = dict(tasks=TASKS, per_task_batch_size=4, n_negatives=1, lr=2e-3, steps=3, query_max_length=32,
-                  passage_max_length=64, seed=5, output_dir=str(out), progress=False)
+def _config(out, name_or_path="t5-base", init_from="", **changes) -> TrainConfig:
+    values = dict(model=TrainModelConfig(name_or_path=name_or_path, init_from=init_from, query_max_length=32,
+                                         passage_max_length=64),
+                  data=TrainDataConfig(tasks=TASKS, per_task_batch_size=4, n_negatives=1),
+                  optim=OptimizerConfig(lr=2e-3, steps=3), seed=5, output_dir=str(out), progress=False)
     values.update(changes)
     return TrainConfig(**values)
 
@@ -20,7 +24,7 @@ def _config(out, **changes) -> TrainConfig:
 def base(tiny_t5, training_data, tmp_path_factory):
     store, examples = training_data
     out = tmp_path_factory.mktemp("base")
-    MultitaskTrainer(_config(out, model_name_or_path=str(tiny_t5)), examples=examples, store=store).train()
+    MultitaskTrainer(_config(out, name_or_path=str(tiny_t5)), examples=examples, store=store).train()
     return out
 
 
@@ -41,7 +45,7 @@ def test_init_from_refuses_an_unfinished_run(tmp_path):
 
 def test_a_continuation_starts_from_the_base_weights_not_the_model_name(base, training_data, tmp_path):
     store, examples = training_data
-    trainer = MultitaskTrainer(_config(tmp_path, model_name_or_path="no-such-model", init_from=str(base),
+    trainer = MultitaskTrainer(_config(tmp_path, name_or_path="no-such-model", init_from=str(base),
                                        method="taco"), examples=examples, store=store)
     start, saved = trainer.encoder().state_dict(), _weights(base / "final" / "model")
     assert all(torch.equal(start[name], saved[name]) for name in saved)

@@ -27,13 +27,15 @@ DEFAULT_SYSTEMS = ["bm25", "zero-shot", "naive", "taco", "taco+cross-encoder", "
 #: what the systems are scored on: the dev files, or held-out training queries
 SCORE_ON = ("dev", "validation")
 
-#: the TrainConfig fields an experiment sets for every fine-tuned dual encoder (the others are
-#: set per system, top-level, or left at the library's)
-TRAIN_FIELDS = ("steps", "per_task_batch_size", "n_negatives", "lr", "warmup_steps", "warmup_ratio",
-                "task_temperature", "query_prompt_style", "negative_sampling", "temperature", "taco")
+#: the places of the TrainConfig fields an experiment sets for every fine-tuned dual encoder (the
+#: others are set per system, top-level, or left at the library's); its `train` section names each
+#: by its last part, as they were spelled when TrainConfig was flat
+TRAIN_FIELDS = ("optim.steps", "data.per_task_batch_size", "data.n_negatives", "optim.lr", "optim.warmup_steps",
+                "warmup_ratio", "data.task_temperature", "model.query_prompt_style", "data.negative_sampling",
+                "temperature", "taco")
 
-#: the RerankTrainConfig fields an experiment sets for its rerankers (`lr`: the cross-encoder's)
-RERANK_FIELDS = ("steps", "batch_size", "group_size", "lr")
+#: the places of the RerankTrainConfig fields an experiment sets for its rerankers (`lr`: the cross-encoder's)
+RERANK_FIELDS = ("optim.steps", "batch_size", "group_size", "optim.lr")
 
 TrainSection = section_of(
     TrainConfig, "TrainSection", TRAIN_FIELDS, module=__name__, lr=3e-5, temperature=0.05,
@@ -44,8 +46,8 @@ RerankSection = section_of(
     doc="Reranker training (RerankTrainConfig fields); lr is the cross-encoder's (see llm_reranker_lr).")
 
 #: the flat spellings of earlier configs and their places now
-MOVED = {**{name: f"train.{name}" for name in TRAIN_FIELDS},
-         **{f"reranker_{name}": f"rerank.{name}" for name in RERANK_FIELDS}}
+MOVED = {**{name: f"train.{name}" for name in TrainSection.__places__},
+         **{f"reranker_{name}": f"rerank.{name}" for name in RerankSection.__places__}}
 
 
 @moved_fields(MOVED)
@@ -87,8 +89,8 @@ class ExperimentConfig:
     base_seed: int = field(default=-1, metadata={
         "help": "seed of the naive base (-1: the run's seed); a seed study trains one base with its first seed",
         "min": -1})
-    query_max_length: int = field_like(TrainConfig, "query_max_length")
-    passage_max_length: int = field_like(TrainConfig, "passage_max_length")
+    query_max_length: int = field_like(TrainConfig, "model.query_max_length")
+    passage_max_length: int = field_like(TrainConfig, "model.passage_max_length")
     # reranking
     rerank: RerankSection = field(default_factory=RerankSection)  # type: ignore[valid-type]
     rerank_k: int = field(default=20, metadata={
@@ -114,7 +116,7 @@ class ExperimentConfig:
     llm_reranker_loss: str = field(default="", metadata={
         "help": "loss of the LLM rerankers (a rerank.losses name, e.g. ql+hinge as Q-PEFT's released code); "
                 "empty: each method's own (lce+ql)"})
-    max_train_queries: int = field_like(TrainConfig, "max_train_queries")
+    max_train_queries: int = field_like(TrainConfig, "data.max_train_queries")
     reranker_epochs: float = field(default=0.0, metadata={
         "help": "passes over the rerankers' training queries; sets their step counts (0: rerank.steps and "
                 "cross_encoder_steps)", "min": 0})

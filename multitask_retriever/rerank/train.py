@@ -22,8 +22,8 @@ from typing import Any, Mapping, Sequence
 import torch
 
 
-from ..config import check_fields
-from ..training_loop import FINAL_NAME, RunResult, TrainingLoop, read_log
+from ..config import check_fields, moved_fields
+from ..training_loop import FINAL_NAME, FLAT_OPTIMIZER_FIELDS, OptimizerConfig, RunResult, TrainingLoop, read_log
 from .base import Reranker
 from .examples import RerankExample
 from .losses import LOSSES, RerankLoss, make_loss
@@ -32,22 +32,19 @@ log = logging.getLogger("mtr.rerank.train")
 
 
 # ---------------------------------------------------------------------------- training
+@moved_fields({name: f"optim.{name}" for name in FLAT_OPTIMIZER_FIELDS})
 @dataclass
 class RerankTrainConfig:
     """One reranker training stage (the CLI's `mtr train-reranker` flags)."""
 
     loss: str = field(default="lce", metadata={"help": " | ".join(LOSSES)})
     loss_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "e.g. {temperature: 2.0} for kl"})
-    lr: float = field(default=3e-5, metadata={"min": 0})
-    weight_decay: float = field(default=0.01, metadata={"min": 0})
+    optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=3e-5, weight_decay=0.01,
+                                                                           max_grad_norm=10.0))
     scheduler: str = field(default="linear", metadata={"help": "transformers schedule: linear | constant | cosine"})
-    warmup_steps: int = field(default=0, metadata={"min": 0})
-    steps: int = field(default=1000, metadata={"min": 1})
     batch_size: int = field(default=8, metadata={"help": "queries per step (per process)", "min": 1})
     group_size: int = field(default=8, metadata={"help": "passages per query: 1 positive + group_size-1 negatives",
                                                  "min": 1})
-    max_grad_norm: float = field(default=10.0, metadata={"help": "gradient clipping norm (0 = none)", "min": 0})
-    mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16"})
     seed: int = field(default=0, metadata={"min": 0})
     output_dir: str = field(default="", metadata={"help": "checkpoints, final weights and train_log.jsonl"})
     save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only the final one)", "min": 0})
@@ -55,8 +52,6 @@ class RerankTrainConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
 
 
 @dataclass
@@ -141,7 +136,7 @@ def _load_trainable(named: dict[str, torch.nn.Parameter], values: Mapping[str, t
 
 def train_reranker(reranker: Reranker, examples: Sequence[RerankExample], config: RerankTrainConfig,
                    loss: RerankLoss | None = None, resume: bool = False) -> RunResult:
-    """Train `reranker.trainable_parameters()` for `config.steps` steps of `loss` (default:
+    """Train `reranker.trainable_parameters()` for `config.optim.steps` steps of `loss` (default:
     `make_loss(config.loss, **config.loss_options)`); with `resume`, continue from the
     latest checkpoint in `config.output_dir` (a finished run only loads its weights).
     The reranker ends on the accelerator's device.

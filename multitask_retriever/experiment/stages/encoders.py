@@ -2,13 +2,13 @@
 naive base of the two-phase protocol, and each fine-tuned system's model."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
 from kilt.io import write_task_records
 from safeio.identity import file_version
 
+from ...config import replace_places
 from ...trainer import MODEL_DIR, TrainConfig
 from ...training_loop import FINAL_NAME
 from ..cache import read_key, stage_key
@@ -95,9 +95,9 @@ class EncoderStages:
                              str(examples), str(self.training_run(name)), ctx.progress)
         if name == BASE_RUN:
             seed = c.seed if c.base_seed < 0 else c.base_seed
-            train = dataclasses.replace(train, steps=c.base_steps, seed=seed)
+            train = replace_places(train, {"optim.steps": c.base_steps, "seed": seed})
         elif name.startswith("taco."):  # taco.<scale>
-            train = dataclasses.replace(train, taco=dataclasses.replace(train.taco, scale=name.partition(".")[2]))
+            train = replace_places(train, {"taco.scale": name.partition(".")[2]})
         return train
 
     def train_encoder(self, name: str, start: str, start_key: str = "") -> tuple[str, str]:
@@ -111,7 +111,7 @@ class EncoderStages:
         train = self._train_config(name, method, tasks, start, examples)
         keyed = train
         if name == BASE_RUN:  # shared by the runs of a seed study: its key names contents, not their paths
-            keyed = dataclasses.replace(train, data_dir="", passages="", negatives="", output_dir="")
+            keyed = replace_places(train, {"data.dir": "", "data.passages": "", "data.negatives": "", "output_dir": ""})
         key = train_stage_key(read_key(examples.parent / "stage.json"), keyed)
         if start_key:
             key = stage_key(train=key, start=start_key)
