@@ -27,6 +27,7 @@ from torch import nn
 from kilt.passages import PassageStore
 
 from .config import check_fields, moved_fields
+from .devices import STORAGE_HELP
 from .data import (
     DEFAULT_DEPTH,
     DEFAULT_KEEP,
@@ -79,6 +80,7 @@ class TrainModelConfig:
         "help": "per-task query lengths used in training, e.g. {wow: 260, fever: 68}", "min": 1})
     passage_max_length: int = field(default=160, metadata={"min": 1})
     gradient_checkpointing: bool = False
+    storage_dtype: str = field(default="float32", metadata={"help": STORAGE_HELP + " (EncoderConfig)"})
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -296,7 +298,8 @@ class MultitaskTrainer:
 
             model = self.config.model
             overrides: dict[str, Any] = {"query_max_length": model.query_max_length,
-                                         "passage_max_length": model.passage_max_length}
+                                         "passage_max_length": model.passage_max_length,
+                                         "storage_dtype": model.storage_dtype}
             if model.pooling != "auto":
                 overrides["pooling"] = model.pooling
             if model.normalize is not None:
@@ -394,7 +397,7 @@ class MultitaskTrainer:
             with accelerator.autocast():
                 queries, passages = model(features["query"], features["passage"])
             value = loss_fn(queries, passages, batch.exclude)
-            if not torch.isfinite(value) and self.config.optim.mixed_precision != "fp16":
+            if not torch.isfinite(value) and accelerator.mixed_precision != "fp16":
                 raise FloatingPointError(f"step {step + 1}: task {task} loss is {value.item()}")
             accelerator.backward(value)
             loss = accelerator.reduce(value.detach(), reduction="mean").item()

@@ -32,6 +32,7 @@ from safeio.atomic import atomic_directory, atomic_write, remove_orphans_in
 from safeio.lock import FolderLock
 
 from .config import check_fields, unmoved_fields
+from .devices import resolve_mixed_precision
 
 log = logging.getLogger("mtr.train")
 
@@ -40,7 +41,7 @@ LOG_NAME = "train_log.jsonl"
 FINAL_NAME = "final"
 #: config fields a resumed run may change; every other field defines the run (negative_rounds:
 #: each round is a run of its own, and a run of N rounds is the start of one of more)
-NOT_RUN_SETTINGS = frozenset({"output_dir", "progress", "save_every", "negative_rounds"})
+NOT_RUN_SETTINGS = frozenset({"output_dir", "progress", "save_every", "negative_rounds", "storage_dtype"})
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
 
 
@@ -59,12 +60,13 @@ class OptimizerConfig:
     steps: int = dataclasses.field(default=1000, metadata={"help": "training steps", "min": 1})
     max_grad_norm: float = dataclasses.field(default=1.0, metadata={"help": "gradient clipping norm (0 = none)",
                                                                     "min": 0})
-    mixed_precision: str = dataclasses.field(default="no", metadata={"help": "no | fp16 | bf16"})
+    mixed_precision: str = dataclasses.field(default="no", metadata={
+        "help": "no | fp16 | bf16 | auto (bf16 on recent GPUs and on CPUs with native bfloat16, where it trains "
+                "about 1.8x faster; fp16 on older GPUs; else no)"})
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        resolve_mixed_precision(self.mixed_precision, "cpu")  # ValueError naming the choices
 
 
 class LoopConfig(Protocol):
@@ -171,8 +173,15 @@ def read_log(path: Path) -> list[dict]:
 
 def run_settings(config: Any, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What defines a run: the config's fields but `NOT_RUN_SETTINGS`, plus the caller's `extra`."""
-    fields = config if isinstance(config, Mapping) else unmoved_fields(config)
-    return {**{k: v for k, v in fields.items() if k not in NOT_RUN_SETTINGS}, **(extra or {})}
+    if isinstance(config, Mapping):
+        return {**{k: v for k, v in config.items() if k not in NOT_RUN_SETTINGS}, **(extra or {})}
+    kept = {k: v for k, v in unmoved_fields(config).items() if k not in NOT_RUN_SETTINGS}
+    for f in dataclasses.fields(config):  # a section's fields that never had a flat name, kept nested
+        if dataclasses.is_dataclass(getattr(config, f.name)) and isinstance(kept.get(f.name), Mapping):
+            kept[f.name] = {k: v for k, v in kept[f.name].items() if k not in NOT_RUN_SETTINGS}
+            if not kept[f.name]:
+                del kept[f.name]
+    return {**kept, **(extra or {})}
 
 
 def _check_settings(saved: Mapping[str, Any], now: Mapping[str, Any], checkpoint: Path) -> None:
@@ -185,11 +194,13 @@ def _check_settings(saved: Mapping[str, Any], now: Mapping[str, Any], checkpoint
 
 
 def _accelerator(mixed_precision: str):
-    """An Accelerator; unused parameters (e.g. BERT's pooler) are allowed under DDP."""
-    from accelerate import Accelerator
+    """An Accelerator at `mixed_precision` (auto resolved for this process's device); unused
+    parameters (e.g. BERT's pooler) are allowed under DDP."""
+    from accelerate import Accelerator, PartialState
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
+    mixed_precision = resolve_mixed_precision(mixed_precision, PartialState().device)
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision") not in (None, mixed_precision):
         AcceleratorState._reset_state()  # accelerate fixes the precision per process

@@ -5,6 +5,7 @@ import math
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -252,3 +253,26 @@ def test_taco_writes_per_layer_specialisation_summaries(tiny_t5, data, tmp_path)
     for name, stats in layers.items():
         assert rebuilt["layers"][name]["entropy"] == pytest.approx(stats["entropy"])
         assert rebuilt["layers"][name]["task_weights"] == pytest.approx(stats["task_weights"])
+
+
+def test_the_final_model_is_stored_in_the_storage_dtype_and_loads_as_float32(tiny_bert, data, tmp_path):
+    store, examples = data
+    config = replace_places(_config(tiny_bert, tmp_path / "run", steps=2), {"model.storage_dtype": "float16"})
+    result = MultitaskTrainer(config, examples=examples, store=store).train()
+    from safetensors import safe_open
+
+    with safe_open(str(Path(result.model_path) / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point()} == {torch.float16}
+    loaded = DualEncoder.from_pretrained(result.model_path)
+    assert loaded.config.storage_dtype == "float16"
+    assert {p.dtype for p in loaded.backbone.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "no")])
+def test_auto_mixed_precision_trains_in_bfloat16_only_where_the_cpu_has_it(monkeypatch, native, expected):
+    from multitask_retriever.training_loop import _accelerator
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _accelerator("auto").mixed_precision == expected

@@ -32,10 +32,10 @@ SCORE_ON = ("dev", "validation")
 #: by its last part, as they were spelled when TrainConfig was flat
 TRAIN_FIELDS = ("optim.steps", "data.per_task_batch_size", "data.n_negatives", "optim.lr", "optim.warmup_steps",
                 "warmup_ratio", "data.task_temperature", "model.query_prompt_style", "data.negative_sampling",
-                "temperature", "taco")
+                "temperature", "taco", "optim.mixed_precision", "model.storage_dtype")
 
 #: the places of the RerankTrainConfig fields an experiment sets for its rerankers (`lr`: the cross-encoder's)
-RERANK_FIELDS = ("optim.steps", "batch_size", "group_size", "optim.lr")
+RERANK_FIELDS = ("optim.steps", "batch_size", "group_size", "optim.lr", "optim.mixed_precision")
 
 TrainSection = section_of(
     TrainConfig, "TrainSection", TRAIN_FIELDS, module=__name__, lr=3e-5, temperature=0.05,

@@ -22,7 +22,8 @@ BASE_RUN = "naive-base"
 #: TrainConfig fields added after stage keys were first pinned: keyed only when set, so the
 #: finished stages of earlier work folders keep their keys
 _LATER_TRAIN_FIELDS = {"negative_rounds": 0, "warmup_ratio": 0.0, "task_temperature": 0.0,
-                       "negative_sampling": "sample", "query_prompt_style": "", "init_from": ""}
+                       "negative_sampling": "sample", "query_prompt_style": "", "init_from": "",
+                       "model_storage_dtype": "float32"}
 
 
 def train_config(c: ExperimentConfig, method: str, tasks: list[str], start: str, data_dir: str, passages: str,
