@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shlex
@@ -192,10 +193,11 @@ def run_stage(stage: str, a: dict, tmp: Path) -> dict:
 
 # --------------------------------------------------------------------------- data
 def knowledge_source(real: list, n: int, folder: Path, seed: int) -> Path:
-    """A KILT knowledge source of about `n` 100-word passages: `synthesise`'s passages (4 a page,
-    each a paragraph), grouped into pages {wikipedia_id, wikipedia_title, text: [title, paragraphs]}."""
+    """A KILT knowledge source that chunks into `n` or more (~1.17n) 100-word passages: `synthesise`'s
+    passages (4 a page, each a paragraph; as many as hold n*100 words, real passages being shorter
+    than 100 words on average), grouped into pages {wikipedia_id, wikipedia_title, text: [title, paragraphs]}."""
     flat, source = folder / "synthetic-passages.jsonl", folder / f"source-{n}.jsonl"
-    synthesise(real, n, flat, seed)
+    synthesise(real, math.ceil(n * 100 / np.mean([len(words) for _, words in real])), flat, seed)
     page: dict | None = None
     with open(flat, encoding="utf-8") as f, open(source, "w", encoding="utf-8") as out:
         for line in f:
