@@ -6,6 +6,7 @@ what="${1:-all}"; shift || true
 run() { echo "== $1"; python "benchmarks/$1.py" "${@:2}"; }
 case "$what" in
     encoding|search|memory|specialization|rerank) run "$what" "$@" ;;
+    scale) run scale "$@" ;;  # long: corpus sizes up to 2M passages, see benchmarks/README.md
     all) for b in encoding search memory specialization rerank; do
              [ -f "benchmarks/$b.py" ] && run "$b" "$@"
          done ;;
