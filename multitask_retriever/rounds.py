@@ -45,8 +45,7 @@ def mine_negatives(model: Path, out: Path, passage_file: Path, config: TrainConf
     """Hard negatives for the training queries of `config` from `model`'s top hits, written to
     `out` (reused if mined from the same inputs); the corpus vectors are encoded into resumable
     shards beside `out` and deleted once the negatives are written."""
-    from accelerate import PartialState
-
+    from .distributed import distributed_state
     from .encoder import DualEncoder
     from .encoding import encode_corpus
     from .mining import mine_examples
@@ -56,7 +55,7 @@ def mine_negatives(model: Path, out: Path, passage_file: Path, config: TrainConf
     inputs = {"model": _folder_inputs(model), "passages": file_version(passage_file),
               "task_files": {t: file_version(f) for t, f in files.items()},
               "depth": cfg.negative_depth, "keep": cfg.negatives_per_query, "max_queries": cfg.max_train_queries}
-    state = PartialState()
+    state = distributed_state()
     if not is_cached(out, inputs):
         if latest_checkpoint(out.parent) is not None:
             raise ValueError(f"{out.parent}: holds training on negatives mined from other inputs than "
