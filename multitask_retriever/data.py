@@ -105,7 +105,8 @@ def positive_passages(example: KiltExample, store: PassageStore, ranges: Mapping
 def build_training_examples(task_files: Mapping[str, str | Path], store: PassageStore,
                             negatives: str | SearchBackend = "bm25",
                             depth: int = DEFAULT_DEPTH, keep: int = DEFAULT_KEEP, max_queries: int = 0,
-                            batch_size: int = 256, progress: bool = True) -> dict[str, list[TrainingExample]]:
+                            batch_size: int = 256, progress: bool = True,
+                            part: tuple[int, int] = (0, 1)) -> dict[str, list[TrainingExample]]:
     """Training examples per task from KILT task files.
 
     `negatives`: "bm25" (build a BM25 index over the passages), "none" (random negatives
@@ -113,10 +114,46 @@ def build_training_examples(task_files: Mapping[str, str | Path], store: Passage
     `Retriever` (ANCE-style rounds). Hard negatives are the top-`depth` hits on
     no gold page, at most `keep`. Queries none of whose gold pages are in `store` are skipped
     (counted in a warning); a file left with no usable query is an error naming it.
+    `part` (p, n): only the examples of the p-th of n contiguous runs of the search batches
+    (`search_batches`), so that n processes each search a share; their outputs, written in
+    order of p, are together what (0, 1) writes (the same batches are searched).
     """
     if depth < 1 or keep < 0 or max_queries < 0:
         raise ValueError(f"depth must be >= 1, keep and max_queries >= 0; got {depth}, {keep}, {max_queries}")
-    files = {task: Path(path) for task, path in task_files.items()}
+    usable = _usable_queries({task: Path(path) for task, path in task_files.items()}, store, max_queries)
+    backend = _negatives_backend(negatives, store, progress)
+    out: dict[str, list[TrainingExample]] = {}
+    for task, start in tqdm(search_batches({t: len(u) for t, u in usable.items()}, batch_size, part),
+                            desc="negatives", unit="batch", disable=not progress or backend is None):
+        chunk = usable[task][start:start + batch_size]
+        ranked = (backend.search([e.input for e, _ in chunk], task=task, k=depth)
+                  if backend is not None else [[] for _ in chunk])
+        task_out = out.setdefault(task, [])
+        for (example, positives), hits in zip(chunk, ranked):
+            gold = set(example.gold_pages)
+            hard = [pid for pid in dict.fromkeys(h.passage_id for h in hits)
+                    if store.page_id(pid) not in gold][:keep]
+            task_out.append(TrainingExample(task, example.id, example.input, tuple(positives), tuple(hard),
+                                            tuple(example.gold_pages)))
+    return out
+
+
+def search_batches(counts: Mapping[str, int], batch_size: int,
+                   part: tuple[int, int] = (0, 1)) -> list[tuple[str, int]]:
+    """(task, first query) of each batch of `batch_size` queries searched for `counts` queries
+    per task, in task order; with `part` (p, n) only the p-th of n contiguous runs of them
+    (as even as whole batches allow; a run may be empty)."""
+    index, parts = part
+    if parts < 1 or not 0 <= index < parts:
+        raise ValueError(f"part must be (p, n) with 0 <= p < n, got {part}")
+    batches = [(task, start) for task, n in counts.items() for start in range(0, n, batch_size)]
+    return batches[index * len(batches) // parts:(index + 1) * len(batches) // parts]
+
+
+def _usable_queries(files: Mapping[str, Path], store: PassageStore,
+                    max_queries: int) -> dict[str, list[tuple[KiltExample, list[int]]]]:
+    """Each task's queries (the first `max_queries` if set) that have a positive in `store`,
+    with their positives; warns of skipped queries, refuses a file left with none."""
     for task in files:
         get_task(task)
     kilt_examples = {}
@@ -124,16 +161,7 @@ def build_training_examples(task_files: Mapping[str, str | Path], store: Passage
         examples = read_task_file(path)  # KiltFormatError naming the file when empty
         kilt_examples[task] = examples[:max_queries] if max_queries else examples
     ranges = store.page_ranges({p for ex in kilt_examples.values() for e in ex for p in e.gold_pages})
-    backend: SearchBackend | None
-    if isinstance(negatives, str):
-        if negatives not in ("bm25", "none"):
-            raise ValueError(f"negatives must be 'bm25', 'none' or a search backend, got {negatives!r}")
-        from kilt.bm25 import BM25Retriever
-
-        backend = BM25Retriever.build(store, progress=progress) if negatives == "bm25" else None
-    else:
-        backend = negatives
-    out: dict[str, list[TrainingExample]] = {}
+    out = {}
     for task, examples in kilt_examples.items():
         usable = []
         for example in examples:
@@ -144,21 +172,21 @@ def build_training_examples(task_files: Mapping[str, str | Path], store: Passage
             raise ValueError(f"{files[task]}: no training query has a provenance page in {store.path}")
         if len(usable) < len(examples):
             warnings.warn(f"{files[task]}: skipped {len(examples) - len(usable)} of {len(examples)} queries whose "
-                          f"provenance pages are not in {store.path}", stacklevel=2)
-        task_out = []
-        for start in tqdm(range(0, len(usable), batch_size), desc=f"negatives {task}", unit="batch",
-                          disable=not progress or backend is None):
-            chunk = usable[start:start + batch_size]
-            ranked = (backend.search([e.input for e, _ in chunk], task=task, k=depth)
-                      if backend is not None else [[] for _ in chunk])
-            for (example, positives), hits in zip(chunk, ranked):
-                gold = set(example.gold_pages)
-                hard = [pid for pid in dict.fromkeys(h.passage_id for h in hits)
-                        if store.page_id(pid) not in gold][:keep]
-                task_out.append(TrainingExample(task, example.id, example.input, tuple(positives), tuple(hard),
-                                                tuple(example.gold_pages)))
-        out[task] = task_out
+                          f"provenance pages are not in {store.path}", stacklevel=3)
+        out[task] = usable
     return out
+
+
+def _negatives_backend(negatives: str | SearchBackend, store: PassageStore, progress: bool) -> SearchBackend | None:
+    """The search backend hard negatives come from: `negatives` itself, a BM25 index over
+    `store` for "bm25", none for "none"."""
+    if not isinstance(negatives, str):
+        return negatives
+    if negatives not in ("bm25", "none"):
+        raise ValueError(f"negatives must be 'bm25', 'none' or a search backend, got {negatives!r}")
+    from kilt.bm25 import BM25Retriever
+
+    return BM25Retriever.build(store, progress=progress) if negatives == "bm25" else None
 
 
 def write_training_examples(path: str | Path, examples: Mapping[str, Sequence[TrainingExample]]) -> int:

@@ -35,9 +35,9 @@ def process_device(name: str = "auto", state: Any = None) -> str:
     if name not in ("auto", "cuda"):
         return resolve_device(name)
     if state is None:
-        from accelerate import PartialState
+        from .distributed import distributed_state
 
-        state = PartialState()
+        state = distributed_state()
     device = torch.device(state.device)
     if state.num_processes > 1 and device.type == "cuda":
         return str(device)

@@ -23,6 +23,8 @@ from safeio.atomic import atomic_write, write_json
 from safeio.lock import FolderLock
 from safeio.text import read_json_object
 
+from .distributed import distributed_state
+
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
@@ -168,7 +170,7 @@ def encode_corpus(encoder: PassageEncoder, passage_file: str | Path, out_dir: st
     if not passage_file.is_file():
         raise FileNotFoundError(f"{passage_file}: passage file not found")
     settings, compared = _settings(encoder, passage_file, np_dtype, batch_size, shard_size)
-    state = PartialState()
+    state = distributed_state()
     with FolderLock(out_dir) if state.is_main_process else nullcontext():  # one run per shard folder
         _prepare_folder(out_dir, settings, compared, overwrite, passage_file, state)
         with tqdm(desc=f"encoding {passage_file.name}", unit=" passages", unit_scale=True,

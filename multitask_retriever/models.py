@@ -148,8 +148,12 @@ def packaged_name(name_or_path: str | Path | None) -> str | None:
 
 
 def portable_name(name_or_path: str | Path) -> str:
-    """How to record a start model: "minilm" for the packaged MiniLM's installed folder (which
-    differs between machines), any other name or path as given."""
+    """How to record a start model: the packaged weights' short name for any of their aliases and
+    for the packaged MiniLM's installed folder (which differs between machines), any other name
+    or path as given."""
+    key = packaged_name(name_or_path)
+    if key is not None:
+        return key
     try:
         if Path(name_or_path).resolve() == packaged_minilm_path().resolve():
             return "minilm"

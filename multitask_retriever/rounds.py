@@ -25,8 +25,7 @@ from typing import Any
 from safeio.identity import file_version
 
 from .config import replace_places
-from .data import (PASSAGES_NAME, build_training_examples, build_unless_cached, is_cached,
-                   task_train_files, write_training_examples)
+from .data import PASSAGES_NAME, is_cached, task_train_files
 from .trainer import MODEL_DIR, MultitaskTrainer, TrainConfig, TrainResult, round_dir
 from .training_loop import FINAL_NAME, latest_checkpoint
 
@@ -46,21 +45,17 @@ def mine_negatives(model: Path, out: Path, passage_file: Path, config: TrainConf
     """Hard negatives for the training queries of `config` from `model`'s top hits, written to
     `out` (reused if mined from the same inputs); the corpus vectors are encoded into resumable
     shards beside `out` and deleted once the negatives are written."""
-    from accelerate import PartialState
-
-    from kilt.passages import PassageStore
-
+    from .distributed import distributed_state
     from .encoder import DualEncoder
     from .encoding import encode_corpus
-    from .indexing import Index, IndexConfig
-    from .retriever import Retriever
+    from .mining import mine_examples
 
     cfg, data = config, config.data
     files = task_train_files(data.dir, data.tasks)
     inputs = {"model": _folder_inputs(model), "passages": file_version(passage_file),
               "task_files": {t: file_version(f) for t, f in files.items()},
               "depth": data.negative_depth, "keep": data.negatives_per_query, "max_queries": data.max_train_queries}
-    state = PartialState()
+    state = distributed_state()
     if not is_cached(out, inputs):
         if latest_checkpoint(out.parent) is not None:
             raise ValueError(f"{out.parent}: holds training on negatives mined from other inputs than "
@@ -69,16 +64,9 @@ def mine_negatives(model: Path, out: Path, passage_file: Path, config: TrainConf
         shards = out.parent / f"shards-{digest}"  # other inputs' shards are never resumed
         encoder = DualEncoder.from_pretrained(model).to(state.device)
         encode_corpus(encoder, passage_file, shards, progress=cfg.progress)  # every process its shards
-        if state.is_main_process:
-            def build(path: Path) -> None:
-                index = Index.from_shards(shards, IndexConfig(index_type="flat"), progress=cfg.progress)
-                retriever = Retriever(encoder, index, PassageStore(passage_file, progress=cfg.progress))
-                write_training_examples(path, build_training_examples(
-                    files, retriever.passages, retriever, depth=data.negative_depth, keep=data.negatives_per_query,
-                    max_queries=data.max_train_queries, progress=cfg.progress))
-
-            build_unless_cached(out, inputs, build)
-        state.wait_for_everyone()
+        mine_examples(encoder, shards, passage_file, files, out, inputs, state, depth=data.negative_depth,
+                      keep=data.negatives_per_query, max_queries=data.max_train_queries,
+                      progress=cfg.progress)  # every process its share of the queries
     if state.is_main_process:
         for shards in out.parent.glob("shards-*"):
             shutil.rmtree(shards, ignore_errors=True)

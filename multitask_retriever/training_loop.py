@@ -33,6 +33,7 @@ from safeio.lock import FolderLock
 
 from .config import check_fields, unmoved_fields
 from .devices import resolve_mixed_precision
+from .distributed import distributed_state, process_group_kwargs
 
 log = logging.getLogger("mtr.train")
 
@@ -196,16 +197,18 @@ def _check_settings(saved: Mapping[str, Any], now: Mapping[str, Any], checkpoint
 def _accelerator(mixed_precision: str):
     """An Accelerator at `mixed_precision` (auto resolved for this process's device); unused
     parameters (e.g. BERT's pooler) are allowed under DDP."""
-    from accelerate import Accelerator, PartialState
+    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedDataParallelKwargs
 
-    mixed_precision = resolve_mixed_precision(mixed_precision, PartialState().device)
+    # the first state of the process creates the process group: with the long timeout
+    mixed_precision = resolve_mixed_precision(mixed_precision, distributed_state().device)
     state = AcceleratorState._shared_state
     if state and state.get("_mixed_precision") not in (None, mixed_precision):
         AcceleratorState._reset_state()  # accelerate fixes the precision per process
     return Accelerator(mixed_precision=mixed_precision,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True),
+                                        process_group_kwargs()])
 
 
 def _distance(params: Sequence[torch.Tensor], before: Sequence[torch.Tensor]) -> float:

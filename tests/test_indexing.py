@@ -408,7 +408,7 @@ def test_encode_corpus_splits_shards_across_processes(tmp_path, monkeypatch):
     def run_as(process_index):
         state = SimpleNamespace(process_index=process_index, num_processes=2, is_main_process=process_index == 0,
                                 is_local_main_process=process_index == 0, wait_for_everyone=lambda: None)
-        monkeypatch.setattr(encoding, "PartialState", lambda: state)
+        monkeypatch.setattr(encoding, "distributed_state", lambda: state)
         encode_corpus(SeededEncoder(), passages, out, shard_size=10, progress=False)
 
     run_as(0)
