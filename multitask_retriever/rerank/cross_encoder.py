@@ -8,9 +8,10 @@ ELECTRA) gets a freshly initialised head, drawn from torch's global RNG.
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -105,7 +106,7 @@ class CrossEncoderReranker(Reranker):
         config = make_config(CrossEncoderConfig, {"model_name_or_path": portable_name(path), **saved, **overrides})
         adapters = bool(saved.get("lora_rank"))
         start = resolve_model_name(config.model_name_or_path) if adapters else folder
-        with named_weight_errors(start):
+        with named_weight_errors(start), _quiet_head_report(adapters):
             model = own_memory(AutoModelForSequenceClassification.from_pretrained(start, num_labels=1,
                                                                                   dtype=torch.float32))
         reranker = cls(model, AutoTokenizer.from_pretrained(start), config)
@@ -228,3 +229,18 @@ class CrossEncoderReranker(Reranker):
 
     def _autocast(self):
         return autocast(self.device, self.config.inference_dtype)
+
+
+@contextmanager
+def _quiet_head_report(quiet: bool) -> Iterator[None]:
+    """Silence transformers' "newly initialized head" report while a LoRA cross-encoder's start
+    model loads: its head comes from the saved adapters right after."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    if quiet:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
