@@ -64,17 +64,21 @@ def own_memory(model):
 
 
 def packaged_llm_folder(cache_dir: str | Path | None = None) -> Path:
-    """A plain safetensors folder of the packaged SmolLM2, converted from its GGUF once.
+    """A plain safetensors folder of the packaged SmolLM2, converted from its GGUF once."""
+    return gguf_folder(packaged_llm_gguf(), cache_dir)
 
-    Dequantising the GGUF takes ~20 s; the cached folder loads in about a second. The
-    folder (under `cache_dir`, $MTR_CACHE or ~/.cache/multitask-retriever) is keyed by
-    the GGUF's name and size and appears atomically (temp folder + os.replace).
+
+def gguf_folder(gguf: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """A plain safetensors folder of the model in the GGUF file `gguf`, converted once.
+
+    Dequantising takes seconds to minutes (2 for a 0.5B model); the cached folder loads in
+    about a second. The folder (under `cache_dir`, $MTR_CACHE or ~/.cache/multitask-retriever)
+    is keyed by the file's name and size and appears atomically (temp folder + os.replace).
     """
-    import os
     import shutil
     import tempfile
 
-    gguf = packaged_llm_gguf()
+    gguf = Path(gguf).expanduser()
     folder = cache_root(cache_dir) / "llm" / f"{gguf.stem}-{gguf.stat().st_size}"
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
         return folder
@@ -171,7 +175,8 @@ def is_packaged(name_or_path: str | Path | None) -> bool:
 def resolve_model_name(name_or_path: str | Path) -> str:
     """The folder to load for a model named on the command line or in a config.
 
-    An existing path stays as given; a packaged name (see `PACKAGED_NAMES`) becomes its
+    An existing path stays as given, except a GGUF file, which becomes its converted folder
+    (`gguf_folder`); a packaged name (see `PACKAGED_NAMES`) becomes its
     installed folder (FileNotFoundError with the pip command when the package is missing);
     any other name is returned for `from_pretrained` to fetch from the hub, except one that
     reads as a local path and does not exist (FileNotFoundError, see `check_model_path`).
@@ -181,7 +186,10 @@ def resolve_model_name(name_or_path: str | Path) -> str:
         return str(packaged_minilm_path())
     if key == "smollm2":
         return str(packaged_llm_folder())
-    return check_model_path(name_or_path)
+    name = check_model_path(name_or_path)
+    if name.lower().endswith(".gguf") and Path(name).expanduser().is_file():
+        return str(gguf_folder(name))
+    return name
 
 
 @contextmanager
@@ -202,9 +210,9 @@ def named_weight_errors(name_or_path: str | Path) -> Iterator[None]:
 
 def resolve_llm(name_or_path: str | Path | None) -> str | Path:
     """The packaged SmolLM2's cached folder when `name_or_path` is empty, a packaged name's
-    folder (e.g. "smollm2"), or else `name_or_path` as given."""
+    folder (e.g. "smollm2"), a GGUF file's converted folder, or else `name_or_path` as given."""
     if name_or_path is None or not str(name_or_path).strip():
         return packaged_llm_folder()
-    if is_packaged(name_or_path):
+    if is_packaged(name_or_path) or str(name_or_path).lower().endswith(".gguf"):
         return resolve_model_name(name_or_path)
     return name_or_path

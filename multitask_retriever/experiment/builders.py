@@ -60,6 +60,10 @@ class SystemBuilder:
     def retriever_key(self, name: str) -> str:
         return self.retrievers.retriever_key(name)
 
+    def release(self, name: str) -> None:
+        """Free retriever system `name`'s index; a later use loads it again."""
+        self.retrievers.release(name)
+
     def training_run(self, name: str) -> Path:
         """The trainer's output folder of fine-tuned system `name` (checkpoints, final/, log)."""
         return self.encoders.training_run(name)

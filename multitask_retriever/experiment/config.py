@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import check_fields, field_like, moved_fields, section_of
+from ..config import check_fields, field_like, moved_fields, section_of, section_places
+from ..indexing import IndexConfig
 from ..rerank.base import make_config
 from ..rerank.cross_encoder import CrossEncoderConfig
 from ..rerank.losses import distill_losses
@@ -44,6 +45,15 @@ TrainSection = section_of(
 RerankSection = section_of(
     RerankTrainConfig, "RerankSection", RERANK_FIELDS, module=__name__,
     doc="Reranker training (RerankTrainConfig fields); lr is the cross-encoder's (see llm_reranker_lr).")
+
+#: the IndexConfig fields an experiment sets for every dense retriever's index (device: top-level)
+INDEX_FIELDS = ("index_type", "backend", "ivf_nlist", "nprobe", "pq_m", "pq_bits", "train_size", "refine",
+                "gpu_float16", "max_flat_bytes")
+
+IndexSection = section_of(
+    IndexConfig, "IndexSection", INDEX_FIELDS, module=__name__, index_type="flat",
+    doc="The index each dense retriever is searched through (IndexConfig fields); exact (flat) unless set: "
+        "a corpus whose vectors do not fit in memory wants ivfpq with refine, or auto.")
 
 #: the flat spellings of earlier configs and their places now
 MOVED = {**{name: f"train.{name}" for name in TrainSection.__places__},
@@ -89,6 +99,7 @@ class ExperimentConfig:
     base_seed: int = field(default=-1, metadata={
         "help": "seed of the naive base (-1: the run's seed); a seed study trains one base with its first seed",
         "min": -1})
+    index: IndexSection = field(default_factory=IndexSection)  # type: ignore[valid-type]
     query_max_length: int = field_like(TrainConfig, "model.query_max_length")
     passage_max_length: int = field_like(TrainConfig, "model.passage_max_length")
     # reranking
@@ -148,6 +159,7 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         make_config(CrossEncoderConfig, self.cross_encoder_options)  # unknown or invalid fields, named
+        IndexConfig(**section_places(self.index), device=self.device)  # an index type or combination it refuses
         if self.score_on not in SCORE_ON:
             raise ValueError(f"score_on must be one of {', '.join(SCORE_ON)}, got {self.score_on!r}")
         if not 0.0 < self.validation_split < 1.0:

@@ -17,6 +17,7 @@ from .builders import SystemBuilder
 from .cache import StageCache, stage_key
 from .config import ExperimentConfig
 from .evaluation import SystemResult, score_task, significance
+from .stages.scores import KeptScores
 from .report import machine_info
 from .systems import parse_system, split_fusion
 
@@ -136,12 +137,17 @@ class Experiment:
         start = time.perf_counter()
         with self.cache.stage(f"predict {name}"):
             cached = self.cache.cached(folder, key)
+            if rerank is not None and not cached:  # shared with this reranker's other fusions
+                kept = self.cache.work / "scores" / f"{self.build.reranker_key(retriever_name, reranker_name)}.json"
+                rerank = KeptScores(rerank, kept)
             for task, splits in self.task_files.items():
                 out = folder / f"{task}-dev.jsonl"
                 if not cached:
                     Pipeline(search, rerank, fusion).predict(
                         splits["dev"], out, task=task, k=c.k, rerank_k=c.rerank_k if rerank is not None else 0,
                         max_queries=limit if capped else 0, progress=self.build.progress)
+                    if rerank is not None:
+                        rerank.save()
                 per_task[task], queries[task] = score_task(splits["dev"], out, subset=capped)
             if not cached:
                 self.cache.finish(folder, key)
@@ -158,8 +164,12 @@ class Experiment:
 
     def run(self) -> dict[str, Any]:
         total = time.perf_counter()
-        for name in self.config.systems:
+        systems = self.config.systems
+        for i, name in enumerate(systems):
             self.system(name)
+            retriever = self._parse_system(name)[0]
+            if all(self._parse_system(later)[0] != retriever for later in systems[i + 1:]):
+                self.build.release(retriever)  # one index in memory at a time
         return {
             "machine": machine_info(),
             "data": {"data_dir": str(self.data_dir), "knowledge_source": str(self.knowledge_source),

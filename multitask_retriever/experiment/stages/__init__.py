@@ -9,6 +9,7 @@
     rerankers.py   LLM rerankers and cross-encoder schedules
     teacher.py     a teacher's scores of the retriever's training candidates
     fusion.py      fusion weights fitted on held-out training queries
+    scores.py      reranker scores of dev candidates, kept for the reranker's other fusions
 """
 from .context import StageContext
 from .corpus import CorpusStages

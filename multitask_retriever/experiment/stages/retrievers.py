@@ -1,8 +1,9 @@
-"""Retriever stages: a search backend per retriever system, BM25 or a flat dense index of the
-passages encoded by the system's dual encoder."""
+"""Retriever stages: a search backend per retriever system, BM25 or a dense index (flat unless the
+experiment's `index` section says otherwise) of the passages encoded by the system's dual encoder."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict
 from typing import Any
 
 from ..cache import stage_key
@@ -27,6 +28,11 @@ class RetrieverStages:
             self._retrievers[name] = self.corpus.bm25() if name == "bm25" else self._dense(name)
         return self._retrievers[name]
 
+    def release(self, name: str) -> None:
+        """Drop system `name`'s search backend (a dense index can take most of the memory); the
+        next use loads it again from its cached stage."""
+        self._retrievers.pop(name, None)
+
     def models(self, name: str) -> dict[str, str]:
         """The files a built retriever reads (encoder, index, query prompt style), for reusing
         them with `mtr retrieve` or `mtr pipeline`; empty for BM25, which needs only the passages."""
@@ -46,9 +52,10 @@ class RetrieverStages:
         return overrides
 
     def _dense(self, name: str):
-        """Encode the passages with system `name`'s encoder, build a flat index, and search it."""
+        """Encode the passages with system `name`'s encoder, build its index, and search it."""
         from ...encoder import DualEncoder
         from ...encoding import encode_corpus
+        from ...config import section_places
         from ...indexing import Index, IndexConfig
         from ...models import packaged_minilm_path
         from ...retriever import Retriever
@@ -59,16 +66,18 @@ class RetrieverStages:
         encoder = DualEncoder.from_pretrained(encoder_path, **self._encoder_overrides(name))
         encoder.to(ctx.device).eval()
         folder = ctx.work / "dense" / name
+        changed = {n: v for n, v in asdict(c.index).items() if v != getattr(type(c.index)(), n)}
         key = stage_key(passages=self.corpus.passages_key(), encoder=encoder_key,
-                        q=c.query_max_length, p=c.passage_max_length)
+                        q=c.query_max_length, p=c.passage_max_length,
+                        **({"index": changed} if changed else {}))  # the default (flat) keeps earlier keys
         with ctx.cache.stage(f"index {name}"):
             if ctx.cache.cached(folder, key):
                 index = Index.load(folder / "index", expected_dim=encoder.dim, device=c.device)
             else:
                 shards = encode_corpus(encoder, store.path, folder / "shards", shard_size=50_000,
                                        batch_size=c.encode_batch_size, progress=ctx.progress)
-                index = Index.from_shards(shards, IndexConfig(index_type="flat", device=c.device),
-                                          progress=ctx.progress)
+                config = IndexConfig(**section_places(c.index), device=c.device)
+                index = Index.from_shards(shards, config, progress=ctx.progress)
                 index.save(folder / "index")
                 shutil.rmtree(shards)
                 ctx.cache.finish(folder, key)
