@@ -15,7 +15,7 @@ from multitask_retriever.experiment import ExperimentConfig, RerankSection, Trai
 from multitask_retriever.experiment.builders import (cross_encoder_train_config, llm_reranker_key,
                                                      llm_reranker_train_config, train_config, train_stage_key)
 from multitask_retriever.experiment.cache import stage_key
-from multitask_retriever.experiment.config import MOVED, RERANK_FIELDS, TRAIN_FIELDS
+from multitask_retriever.experiment.config import MOVED, RERANK_FIELDS, TRAIN_FIELDS, IndexSection
 from multitask_retriever.rerank.train import RerankTrainConfig
 from multitask_retriever.specialization import TacoConfig
 from multitask_retriever.trainer import TrainConfig
@@ -98,6 +98,8 @@ KEYS = {
     "cpu+quickstart-real": ["4a7ba0aa94423d49", "dce5d688af4f1820", "33830a9d2f45bff7", "4d6d432c97f9d57b"],
     "rerank-realkilt": ["82d2c95a52843283", "cdc084531a89fcc8", "a5d1af8627bc0fea", "e3dea7aae045ad4c"],
     "cpu+rerank-realkilt": ["3c848734ba48a79a", "fb967ede8e473af8", "b51c8ecddcb65d17", "6d176cb48d974bf9"],
+    "llm-realkilt": ["82d2c95a52843283", "d3507126330b7bca", "bfddb2917b010fe3", "a769d4096a9374a4"],
+    "cpu+llm-realkilt": ["3c848734ba48a79a", "d3507126330b7bca", "c70d711e0ab6d254", "9794deaa3d9bbcab"],
     "rerank-realkilt-gpu": ["fcb66b78275abe55", "1a8605665d358628", "81652e9eecdc359c", "3806f1c7bbe25e58"],
     "cpu+rerank-realkilt-gpu": ["15cfca0bdd694679", "4d7427f87b89f833", "2892a4c744c31355", "403fdf50c2b23290"],
     "rerankers-realkilt-slice": ["eab446609c5ad913", "dd2098ecbf482993", "4a05924e7571dffb", "9de629206082821a"],
@@ -121,7 +123,8 @@ def _keys(*names: str) -> list[str]:
                          progress=False)
     llm = llm_reranker_train_config(c, "lce+ql", "OUT", progress=False)
     cross_encoder = cross_encoder_train_config(c, False, "OUT", progress=False)
-    later = {"cross_encoder_options": {}}  # fields added since, at their defaults (keyed only when set)
+    later = {"cross_encoder_options": {}, "index": dataclasses.asdict(IndexSection())}  # fields added since, at
+    # their defaults (keyed only when set)
     rest = {k: v for k, v in dataclasses.asdict(c).items() if k not in ("train", "rerank") and later.get(k, k) != v}
     return [train_stage_key("EXKEY", train),
             llm_reranker_key("RKEY", "qpeft-a", "START", llm, c.max_train_queries, c.rerank_k),
