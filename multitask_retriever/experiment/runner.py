@@ -17,8 +17,8 @@ from .builders import SystemBuilder
 from .cache import StageCache, stage_key
 from .config import ExperimentConfig
 from .evaluation import SystemResult, score_task, significance
-from .stages.scores import KeptScores
 from .report import machine_info
+from .stages.scores import KeptScores
 from .systems import parse_system, split_fusion
 
 

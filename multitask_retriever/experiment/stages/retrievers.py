@@ -53,9 +53,9 @@ class RetrieverStages:
 
     def _dense(self, name: str):
         """Encode the passages with system `name`'s encoder, build its index, and search it."""
+        from ...config import section_places
         from ...encoder import DualEncoder
         from ...encoding import encode_corpus
-        from ...config import section_places
         from ...indexing import Index, IndexConfig
         from ...models import packaged_minilm_path
         from ...retriever import Retriever
