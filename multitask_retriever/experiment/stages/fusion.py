@@ -51,10 +51,14 @@ class FusionStage:
 
     def _validation_scores(self, retriever_name: str, reranker) -> list[FusionQuery]:
         """Both scores and gold flags of each validation query's top `rerank_k` candidates."""
+        from tqdm.auto import tqdm
+
         search, queries = self.retrievers.retriever(retriever_name), []
         k = self.context.config.rerank_k
-        for task in self.context.train_tasks():
-            examples = self.holdout.validation_queries(task)
+        tasks = {task: self.holdout.validation_queries(task) for task in self.context.train_tasks()}
+        bar = tqdm(total=sum(map(len, tasks.values())), desc="fusion fit",
+                   unit="query", disable=not self.context.progress)
+        for task, examples in tasks.items():
             for i in range(0, len(examples), 64):
                 chunk = examples[i : i + 64]
                 hits = search.search([e.input for e in chunk], task=task, k=k)
@@ -66,4 +70,6 @@ class FusionStage:
                     queries.append(FusionQuery(task, [h.score for h in row], row_scores,
                                                [h.wikipedia_id in gold for h in row],
                                                [h.wikipedia_id for h in row]))
+                bar.update(len(chunk))
+        bar.close()
         return queries
