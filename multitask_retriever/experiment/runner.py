@@ -126,8 +126,8 @@ class Experiment:
         rerank_cap = c.rerank_queries if rerank is not None else 0
         limit = min([n for n in (c.dev_queries, rerank_cap) if n > 0], default=0)  # queries per task, 0: all
         capped = limit > 0
-        key = stage_key(retriever=self.build.retriever_key(retriever_name),
-                        reranker=self.build.reranker_key(retriever_name, reranker_name) if reranker_name else None,
+        reranker_key = self.build.reranker_key(retriever_name, reranker_name) if reranker_name else None
+        key = stage_key(retriever=self.build.retriever_key(retriever_name), reranker=reranker_key,
                         k=c.k, rerank_k=c.rerank_k if rerank is not None else 0, rerank_queries=rerank_cap,
                         **({"dev_queries": c.dev_queries} if c.dev_queries else {}),
                         dev={t: file_version(s["dev"]) for t, s in self.task_files.items()},
@@ -138,8 +138,7 @@ class Experiment:
         with self.cache.stage(f"predict {name}"):
             cached = self.cache.cached(folder, key)
             if rerank is not None and not cached:  # shared with this reranker's other fusions
-                kept = self.cache.work / "scores" / f"{self.build.reranker_key(retriever_name, reranker_name)}.json"
-                rerank = KeptScores(rerank, kept)
+                rerank = KeptScores(rerank, self.cache.work / "scores" / f"{reranker_key}.json")
             for task, splits in self.task_files.items():
                 out = folder / f"{task}-dev.jsonl"
                 if not cached:

@@ -66,7 +66,8 @@ class RetrieverStages:
         encoder = DualEncoder.from_pretrained(encoder_path, **self._encoder_overrides(name))
         encoder.to(ctx.device).eval()
         folder = ctx.work / "dense" / name
-        changed = {n: v for n, v in asdict(c.index).items() if v != getattr(type(c.index)(), n)}
+        default = asdict(type(c.index)())
+        changed = {n: v for n, v in asdict(c.index).items() if v != default[n]}
         key = stage_key(passages=self.corpus.passages_key(), encoder=encoder_key,
                         q=c.query_max_length, p=c.passage_max_length,
                         **({"index": changed} if changed else {}))  # the default (flat) keeps earlier keys
