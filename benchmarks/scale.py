@@ -13,7 +13,7 @@ Peak memory is VmHWM (reset through /proc/self/clear_refs) minus the RSS before 
 figure y (search as ms per query, not queries/s) is fitted as y = a + b*n by least squares over
 the measured sizes and read off at 25M.
 Encoding is not measured (no GPU): its 25M row uses a GPU anchor (../shared/gpu-anchors.md).
-Training examples' memory (multitask_retriever/data.py) is not measured.
+Training examples' memory is measured by examples_scale.py.
 
     python benchmarks/scale.py --sizes 200000,600000,2000000 --dense-sizes 20000,50000,100000 --threads 1
 """

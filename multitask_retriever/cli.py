@@ -328,7 +328,8 @@ def _mine_negatives(args) -> None:
     from safeio.outputs import check_outputs
     from kilt.passages import PassageStore
 
-    from .data import build_training_examples, task_train_files, write_training_examples
+    from .data import build_training_examples, task_train_files
+    from .examples import write_training_examples
 
     files = task_train_files(args.data_dir, args.tasks.split(",") if args.tasks else (), args.split)
     check_outputs(files=[args.out], inputs=[args.passages, *files.values(), args.encoder, args.index])

@@ -24,11 +24,13 @@ import torch
 from tqdm.auto import tqdm
 
 from kilt.hits import SearchBackend
-from kilt.io import KiltExample, KiltFormatError, iter_jsonl, read_task_file
+from kilt.io import KiltExample, read_task_file
 from kilt.passages import Passage, PassageStore, write_passages
 from kilt.tasks import find_task_files, get_task
 from safeio.atomic import atomic_write
 from safeio.identity import file_version
+
+from .examples import TrainingExample, map_training_examples, write_training_examples
 
 log = logging.getLogger("mtr.data")
 
@@ -39,23 +41,6 @@ DEFAULT_KEEP = 30
 _RANDOM_TRIES = 1000
 #: how a batch takes each query's hard negatives: sampled from its kept ones, or its top-ranked
 NEGATIVE_SAMPLING = ("sample", "top")
-
-
-# --------------------------------------------------------------------------- examples
-@dataclass(frozen=True)
-class TrainingExample:
-    """One training query: passage ids of its positives (best first) and hard negatives (rank order)."""
-
-    task: str
-    qid: str
-    query: str
-    positives: tuple[int, ...]
-    negatives: tuple[int, ...]
-    gold_pages: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"task": self.task, "id": self.qid, "query": self.query, "positives": list(self.positives),
-                "negatives": list(self.negatives), "gold_pages": list(self.gold_pages)}
 
 
 def task_train_files(data_dir: str | Path, tasks: Sequence[str] = (), split: str = "train") -> dict[str, Path]:
@@ -189,44 +174,11 @@ def _negatives_backend(negatives: str | SearchBackend, store: PassageStore, prog
     return BM25Retriever.build(store, progress=progress) if negatives == "bm25" else None
 
 
-def write_training_examples(path: str | Path, examples: Mapping[str, Sequence[TrainingExample]]) -> int:
-    """Write examples as JSONL (`mtr mine-negatives` output), atomically; returns the count."""
-    n = 0
-    with atomic_write(path) as f:
-        for task_examples in examples.values():
-            for example in task_examples:
-                f.write(json.dumps(example.to_json(), ensure_ascii=False) + "\n")
-                n += 1
-    return n
-
-
-def read_training_examples(path: str | Path, tasks: Sequence[str] = ()) -> dict[str, list[TrainingExample]]:
-    """Examples of a file written by `write_training_examples`, per task (only `tasks` if given)."""
-    path = Path(path)
-    out: dict[str, list[TrainingExample]] = {}
-    for line, row in iter_jsonl(path):
-        try:
-            example = TrainingExample(str(row["task"]), str(row["id"]), str(row["query"]),
-                                      tuple(int(p) for p in row["positives"]),
-                                      tuple(int(p) for p in row["negatives"]),
-                                      tuple(str(p) for p in row["gold_pages"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise KiltFormatError(f"{path}:{line}: not a training example ({e!r})") from None
-        if not example.positives:
-            raise KiltFormatError(f"{path}:{line}: query {example.qid} has no positive")
-        if not tasks or example.task in tasks:
-            out.setdefault(example.task, []).append(example)
-    missing = [t for t in tasks if t not in out]
-    if missing:
-        raise ValueError(f"{path}: no training examples for task(s) {', '.join(missing)}")
-    if not out:
-        raise KiltFormatError(f"{path}: empty training-example file")
-    return {t: out[t] for t in (tasks or out)}
-
-
 # --------------------------------------------------------------------------- a run's data
 PASSAGES_NAME = "passages.jsonl"
 EXAMPLES_NAME = "training_examples.jsonl"
+#: the memory-mapped columns of the examples a run trains on
+EXAMPLE_ARRAYS_NAME = "training_examples.arrays"
 KNOWLEDGE_SOURCES = ("knowledge_source.jsonl", "knowledge_source.jsonl.gz", "kilt_knowledgesource.json")
 
 
@@ -262,14 +214,16 @@ def build_unless_cached(path: Path, inputs: dict[str, Any], build: Callable[[Pat
 def prepare_training_data(output_dir: str | Path, data_dir: str | Path = "", passages: str | Path = "",
                           tasks: Sequence[str] = (), negatives: str = "bm25", depth: int = DEFAULT_DEPTH,
                           keep: int = DEFAULT_KEEP, max_queries: int = 0, progress: bool = True
-                          ) -> tuple[PassageStore, dict[str, list[TrainingExample]]]:
+                          ) -> tuple[PassageStore, dict[str, Sequence[TrainingExample]]]:
     """The passage store and per-task training examples of a training run in `output_dir`.
 
     Passages: the file `passages`, else DATA_DIR/knowledge_source.jsonl[.gz] chunked into
     OUTPUT_DIR/passages.jsonl. Examples: read from `negatives` when it names a file (from
     `mtr mine-negatives`), else built from DATA_DIR's train files with "bm25" or "none"
     (random-only) negatives into OUTPUT_DIR/training_examples.jsonl. Both files are rebuilt
-    when their inputs (files, settings) differ from those recorded beside them.
+    when their inputs (files, settings) differ from those recorded beside them. The examples
+    are memory-mapped (`map_training_examples`, columns in OUTPUT_DIR/training_examples.arrays),
+    so that the processes of a distributed run share one copy.
     """
     output_dir = Path(output_dir)
     if passages:
@@ -285,7 +239,7 @@ def prepare_training_data(output_dir: str | Path, data_dir: str | Path = "", pas
                              lambda path: write_passages(source, path, progress=progress))
     store = PassageStore(passage_file, progress=progress)
     if negatives not in ("bm25", "none"):
-        examples = read_training_examples(negatives, tasks)
+        examples = map_training_examples(negatives, output_dir / EXAMPLE_ARRAYS_NAME, tasks)
     else:
         if not data_dir:
             raise ValueError("data_dir is required to build training examples")
@@ -300,7 +254,7 @@ def prepare_training_data(output_dir: str | Path, data_dir: str | Path = "", pas
                                                                   max_queries=max_queries, progress=progress))
 
         build_unless_cached(cache, inputs, build)
-        examples = read_training_examples(cache, tasks)
+        examples = map_training_examples(cache, output_dir / EXAMPLE_ARRAYS_NAME, tasks)
     if max_queries:
         examples = {t: e[:max_queries] for t, e in examples.items()}
     return store, examples
@@ -367,7 +321,7 @@ class MultitaskBatches:
                 raise ValueError(f"task {task}: no training examples")
         if n_negatives < 0:
             raise ValueError(f"n_negatives must be >= 0, got {n_negatives}")
-        self.examples = {t: list(e) for t, e in examples.items()}
+        self.examples = {t: e if isinstance(e, Sequence) else list(e) for t, e in examples.items()}
         self.store = store
         sizes = batch_sizes if isinstance(batch_sizes, Mapping) else {t: batch_sizes for t in self.examples}
         unknown = set(sizes) - set(self.examples)
@@ -472,9 +426,3 @@ def temperature_batch_sizes(counts: Mapping[str, int], total: int, temperature: 
     while extra.sum() > spare:
         extra[np.argmax(extra)] -= 1
     return {t: 1 + int(x) for t, x in zip(tasks, extra)}
-
-
-def example_counts(examples: Mapping[str, Sequence[TrainingExample]]) -> dict[str, dict[str, float]]:
-    """Per task: queries, mean positives, mean hard negatives (for logs)."""
-    return {t: {"queries": len(e), "positives": float(np.mean([len(x.positives) for x in e])),
-                "negatives": float(np.mean([len(x.negatives) for x in e]))} for t, e in examples.items()}

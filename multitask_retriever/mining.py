@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from safeio.atomic import atomic_write
 
-from .data import build_training_examples, build_unless_cached, write_training_examples
+from .data import build_training_examples, build_unless_cached
+from .examples import write_training_examples
 from .indexing import Index, IndexConfig
 
 if TYPE_CHECKING:

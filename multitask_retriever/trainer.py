@@ -19,7 +19,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -33,11 +33,10 @@ from .data import (
     DEFAULT_KEEP,
     NEGATIVE_SAMPLING,
     MultitaskBatches,
-    TrainingExample,
-    example_counts,
     prepare_training_data,
     temperature_batch_sizes,
 )
+from .examples import TrainingExample, example_counts
 from .losses import ContrastiveLoss
 from .specialization import COMBINERS, TacoConfig
 from .training_loop import (FLAT_OPTIMIZER_FIELDS, STATE_NAME, OptimizerConfig, RunResult, TrainingLoop, load_state,
@@ -281,7 +280,7 @@ class MultitaskTrainer:
         self._store = store
 
     # ----------------------------------------------------------------- inputs
-    def data(self) -> tuple[PassageStore, dict[str, list[TrainingExample]]]:
+    def data(self) -> tuple[PassageStore, dict[str, Sequence[TrainingExample]]]:
         """The PassageStore and examples per task given, else those `config` names
         (`prepare_training_data`: chunked, mined and cached in `output_dir` once)."""
         if self._examples is None:

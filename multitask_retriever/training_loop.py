@@ -254,11 +254,9 @@ class TrainingLoop:
     def _latest_checkpoint(self) -> Path | None:
         """The checkpoint to resume from, after the main process removed the temporary
         folders of an interrupted save."""
-        from accelerate import PartialState
-
         if not self.output_dir.is_dir():
             return None
-        processes = PartialState()
+        processes = distributed_state()  # not a plain PartialState: it would fix a one-process state on CPUs
         with processes.main_process_first():
             if processes.is_main_process:
                 remove_orphans_in(self.output_dir)

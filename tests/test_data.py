@@ -8,14 +8,12 @@ from kilt.io import KiltExample, KiltFormatError, Provenance, read_task_file
 from kilt.passages import PassageStore, iter_passage_file, write_passages
 from multitask_retriever.data import (
     MultitaskBatches,
-    TrainingExample,
     build_training_examples,
     positive_passages,
     prepare_training_data,
-    read_training_examples,
     task_train_files,
-    write_training_examples,
 )
+from multitask_retriever.examples import TrainingExample, read_training_examples, write_training_examples
 
 AMAZON = "2712547"  # two passages: paragraphs 1-3 and 3-4
 

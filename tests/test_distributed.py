@@ -1,6 +1,7 @@
 """Multi-process runs on CPUs: two real processes in one gloo process group, set up through the
 environment as `accelerate launch --cpu` sets it up. Encoding splits the shards and mining splits
-the queries, each writing exactly what one process writes; the process group gets the long timeout."""
+the queries, each writing exactly what one process writes; training keeps one model on both
+processes from one memory-mapped examples file; the process group gets the long timeout."""
 from __future__ import annotations
 
 import json
@@ -138,6 +139,40 @@ def test_search_batches_are_split_into_contiguous_runs_in_task_order():
     assert [search_batches({"nq": 1}, 2, (p, 2)) for p in range(2)] == [[], [("nq", 0)]]  # a run may be empty
     with pytest.raises(ValueError, match="part"):
         search_batches(counts, 2, (2, 2))
+
+
+# --------------------------------------------------------------------------- training
+def _train(model: Path, passage_file: Path, data_dir: Path, out: Path) -> None:
+    import hashlib
+
+    from multitask_retriever.trainer import MultitaskTrainer, TrainConfig, TrainDataConfig, TrainModelConfig
+    from multitask_retriever.training_loop import OptimizerConfig
+
+    config = TrainConfig(model=TrainModelConfig(name_or_path=str(model), query_max_length=32, passage_max_length=64),
+                         data=TrainDataConfig(dir=str(data_dir), passages=str(passage_file), tasks=TASKS[:2],
+                                              negatives="none", per_task_batch_size=2, n_negatives=1),
+                         optim=OptimizerConfig(lr=2e-3, steps=3, warmup_steps=1), method="taco", seed=5,
+                         output_dir=str(out), progress=False)
+    trainer = MultitaskTrainer(config)
+    trainer.train()
+    _, examples = trainer.data()
+    digest = hashlib.sha256()
+    for name, tensor in sorted(trainer.encoder().state_dict().items()):
+        digest.update(name.encode() + tensor.detach().contiguous().numpy().tobytes())
+    (out / f"trained-{distributed_state().process_index}.json").write_text(json.dumps(
+        {"weights": digest.hexdigest(), "examples": {t: type(e).__name__ for t, e in examples.items()}}))
+
+
+def test_two_processes_train_one_model_from_one_mapped_examples_file(tiny_bert, passage_file, mini_kilt, tmp_path):
+    """Into an existing output folder, whose checkpoint lookup is the first to need the process state."""
+    _launch(_train, tiny_bert, passage_file, mini_kilt, tmp_path)
+
+    trained = [json.loads((tmp_path / f"trained-{rank}.json").read_text()) for rank in (0, 1)]
+    assert trained[0] == trained[1]  # both processes end with the same weights
+    assert trained[0]["examples"] == {"nq": "MappedExamples", "fever": "MappedExamples"}
+    state = torch.load(tmp_path / "final" / "trainer_state.pt", weights_only=True)
+    assert (state["step"], state["data"]["num_processes"]) == (3, 2)  # one run of two processes
+    assert [p.name for p in tmp_path.glob("training_examples.arrays*")] == ["training_examples.arrays"]
 
 
 # --------------------------------------------------------------------------- timeout

@@ -9,7 +9,7 @@ import pytest
 
 from kilt.io import KiltExample, read_task_file
 from kilt.tasks import query_group
-from multitask_retriever.data import read_training_examples
+from multitask_retriever.examples import read_training_examples
 from multitask_retriever.experiment import Experiment, ExperimentConfig, TrainSection
 from multitask_retriever.rerank.fusion import split_validation
 

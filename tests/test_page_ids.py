@@ -14,7 +14,8 @@ from kilt.passages import PassageStore, iter_passage_file, write_passages
 from kilt.predict import predict_file
 from kilt.subset import make_subset
 from multitask_retriever.cli import main as mtr
-from multitask_retriever.data import build_training_examples, read_training_examples, write_training_examples
+from multitask_retriever.data import build_training_examples
+from multitask_retriever.examples import read_training_examples, write_training_examples
 
 # gold pages, one of each kind, with a vocabulary of their own
 GOLD = {

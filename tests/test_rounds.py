@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from multitask_retriever.data import read_training_examples
+from multitask_retriever.examples import read_training_examples
 from multitask_retriever.encoder import DualEncoder
 from multitask_retriever.training import train
 from multitask_retriever.trainer import MultitaskTrainer, TrainConfig, TrainDataConfig, TrainModelConfig
@@ -36,7 +36,8 @@ def test_round_1_trains_from_round_0_on_negatives_its_model_mined(tiny_bert, min
     assert result.model_path == str(out / "round-1" / "final" / "model") and result.step == STEPS
     assert sorted(p.name for p in out.iterdir()) == ["round-0", "round-1"]
     assert sorted(p.name for p in (out / "round-1").iterdir()) == [
-        "final", "negatives.jsonl", "negatives.jsonl.inputs.json", "train_log.jsonl"]  # no shards left
+        "final", "negatives.jsonl", "negatives.jsonl.inputs.json", "train_log.jsonl",
+        "training_examples.arrays"]  # no shards left
     inputs = json.loads((out / "round-1" / "negatives.jsonl.inputs.json").read_text())
     assert inputs["model"]["path"] == str(round0.resolve())
     state = torch.load(out / "round-1" / "final" / "trainer_state.pt", weights_only=True)
@@ -79,7 +80,7 @@ def test_zero_rounds_keep_the_plain_layout_and_the_layouts_do_not_mix(tiny_bert,
     assert result.model_path == str(plain / "final" / "model")
     assert sorted(p.name for p in plain.iterdir()) == [
         "final", "passages.jsonl", "passages.jsonl.inputs.json",
-        "passages.jsonl.offsets.npy", "train_log.jsonl",
+        "passages.jsonl.offsets.npy", "train_log.jsonl", "training_examples.arrays",
         "training_examples.jsonl", "training_examples.jsonl.inputs.json"]
     with pytest.raises(ValueError, match="holds a run without negative rounds"):
         train(_config(tiny_bert, mini_kilt, plain, steps=1), resume=True)

@@ -13,7 +13,8 @@ import torch
 from conftest import TRAIN_TASKS as TASKS
 from multitask_retriever.cli import main
 from multitask_retriever.config import replace_places
-from multitask_retriever.data import MultitaskBatches, TrainingExample, read_training_examples, write_training_examples
+from multitask_retriever.data import MultitaskBatches
+from multitask_retriever.examples import TrainingExample, read_training_examples, write_training_examples
 from multitask_retriever.encoder import DualEncoder
 from multitask_retriever.losses import ContrastiveLoss
 from multitask_retriever.specialization import COMBINERS, TacoConfig

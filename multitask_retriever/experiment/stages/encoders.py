@@ -52,7 +52,8 @@ class EncoderStages:
     def training_examples(self) -> Path:
         """Training examples of every task with a train file, hard negatives from BM25; built once
         and shared by every fine-tuned system."""
-        from ...data import build_training_examples, write_training_examples
+        from ...data import build_training_examples
+        from ...examples import write_training_examples
 
         ctx, c = self.context, self.context.config
         tasks = ctx.train_tasks()
