@@ -43,6 +43,7 @@ import numpy as np  # noqa: E402
 
 TARGET = 25_000_000
 RAM_BYTES = 128 * 10**9  # the 128 GB machine the extrapolation is checked against
+SHARD_SIZE = 100_000  # encode_corpus's default
 ANCHOR_PASSAGES_PER_S = 6500  # T5-base encoder, bf16, one H100 (../shared/gpu-anchors.md)
 THREAD_VARS = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -171,8 +172,52 @@ def stage_ivfpq(a: dict) -> dict:
     return row
 
 
+def stage_shards(a: dict) -> dict:
+    """Write the corpus vectors as `encode_corpus` does: shards of 100k vectors and ids, a manifest
+    (not measured: the input of the from-shards builds)."""
+    from safeio.atomic import write_json
+
+    from multitask_retriever.encoding import MANIFEST_NAME, save_npy, shard_paths
+
+    corpus, _ = vectors(a)
+    folder, n = Path(a["shards"]), len(corpus)
+    folder.mkdir(parents=True)
+    starts = range(0, n, SHARD_SIZE)
+    for shard, start in enumerate(starts):
+        vectors_path, ids_path = shard_paths(folder, shard)
+        save_npy(vectors_path, corpus[start:start + SHARD_SIZE])
+        save_npy(ids_path, np.arange(start, min(n, start + SHARD_SIZE), dtype=np.int64))
+    write_json(folder / MANIFEST_NAME, {"format": 2, "dim": a["dim"], "encoder": "synthetic", "num_passages": n,
+                                        "num_shards": len(starts), "complete": True})
+    return {}
+
+
+def stage_from_shards(a: dict) -> dict:
+    """`Index.from_shards` (each shard memory-mapped in turn; no array of all vectors) of flat or
+    IVF-PQ+refine: time, peak memory above the start, index bytes."""
+    from multitask_retriever import indexing
+    from multitask_retriever.indexing import Index, IndexConfig
+
+    kind, row = a["kind"], {}
+    config = IndexConfig(kind, device="cpu", refine=a["refine"] if kind == "ivfpq" else 0)
+    with measured(row, f"{kind}_from_shards"):
+        index = Index.from_shards(a["shards"], config, progress=False)
+    row[f"{kind}_from_shards_index_bytes"] = (index.save(Path(a["index"])) / indexing.INDEX_FILE).stat().st_size
+    return row
+
+
+def stage_flat_shards(a: dict) -> dict:
+    return stage_from_shards({**a, "kind": "flat"})
+
+
+def stage_ivfpq_shards(a: dict) -> dict:
+    return stage_from_shards({**a, "kind": "ivfpq"})
+
+
 STAGES = {"chunk": stage_chunk, "store": stage_store, "bm25_build": stage_bm25_build,
-          "bm25_search": stage_bm25_search, "flat": stage_flat, "ivfpq": stage_ivfpq}
+          "bm25_search": stage_bm25_search, "flat": stage_flat, "ivfpq": stage_ivfpq, "shards": stage_shards,
+          "flat_shards": stage_flat_shards, "ivfpq_shards": stage_ivfpq_shards}
+DENSE_STAGES = ("flat", "ivfpq", "flat_shards", "ivfpq_shards")
 
 
 def child(stage: str, args_json: str, out: str) -> None:
@@ -229,14 +274,18 @@ def text_stages(n: int, real: list, tmp: Path, args: argparse.Namespace, queries
     return row
 
 
-def dense_stages(n: int, tmp: Path, args: argparse.Namespace) -> dict:
-    """flat and IVF-PQ(+refine) over `n` synthetic vectors; the index files are deleted after."""
+def dense_stages(n: int, tmp: Path, args: argparse.Namespace, row: dict) -> dict:
+    """`args.dense_stages` over `n` synthetic vectors, updating `row`; index and shard files are deleted after."""
     a = {"threads": args.threads, "n": n, "dim": args.dim, "queries": args.dense_queries, "refine": args.refine,
-         "reference": str(tmp / "flat-ids.npy")}
-    row = {"float32_vector_bytes": n * args.dim * 4}
-    for stage in ("flat", "ivfpq"):
+         "reference": str(tmp / "flat-ids.npy"), "shards": str(tmp / f"shards-{n}")}
+    row["float32_vector_bytes"] = n * args.dim * 4
+    stages = args.dense_stages.split(",")
+    if any(stage.endswith("_shards") for stage in stages):
+        run_stage("shards", a, tmp)
+    for stage in stages:
         row.update(run_stage(stage, {**a, "index": str(tmp / f"{stage}-{n}")}, tmp))
         shutil.rmtree(tmp / f"{stage}-{n}")
+    shutil.rmtree(a["shards"], ignore_errors=True)
     return row
 
 
@@ -252,6 +301,8 @@ FITTED = {  # figure -> (the x it is fitted against: text or dense sizes, unit)
     "flat_ms_per_query": ("dense", "ms/q"), "ivfpq_train_add_s": ("dense", "s"),
     "ivfpq_train_add_peak_mib": ("dense", "MiB"), "ivfpq_index_bytes": ("dense", "B"),
     "ivfpq_ms_per_query": ("dense", "ms/q"), "ivfpq_mmap_search_rss_mib": ("dense", "MiB"),
+    "flat_from_shards_s": ("dense", "s"), "flat_from_shards_peak_mib": ("dense", "MiB"),
+    "ivfpq_from_shards_s": ("dense", "s"), "ivfpq_from_shards_peak_mib": ("dense", "MiB"),
 }
 
 
@@ -337,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="200000,600000,2000000", help="passages for the text stages")
     ap.add_argument("--dense-sizes", default=None, help="vectors for the dense stages [--sizes]")
+    ap.add_argument("--dense-stages", default=",".join(DENSE_STAGES), help=f"of {', '.join(DENSE_STAGES)} [all]")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the figures of --out that this run does not measure (e.g. with --sizes '')")
     ap.add_argument("--dim", type=int, default=768, help="vector dimensions [768]")
     ap.add_argument("--dense-queries", type=int, default=1000, help="queries of the dense indexes [1000]")
     ap.add_argument("--refine", type=int, default=4, help="IVF-PQ refine (candidates per result) [4]")
@@ -356,6 +410,13 @@ def main(argv: list[str] | None = None) -> int:
            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "dim": args.dim, "k": args.k, "queries": args.queries,
            "dense_queries": args.dense_queries, "refine": args.refine, "note": __doc__.split("\n\n")[0],
            "text": {}, "dense": {}}
+    if args.update and args.out.is_file():
+        old = json.loads(args.out.read_text())
+        doc.update(text=old["text"], dense=old["dense"], command=old["command"] + " ; " + doc["command"],
+                   label=" ; ".join(x for x in (old.get("label", ""), args.label) if x))
+    unknown = set(args.dense_stages.split(",")) - set(DENSE_STAGES)
+    if unknown:
+        ap.error(f"--dense-stages: unknown {', '.join(sorted(unknown))}; choose from {', '.join(DENSE_STAGES)}")
     args.tmp.mkdir(parents=True, exist_ok=True)
     try:
         run_all(args, doc)
@@ -382,7 +443,7 @@ def run_all(args: argparse.Namespace, doc: dict) -> None:
         save()
     for n in [int(s) for s in (args.dense_sizes or args.sizes).split(",") if s]:
         print(f"dense stages, {n} x {args.dim}", flush=True)
-        doc["dense"][str(n)] = dense_stages(n, args.tmp, args)
+        doc["dense"][str(n)] = dense_stages(n, args.tmp, args, doc["dense"].get(str(n), {}))
         save()
 
 

@@ -213,6 +213,18 @@ def _new_faiss_index(config: IndexConfig, dim: int, n: int) -> faiss.Index:
     return faiss.index_factory(dim, f"IVF{nlist},PQ{pq_m}x{config.pq_bits}np{',RFlat' if config.refine else ''}", ip)
 
 
+def _reserve(index: faiss.Index, n: int) -> None:
+    """Room for `n` vectors in a flat index (or IVF-PQ's exact refine copy) before any is added:
+    added in chunks, its storage would grow by doubling, each time copied, up to twice the index
+    size at the peak (153 GB instead of 77 GB for 25M float32 vectors of 768 dimensions)."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        index = faiss.downcast_index(index.refine_index)
+    if isinstance(index, faiss.IndexFlatCodes) and index.ntotal == 0:
+        index.codes.resize(n * index.code_size)  # allocates once; shrinking keeps the capacity
+        index.codes.resize(0)
+
+
 def _set_search_params(index: faiss.Index, config: IndexConfig) -> None:
     if config.index_type == "hnsw":
         index.hnsw.efSearch = config.hnsw_ef_search
@@ -470,7 +482,10 @@ class Index:
         if backend == "torch":
             searcher: _FaissSearcher | _TorchSearcher = _TorchSearcher(dim, device, config.gpu_float16)
         else:
-            searcher = _FaissSearcher(_new_faiss_index(config, dim, n), config, gpu=device == "gpu")
+            cpu_index = _new_faiss_index(config, dim, n)
+            if device != "gpu":
+                _reserve(cpu_index, n)
+            searcher = _FaissSearcher(cpu_index, config, gpu=device == "gpu")
         return cls(searcher, config, dim, np.empty(0, dtype=np.int64), source)
 
     def __len__(self) -> int:

@@ -9,8 +9,9 @@
 #
 # ENC is a DualEncoder folder, a Hugging Face name, or `minilm` (the packaged all-MiniLM-L6-v2).
 # Writes DIR/passages.jsonl (unless --passages), DIR/shards/, DIR/index/. --launch encodes under
-# `accelerate launch` (shards split over all GPUs / nodes of `accelerate config`). --force rebuilds
-# the index (the shards are kept; delete DIR/shards to re-encode). Then: scripts/retrieve.sh.
+# `accelerate launch` (shards split over all GPUs / nodes of `accelerate config`, or of the options in
+# ACCELERATE_ARGS, as for scripts/train.sh). --force rebuilds the index (the shards are kept; delete
+# DIR/shards to re-encode). Then: scripts/retrieve.sh.
 . "$(dirname "$0")/_env.sh"
 
 usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -55,7 +56,8 @@ echo "== encoding $PASSAGES with $ENCODER -> $OUT/shards"
 ENCODE=(encode --encoder "$ENCODER" --passages "$PASSAGES" --out-dir "$OUT/shards"
         --shard-size "$SHARD_SIZE" --batch-size "$BATCH" --device "$DEVICE")
 if [ "$LAUNCH" = 1 ]; then
-    accelerate launch -m multitask_retriever.cli "${ENCODE[@]}"
+    read -ra LAUNCH <<< "${ACCELERATE_ARGS:-}"
+    accelerate launch "${LAUNCH[@]}" -m multitask_retriever.cli "${ENCODE[@]}"
 else
     mtr "${ENCODE[@]}"
 fi

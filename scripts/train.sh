@@ -11,11 +11,14 @@
 # The config runs 3 ANCE-style rounds after the BM25 one (data.negative_rounds: each mines hard
 # negatives with the model just trained, then trains on from it); --data-negative-rounds 0 trains once.
 # Without the config's passage file, it is chunked first from DATA_DIR/kilt_knowledgesource.json.
+# ACCELERATE_ARGS passes options to `accelerate launch`, e.g. "--multi_gpu --num_processes 8", or
+# for two machines sharing one file system, on each: "--multi_gpu --num_machines 2 --num_processes 16
+# --machine_rank R --main_process_ip HOST0 --main_process_port 29500".
 . "$(dirname "$0")/_env.sh"
 
 CONFIG="scripts/configs/train-kilt-taco.yaml"
 if [ "${1:-}" = "--config" ]; then CONFIG="$2"; shift 2; fi
-case "${1:-}" in -h|--help) sed -n '2,13p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,16p' "$0"; exit 0 ;; esac
 config_paths() {  # data.dir and data.passages of the config, however it spells them
     python -c 'import sys
 from multitask_retriever.config import config_from_args, load_config_file
@@ -28,4 +31,5 @@ if [ -n "$PASSAGES" ] && [ ! -f "$PASSAGES" ] && [ -f "$DATA_DIR/kilt_knowledges
     mtr chunk "$DATA_DIR/kilt_knowledgesource.json" "$PASSAGES"
 fi
 export HF_HUB_OFFLINE=0 TRANSFORMERS_OFFLINE=0   # t5-base comes from the hub on first use
-exec accelerate launch -m multitask_retriever.cli train --config "$CONFIG" --resume "$@"
+read -ra LAUNCH <<< "${ACCELERATE_ARGS:-}"
+exec accelerate launch "${LAUNCH[@]}" -m multitask_retriever.cli train --config "$CONFIG" --resume "$@"

@@ -470,3 +470,22 @@ def test_k_is_clamped_to_the_index_size(vectors, queries):
 def test_too_few_vectors_for_ivf_are_a_clear_error(vectors, index_type, nlist, needed):
     with pytest.raises(ValueError, match=rf"needs at least {needed} vectors to train on, got 50"):
         Index.build(vectors[:50], IndexConfig(index_type=index_type, ivf_nlist=nlist, device="cpu"))
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,PQ4x4np,RFlat"])
+def test_a_flat_store_reserved_for_n_vectors_never_moves_while_they_are_added(factory):
+    """Storage grown by doubling would be copied each time: up to twice the index at the peak."""
+    import faiss
+
+    vectors = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
+    index = faiss.index_factory(8, factory, faiss.METRIC_INNER_PRODUCT)
+    index.train(vectors)
+    indexing._reserve(index, len(vectors))
+    flat = faiss.downcast_index(index)
+    flat = faiss.downcast_index(flat.refine_index) if isinstance(flat, faiss.IndexRefine) else flat
+    index.add(vectors[:10])
+    where = int(flat.codes.data())
+    for start in range(10, 300, 10):
+        index.add(vectors[start:start + 10])
+    assert int(flat.codes.data()) == where and flat.codes.size() == 300 * 8 * 4
+    np.testing.assert_array_equal(flat.reconstruct_n(0, 300), vectors)

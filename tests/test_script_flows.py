@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import REPO
@@ -85,8 +86,12 @@ def fake_download(env, mini_kilt: Path, data: Path, tasks: list[str]) -> None:
     assert len(targets) == 1 + 3 * len(tasks) and all(t.is_file() for t in targets)
 
 
-def test_full_kilt_flow_train_build_index_retrieve(script_env, mini_kilt, tiny_t5, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_full_kilt_flow_train_build_index_retrieve(processes, script_env, mini_kilt, tiny_t5, tmp_path):
+    """As the runbook runs it: one process, or a launch of several (2 CPU processes here, as 8 GPUs)."""
     data, run, build, pred = tmp_path / "data" / "kilt", tmp_path / "run", tmp_path / "build", tmp_path / "pred"
+    # the runbook's launch; script_env's ACCELERATE_USE_CPU runs its processes on CPUs (gloo)
+    launch = {"ACCELERATE_ARGS": f"--multi_gpu --num_processes {processes}"} if processes > 1 else {}
     fake_download(script_env, mini_kilt, data, ["nq", "fever"])
     # the recipe of train-kilt-taco.yaml, sized down: tiny T5, 2 tasks, 2 steps, 2 queries per task,
     # one self-mined negative round after the BM25 one
@@ -100,22 +105,25 @@ def test_full_kilt_flow_train_build_index_retrieve(script_env, mini_kilt, tiny_t
     config_file = tmp_path / "train.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
 
-    out = run_script(script_env, "train.sh", "--config", config_file, "--output-dir", run)
+    out = run_script(script_env, "train.sh", "--config", config_file, "--output-dir", run, **launch)
     assert "wrote 94 passages" in out and (data / "passages.jsonl").is_file()  # chunked from KILT's file first
     model = run / "round-1" / "final" / "model"
     assert f"trained taco for 2 steps in each of 2 rounds; model: {model}" in out
     assert (run / "round-1" / "negatives.jsonl").is_file()  # mined by round 0's model
     assert len((run / "round-1" / "train_log.jsonl").read_text().splitlines()) == 2
+    state = torch.load(run / "round-1" / "final" / "trainer_state.pt", weights_only=True)
+    assert state["data"]["num_processes"] == processes
     assert not (tmp_path / "unused").exists()
     from multitask_retriever.encoder import DualEncoder
 
     loaded = DualEncoder.from_pretrained(model)
     assert loaded.config.pooling == "first_decoder" and loaded.format_query("q", "nq") == "NQ <extra_id_1> q"
 
-    out = run_script(script_env, "build_index.sh", "--encoder", model, "--out", build,
-                     "--passages", data / "passages.jsonl", "--batch-size", "32")
+    out = run_script(script_env, "build_index.sh", "--encoder", model, "--out", build, "--passages",
+                     data / "passages.jsonl", "--batch-size", "32", "--shard-size", "40", *(["--launch"] if launch else []),
+                     **launch)
     assert json.loads((build / "index" / "index_meta.json").read_text())
-    assert len(list((build / "shards").iterdir())) >= 1
+    assert json.loads((build / "shards" / "manifest.json").read_text())["num_shards"] == 3  # 94 passages
     next_step = out.strip().splitlines()[-1]
     assert next_step == (f"done: scripts/retrieve.sh --encoder {model} --build-dir {build} "
                          f"--passages {data / 'passages.jsonl'} --out-dir PRED_DIR TASK_FILE...")
