@@ -56,8 +56,8 @@ echo "== encoding $PASSAGES with $ENCODER -> $OUT/shards"
 ENCODE=(encode --encoder "$ENCODER" --passages "$PASSAGES" --out-dir "$OUT/shards"
         --shard-size "$SHARD_SIZE" --batch-size "$BATCH" --device "$DEVICE")
 if [ "$LAUNCH" = 1 ]; then
-    read -ra LAUNCH <<< "${ACCELERATE_ARGS:-}"
-    accelerate launch "${LAUNCH[@]}" -m multitask_retriever.cli "${ENCODE[@]}"
+    read -ra LAUNCH_OPTS <<< "${ACCELERATE_ARGS:-}"
+    accelerate launch "${LAUNCH_OPTS[@]}" -m multitask_retriever.cli "${ENCODE[@]}"
 else
     mtr "${ENCODE[@]}"
 fi

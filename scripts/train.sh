@@ -31,5 +31,5 @@ if [ -n "$PASSAGES" ] && [ ! -f "$PASSAGES" ] && [ -f "$DATA_DIR/kilt_knowledges
     mtr chunk "$DATA_DIR/kilt_knowledgesource.json" "$PASSAGES"
 fi
 export HF_HUB_OFFLINE=0 TRANSFORMERS_OFFLINE=0   # t5-base comes from the hub on first use
-read -ra LAUNCH <<< "${ACCELERATE_ARGS:-}"
-exec accelerate launch "${LAUNCH[@]}" -m multitask_retriever.cli train --config "$CONFIG" --resume "$@"
+read -ra LAUNCH_OPTS <<< "${ACCELERATE_ARGS:-}"
+exec accelerate launch "${LAUNCH_OPTS[@]}" -m multitask_retriever.cli train --config "$CONFIG" --resume "$@"
