@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from _common import machine_info, write_result  # noqa: E402  (benchmarks/ is on sys.path)
+from bm25_scale import _status_mib  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -31,13 +32,6 @@ import numpy as np  # noqa: E402
 
 FULL_KILT_QUERIES = 2_900_000  # TACO's 8 KILT training sets together
 PROCESSES = 8
-
-
-def _status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(field)
 
 
 def _memory(row: dict, when: str, base: dict) -> None:

@@ -164,11 +164,11 @@ class Experiment:
     def run(self) -> dict[str, Any]:
         total = time.perf_counter()
         systems = self.config.systems
+        retrievers = [self._parse_system(name)[0] for name in systems]
         for i, name in enumerate(systems):
             self.system(name)
-            retriever = self._parse_system(name)[0]
-            if all(self._parse_system(later)[0] != retriever for later in systems[i + 1:]):
-                self.build.release(retriever)  # one index in memory at a time
+            if retrievers[i] not in retrievers[i + 1:]:
+                self.build.release(retrievers[i])  # one index in memory at a time
         return {
             "machine": machine_info(),
             "data": {"data_dir": str(self.data_dir), "knowledge_source": str(self.knowledge_source),

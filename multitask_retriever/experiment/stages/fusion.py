@@ -56,11 +56,10 @@ class FusionStage:
         search, queries = self.retrievers.retriever(retriever_name), []
         k = self.context.config.rerank_k
         tasks = {task: self.holdout.validation_queries(task) for task in self.context.train_tasks()}
-        bar = tqdm(total=sum(map(len, tasks.values())), desc="fusion fit",
-                   unit="query", disable=not self.context.progress)
-        for task, examples in tasks.items():
-            for i in range(0, len(examples), 64):
-                chunk = examples[i : i + 64]
+        chunks = [(task, examples[i : i + 64]) for task, examples in tasks.items() for i in range(0, len(examples), 64)]
+        with tqdm(total=sum(map(len, tasks.values())), desc="fusion fit", unit="query",
+                  disable=not self.context.progress) as bar:
+            for task, chunk in chunks:
                 hits = search.search([e.input for e in chunk], task=task, k=k)
                 scores = reranker.rerank_many([e.input for e in chunk],
                                               [[default_passage_text(h) for h in row] for row in hits],
@@ -71,5 +70,4 @@ class FusionStage:
                                                [h.wikipedia_id in gold for h in row],
                                                [h.wikipedia_id for h in row]))
                 bar.update(len(chunk))
-        bar.close()
         return queries
